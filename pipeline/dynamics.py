@@ -1,0 +1,209 @@
+"""What the equation is: vector fields, GD maps and observables of the correlation loss.
+
+Two models share one calling convention so the integrators (``integrate.py``) never know
+which one they advance:
+
+``REDUCED`` (Lemma 1.1, eq. 8), state ``y = (u, r)`` of size ``k + 1``::
+
+    a      = sum_p c_p p u^(p-1)                      (elementwise power)
+    du/dt  = A a - (u.a) u
+    dr/dt  = -(u.a) r                                 (r = ||w_perp||, w_perp outside span V)
+
+``r`` is a passenger (it does not feed back into ``u``) that makes the spherical gradient
+norm exact without cancellation: ``||g||^2 = du^T A^-1 du + (u.a)^2 r^2`` instead of the
+cancelling ``a^T A a - (u.a)^2``, so a gradient tolerance is reachable down to the
+integrator's own accuracy. (Carrying ``r`` rather than ``r^2`` matters: an absolute error
+``atol`` in ``r^2`` would be an error ``sqrt(atol)`` in the gradient norm.)
+
+``FULL``, state ``y = w`` in R^d with explicit ``V`` (d x k), for validation only::
+
+    dw/dt = V a - (u.a) w,    u = V^T w
+
+The discrete projected GD of the paper's Figure 1, ``w <- (w + lr g) / ||w + lr g||``, is
+exact in the reduced coordinates too (``gd_map``).
+
+``args`` is the tuple ``(M, Minv, c)``: for ``REDUCED`` ``M = A`` and ``Minv = A^-1``; for
+``FULL`` ``M = V`` and ``Minv`` unused. ``c`` holds ``c_0..c_P``. ``work`` is scratch of at
+least ``4 k`` floats so the hot loop allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ._jit import jit as njit
+
+REDUCED = 0
+FULL = 1
+
+
+@njit
+def _ascent(u, c, a):
+    """``a_j = sum_{p >= 1} c_p p u_j^(p-1)`` (the Euclidean ascent coefficients)."""
+    P = c.size - 1
+    for j in range(u.size):
+        uj = u[j]
+        power = 1.0  # u_j^(p-1)
+        acc = 0.0
+        for p in range(1, P + 1):
+            cp = c[p]
+            if cp != 0.0:
+                acc += cp * p * power
+            power *= uj
+        a[j] = acc
+
+
+@njit
+def overlaps(model, y, args, u):
+    """Write ``u = V^T w`` of state ``y`` into ``u``."""
+    M = args[0]
+    k = M.shape[1]
+    if model == REDUCED:
+        for j in range(k):
+            u[j] = y[j]
+    else:
+        for j in range(k):
+            acc = 0.0
+            for i in range(M.shape[0]):
+                acc += M[i, j] * y[i]
+            u[j] = acc
+
+
+@njit
+def overlap_norm(model, y, args, work):
+    """``||u||_2``, the escape measure."""
+    M = args[0]
+    k = M.shape[1]
+    u = work[:k]
+    overlaps(model, y, args, u)
+    acc = 0.0
+    for j in range(k):
+        acc += u[j] * u[j]
+    return math.sqrt(acc)
+
+
+@njit
+def _reduced_direction(y, args, work):
+    """Fill ``work[k:2k] = a``, ``work[2k:3k] = du/dt``; return ``u.a``."""
+    A, c = args[0], args[2]
+    k = A.shape[1]
+    u = y[:k]
+    a = work[k:2 * k]
+    du = work[2 * k:3 * k]
+    _ascent(u, c, a)
+    ua = 0.0
+    for j in range(k):
+        ua += u[j] * a[j]
+    for i in range(k):
+        acc = 0.0
+        for j in range(k):
+            acc += A[i, j] * a[j]
+        du[i] = acc - ua * u[i]
+    return ua
+
+
+@njit
+def _full_direction(y, args, work, dw):
+    """Write ``dw = V a - (u.a) w`` into ``dw``; return ``u.a``."""
+    V, c = args[0], args[2]
+    d, k = V.shape
+    u = work[:k]
+    a = work[k:2 * k]
+    overlaps(FULL, y, args, u)
+    _ascent(u, c, a)
+    ua = 0.0
+    for j in range(k):
+        ua += u[j] * a[j]
+    for i in range(d):
+        acc = 0.0
+        for j in range(k):
+            acc += V[i, j] * a[j]
+        dw[i] = acc - ua * y[i]
+    return ua
+
+
+@njit
+def vector_field(model, y, args, work, dy):
+    """Write the gradient-flow velocity of state ``y`` into ``dy``."""
+    if model == REDUCED:
+        k = args[0].shape[1]
+        ua = _reduced_direction(y, args, work)
+        for j in range(k):
+            dy[j] = work[2 * k + j]
+        dy[k] = -ua * y[k]
+    else:
+        _full_direction(y, args, work, dy)
+
+
+@njit
+def _reduced_grad_norm2(y, args, work, ua):
+    """``||g||^2 = du^T A^-1 du + (u.a)^2 r^2`` given ``du`` in ``work[2k:3k]``."""
+    Ainv = args[1]
+    k = Ainv.shape[0]
+    du = work[2 * k:3 * k]
+    acc = 0.0
+    for i in range(k):
+        row = 0.0
+        for j in range(k):
+            row += Ainv[i, j] * du[j]
+        acc += du[i] * row
+    return max(acc, 0.0) + (ua * y[k]) ** 2
+
+
+@njit
+def grad_norm(model, y, args, work):
+    """Norm of the spherical gradient ``(I - w w^T) grad L`` in R^d."""
+    if model == REDUCED:
+        ua = _reduced_direction(y, args, work)
+        return math.sqrt(_reduced_grad_norm2(y, args, work, ua))
+    d = y.size
+    dw = np.empty(d)
+    _full_direction(y, args, work, dw)
+    acc = 0.0
+    for i in range(d):
+        acc += dw[i] * dw[i]
+    return math.sqrt(acc)
+
+
+@njit
+def gd_map(model, y, args, lr, work, out):
+    """One step of projected GD, ``w <- (w + lr g) / ||w + lr g||``, exact in either model."""
+    if model == REDUCED:
+        k = args[0].shape[1]
+        ua = _reduced_direction(y, args, work)
+        g2 = _reduced_grad_norm2(y, args, work, ua)
+        # ||w + lr g||^2 = 1 + lr^2 ||g||^2 since g is tangent to the sphere at w.
+        norm = math.sqrt(1.0 + lr * lr * g2)
+        for j in range(k):
+            out[j] = (y[j] + lr * work[2 * k + j]) / norm
+        # w_perp is scaled by (1 - lr u.a) / norm; r stays a norm, hence the abs.
+        out[k] = y[k] * abs(1.0 - lr * ua) / norm
+    else:
+        d = y.size
+        _full_direction(y, args, work, out)
+        acc = 0.0
+        for i in range(d):
+            out[i] = y[i] + lr * out[i]
+            acc += out[i] * out[i]
+        norm = math.sqrt(acc)
+        for i in range(d):
+            out[i] /= norm
+
+
+def reduced_args(gram: np.ndarray, c: np.ndarray) -> tuple:
+    """Kernel arguments of the reduced model for Gram ``A`` and dual coefficients ``c``."""
+    A = np.ascontiguousarray(gram, dtype=np.float64)
+    return (A, np.ascontiguousarray(np.linalg.inv(A)), _trim(c))
+
+
+def full_args(V: np.ndarray, c: np.ndarray) -> tuple:
+    """Kernel arguments of the full-d model for an explicit frame ``V`` (d x k)."""
+    return (np.ascontiguousarray(V, dtype=np.float64), np.zeros((1, 1)), _trim(c))
+
+
+def _trim(c: np.ndarray) -> np.ndarray:
+    # Drop trailing zeros so the power loop in `_ascent` stops at the last live degree.
+    c = np.asarray(c, dtype=np.float64)
+    nz = np.flatnonzero(c)
+    return np.ascontiguousarray(c[: (nz[-1] + 1) if nz.size else 1])

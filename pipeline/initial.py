@@ -1,0 +1,196 @@
+"""Exact initial overlaps ``u(0) = V^T w(0)`` for ``w(0)`` uniform on ``S^{d-1}``, any ``d``.
+
+Put the index vectors in the first ``k`` coordinates, ``V = [L^T; 0]`` with ``A = L L^T``.
+For ``w = g / ||g||``, ``g ~ N(0, I_d)``, write ``z = g[:k]`` and ``chi2 = ||g[k:]||^2``:
+
+    u(0) = L z / sqrt(||z||^2 + chi2),     r(0) = ||w_perp|| = sqrt(chi2 / (||z||^2 + chi2))
+
+with ``chi2 ~ chi-square(d - k)`` independent of ``z``. The cost is O(k) whatever ``d`` is
+(``d = 10**12`` costs what ``d = 100`` costs), and the law is exact, not asymptotic.
+
+Conditioned initializations:
+
+* ``positive``: ``u(0) > 0`` componentwise (the paper's assumption). With ``y = L z ~ N(0, A)``
+  and ``||z||^2 = y^T A^{-1} y``, the condition is ``y > 0``. Orthogonal frames: ``|z|``
+  (sign flips are exact). Equiangular frames: ``y = sqrt(1-beta) z' + sqrt(beta) g 1`` turns
+  the condition into independent truncations ``z'_j > -c g``, ``c = sqrt(beta / (1-beta))``,
+  given the scalar ``g`` whose marginal is ``phi(g) Phi(c g)^k``, sampled exactly by rejection
+  under a tangent Gaussian envelope (its log-density is concave). Works for k = 20 and beyond.
+  Other Grams: rejection on ``y``, refused with a clear message when hopelessly slow.
+* ``uncollected``: no neuron has the last index vector ``v_k`` as its largest overlap (the
+  paper's Figure 3 situation); exact by rejection, acceptance about ``1 - 1/k``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+from scipy.linalg import solve_triangular
+
+from .errors import SpecError
+
+INITS = ("uniform", "positive", "uncollected")
+#: Below this acceptance rate a rejection sampler is refused rather than run.
+MIN_ACCEPTANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class InitialDraw:
+    """Initial conditions of ``n`` neurons.
+
+    ``z`` (n, k) and ``chi2`` (n,) are the Gaussian coordinates described in the module
+    docstring; ``u`` (n, k) the overlaps ``V^T w(0)``; ``r`` (n,) the norm of the part of
+    ``w(0)`` orthogonal to span(V).
+    """
+
+    z: np.ndarray
+    chi2: np.ndarray
+    u: np.ndarray
+    r: np.ndarray
+
+
+def _chi2(rng: np.random.Generator, d: float, k: int, n: int) -> np.ndarray:
+    if d == k:
+        return np.zeros(n)
+    return rng.chisquare(float(d - k), size=n)
+
+
+def _finish(z: np.ndarray, y: np.ndarray, chi2: np.ndarray) -> InitialDraw:
+    norm2 = np.einsum("ij,ij->i", z, z) + chi2
+    r = np.sqrt(norm2)
+    return InitialDraw(z=z, chi2=chi2, u=y / r[:, None], r=np.sqrt(chi2 / norm2))
+
+
+def _is_equiangular(gram: np.ndarray) -> float | None:
+    k = gram.shape[0]
+    off = gram[~np.eye(k, dtype=bool)]
+    if k == 1:
+        return 0.0
+    if np.all(off == off[0]):
+        return float(off[0])
+    return None
+
+
+def _rejection(draw, accept, n: int, rng: np.random.Generator, what: str):
+    """Collect ``n`` accepted rows from batches ``draw(m)``, in draw order (deterministic)."""
+    chunks, got, tried, m = [], 0, 0, max(2 * n, 64)
+    while got < n:
+        cand = draw(m)
+        ok = accept(cand)
+        tried += m
+        got += int(ok.sum())
+        chunks.append(tuple(c[ok] for c in cand))
+        if tried >= 10_000 and got < MIN_ACCEPTANCE * tried:
+            raise SpecError(
+                "init", what,
+                f"an initialization accepted in at least {MIN_ACCEPTANCE:g} of draws "
+                f"(observed {got}/{tried})",
+                hint="use an orthogonal or equiangular frame, or init = 'uniform'",
+            )
+        m = min(4 * m, 1_000_000)
+    return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
+
+
+def _sample_equiangular_g(rng: np.random.Generator, n: int, k: int, c: float) -> np.ndarray:
+    """Exact draws from the density proportional to ``phi(g) Phi(c g)^k``.
+
+    ``log Phi`` is concave, so its tangent at the mode ``t`` bounds it from above; the
+    envelope ``phi(g) exp(k log Phi(c t) + t (g - t))`` is the Gaussian ``N(t, 1)`` up to a
+    constant, and a draw is accepted with probability ``Phi(c g)^k / Phi(c t)^k e^{-t (g-t)}``.
+    """
+    def slope(g):  # d/dg k log Phi(c g) = k c phi(cg) / Phi(cg)
+        x = c * g
+        return k * c * math.exp(-0.5 * x * x - 0.5 * math.log(2 * math.pi) - special.log_ndtr(x))
+
+    t = optimize.brentq(lambda g: slope(g) - g, 0.0, slope(0.0) + 1.0, xtol=1e-14)
+    log_phi_t = special.log_ndtr(c * t)
+
+    def draw(m):
+        return (rng.normal(t, 1.0, size=m), rng.random(m))
+
+    def accept(cand):
+        g, v = cand
+        log_ratio = k * (special.log_ndtr(c * g) - log_phi_t) - t * (g - t)
+        return np.log(v) < log_ratio
+
+    (g, _) = _rejection(draw, accept, n, rng, "equiangular positive sampler")
+    return g
+
+
+def sample_initial(
+    rng: np.random.Generator, n: int, d: float, gram: np.ndarray, init: str = "uniform"
+) -> InitialDraw:
+    """Draw the exact initial conditions of ``n`` independent neurons.
+
+    Parameters
+    ----------
+    rng:
+        The trajectory's random generator (all draws come from it, in a fixed order).
+    n:
+        Number of neurons.
+    d:
+        Ambient dimension (``d >= k``; any size, the cost does not depend on it).
+    gram:
+        The validated Gram matrix ``A`` (k x k).
+    init:
+        ``"uniform"``, ``"positive"`` or ``"uncollected"``.
+    """
+    A = np.asarray(gram, dtype=float)
+    k = A.shape[0]
+    L = np.linalg.cholesky(A)
+    if init == "uniform":
+        z = rng.standard_normal((n, k))
+        return _finish(z, z @ L.T, _chi2(rng, d, k, n))
+    if init == "uncollected":
+        if k < 2:
+            raise SpecError("init", init, "'uncollected' only with k >= 2")
+
+        def draw(m):
+            z = rng.standard_normal((m, k))
+            return (z, z @ L.T)
+
+        z, y = _rejection(draw, lambda c: np.argmax(c[1], axis=1) != k - 1, n, rng, init)
+        return _finish(z, y, _chi2(rng, d, k, n))
+    if init == "positive":
+        beta = _is_equiangular(A)
+        if beta == 0.0:
+            z = np.abs(rng.standard_normal((n, k)))
+            return _finish(z, z @ L.T, _chi2(rng, d, k, n))
+        if beta is not None and beta > 0.0:
+            c = math.sqrt(beta / (1.0 - beta))
+            g = _sample_equiangular_g(rng, n, k, c)
+            lower = np.repeat((-c * g)[:, None], k, axis=1)
+            zp = stats.truncnorm.rvs(lower, np.inf, size=(n, k), random_state=rng)
+            y = math.sqrt(1.0 - beta) * zp + math.sqrt(beta) * g[:, None]
+            z = solve_triangular(L, y.T, lower=True).T
+            return _finish(z, y, _chi2(rng, d, k, n))
+
+        def draw(m):
+            z = rng.standard_normal((m, k))
+            return (z, z @ L.T)
+
+        z, y = _rejection(draw, lambda c: np.all(c[1] > 0, axis=1), n, rng, init)
+        return _finish(z, y, _chi2(rng, d, k, n))
+    raise SpecError("init", init, "one of " + ", ".join(INITS))
+
+
+def explicit_weights(
+    draw: InitialDraw, d: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Explicit unit vectors ``w(0)`` in ``R^d`` (n x d) consistent with ``draw``.
+
+    ``g[k:] = sqrt(chi2) e`` with ``e`` uniform on ``S^{d-k-1}`` independent of ``chi2``, so
+    the result is uniform on the sphere (conditioned as the draw was) and ``V^T w`` equals
+    ``draw.u`` up to round-off. For the full-d validation backend only.
+    """
+    n, k = draw.z.shape
+    g = np.zeros((n, int(d)))
+    g[:, :k] = draw.z
+    if d > k:
+        e = rng.standard_normal((n, int(d) - k))
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        g[:, k:] = np.sqrt(draw.chi2)[:, None] * e
+    return g / np.linalg.norm(g, axis=1, keepdims=True)

@@ -1,0 +1,412 @@
+"""How a step is taken and when to stop: batched Dormand-Prince 5(4) and projected GD.
+
+Each trajectory of a batch is advanced independently, with its own adaptive step size (escape
+times differ by orders of magnitude across seeds and d, so a shared step would be wrong), by
+the same compiled code: a trajectory's numbers depend only on its own inputs, never on the
+batch it is in, the thread that runs it or the number of threads.
+
+Observation, inside the step loop:
+
+* escape time: first ``t`` with ``||u(t)||_2 >= escape_threshold``, located inside the step on
+  the 4th-order dense output by bisection to round-off, not at step endpoints;
+* snapshots of ``u(t)`` on a user time grid, from the dense output.
+
+Stopping, checked after every accepted step:
+
+* status 0 (converged): the spherical gradient norm is below ``gtol``, tested only after the
+  escape: near the initial saddle the gradient is ``~ d^{-(p*-1)/2}``, far below any sensible
+  ``gtol``, and must not be mistaken for convergence;
+* status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
+* status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
+  is flagged and its batch goes on.
+
+Snapshots after a converged stop hold the final state (the flow is at rest within ``gtol``);
+after any other stop they are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._jit import jit as njit
+
+from .dynamics import gd_map, grad_norm, overlap_norm, overlaps, vector_field
+
+CONVERGED, T_MAX, MAX_STEPS, NON_FINITE = 0, 1, 2, 3
+STATUS_NAMES = {CONVERGED: "converged", T_MAX: "t_max", MAX_STEPS: "max_steps",
+                NON_FINITE: "non_finite"}
+
+# Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, 1993), FSAL.
+C2, C3, C4, C5 = 1 / 5, 3 / 10, 4 / 5, 8 / 9
+A21 = 1 / 5
+A31, A32 = 3 / 40, 9 / 40
+A41, A42, A43 = 44 / 45, -56 / 15, 32 / 9
+A51, A52, A53, A54 = 19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729
+A61, A62, A63, A64, A65 = 9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656
+A71, A73, A74, A75, A76 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
+E1, E3, E4, E5, E6, E7 = (71 / 57600, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525,
+                          -1 / 40)
+# Dense-output coefficients (Hairer's DOPRI5 `contd5`).
+D1, D3, D4 = -12715105075 / 11282082432, 87487479700 / 32700410799, -10690763975 / 1880347072
+D5, D6, D7 = 701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423
+
+# Step-size controller (Hairer's defaults, PI control).
+SAFE, FAC_MIN, FAC_MAX, BETA = 0.9, 0.2, 10.0, 0.04
+EXPO1 = 0.2 - BETA * 0.75
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Error control of the adaptive integrator: ``|err_i| <= atol + rtol |y_i|`` (RMS)."""
+
+    rtol: float = 1e-8
+    atol: float = 1e-12
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a trajectory ends (see the module docstring for the status codes)."""
+
+    t_max: float = 1e12
+    gtol: float = 1e-6
+    max_steps: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What is recorded along the way: the escape threshold and the snapshot times."""
+
+    escape_threshold: float = 0.5
+    snapshots: np.ndarray | None = None
+
+
+@njit
+def _initial_step(model, y, f0, args, work, rtol, atol, t_max, tmp, f1):
+    n = y.size
+    dnf = 0.0
+    dny = 0.0
+    for i in range(n):
+        sk = atol + rtol * abs(y[i])
+        dnf += (f0[i] / sk) ** 2
+        dny += (y[i] / sk) ** 2
+    if dnf <= 1e-10 or dny <= 1e-10:
+        h = 1e-6
+    else:
+        h = math.sqrt(dny / dnf) * 0.01
+    h = min(h, t_max)
+    for i in range(n):
+        tmp[i] = y[i] + h * f0[i]
+    vector_field(model, tmp, args, work, f1)
+    der2 = 0.0
+    for i in range(n):
+        sk = atol + rtol * abs(y[i])
+        der2 += ((f1[i] - f0[i]) / sk) ** 2
+    der2 = math.sqrt(der2) / h
+    der12 = max(der2, math.sqrt(dnf))
+    if der12 <= 1e-15:
+        h1 = max(1e-6, h * 1e-3)
+    else:
+        h1 = (0.01 / der12) ** 0.2
+    return min(100.0 * h, h1, t_max)
+
+
+@njit
+def _dense(y, yn, k1, k3, k4, k5, k6, k7, h, theta, out):
+    """Evaluate the 4th-order continuous extension at ``t + theta h``."""
+    t1 = 1.0 - theta
+    for i in range(y.size):
+        ydiff = yn[i] - y[i]
+        bspl = h * k1[i] - ydiff
+        r4 = ydiff - h * k7[i] - bspl
+        r5 = h * (D1 * k1[i] + D3 * k3[i] + D4 * k4[i] + D5 * k5[i] + D6 * k6[i] + D7 * k7[i])
+        out[i] = y[i] + theta * (ydiff + t1 * (bspl + theta * (r4 + t1 * r5)))
+
+
+@njit
+def _finish_snapshots(model, y, args, status, snaps, js, snap_out):
+    k = snap_out.shape[1]
+    for j in range(js, snaps.size):
+        if status == CONVERGED:
+            overlaps(model, y, args, snap_out[j])
+        else:
+            for i in range(k):
+                snap_out[j, i] = np.nan
+
+
+@njit
+def _all_finite(y):
+    for i in range(y.size):
+        if not math.isfinite(y[i]):
+            return False
+    return True
+
+
+@njit
+def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
+           y_out, snap_out):
+    """Integrate one trajectory; returns ``(t_final, steps, status, escape_time)``.
+
+    The final state is written to ``y_out`` and the snapshot overlaps to ``snap_out``.
+    """
+    n = y0.size
+    k = args[0].shape[1]
+    work = np.empty(4 * k)
+    y = y0.copy()
+    yn = np.empty(n)
+    ys = np.empty(n)
+    k1 = np.empty(n)
+    k2 = np.empty(n)
+    k3 = np.empty(n)
+    k4 = np.empty(n)
+    k5 = np.empty(n)
+    k6 = np.empty(n)
+    k7 = np.empty(n)
+    t = 0.0
+    steps = 0
+    status = -1
+    t_esc = np.nan
+    escaped = False
+    js = 0
+    if not _all_finite(y):
+        _finish_snapshots(model, y, args, NON_FINITE, snaps, 0, snap_out)
+        y_out[:] = y
+        return 0.0, 0, NON_FINITE, t_esc
+    if overlap_norm(model, y, args, work) >= threshold:
+        escaped = True
+        t_esc = 0.0
+    while js < snaps.size and snaps[js] <= 0.0:
+        overlaps(model, y, args, snap_out[js])
+        js += 1
+    vector_field(model, y, args, work, k1)
+    h = _initial_step(model, y, k1, args, work, rtol, atol, t_max, ys, k2)
+    facold = 1e-4
+    last_rejected = False
+    while True:
+        if escaped and grad_norm(model, y, args, work) < gtol:
+            status = CONVERGED
+            break
+        if t >= t_max:
+            status = T_MAX
+            break
+        if steps >= max_steps:
+            status = MAX_STEPS
+            break
+        if not (h > 1e-14 * max(t, 1e-300)):
+            status = NON_FINITE
+            break
+        h = min(h, t_max - t)
+        for i in range(n):
+            ys[i] = y[i] + h * A21 * k1[i]
+        vector_field(model, ys, args, work, k2)
+        for i in range(n):
+            ys[i] = y[i] + h * (A31 * k1[i] + A32 * k2[i])
+        vector_field(model, ys, args, work, k3)
+        for i in range(n):
+            ys[i] = y[i] + h * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
+        vector_field(model, ys, args, work, k4)
+        for i in range(n):
+            ys[i] = y[i] + h * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
+        vector_field(model, ys, args, work, k5)
+        for i in range(n):
+            ys[i] = y[i] + h * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i]
+                                + A65 * k5[i])
+        vector_field(model, ys, args, work, k6)
+        for i in range(n):
+            yn[i] = y[i] + h * (A71 * k1[i] + A73 * k3[i] + A74 * k4[i] + A75 * k5[i]
+                                + A76 * k6[i])
+        vector_field(model, yn, args, work, k7)
+        err = 0.0
+        for i in range(n):
+            e = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
+                     + E7 * k7[i])
+            sk = atol + rtol * max(abs(y[i]), abs(yn[i]))
+            err += (e / sk) ** 2
+        err = math.sqrt(err / n)
+        if not math.isfinite(err) or not _all_finite(yn):
+            # Possibly only a step far too large: retry much smaller; a genuinely
+            # non-finite solution ends as a collapsed step size (status 3).
+            h *= FAC_MIN
+            last_rejected = True
+            continue
+        fac11 = err ** EXPO1
+        fac = fac11 / facold ** BETA
+        fac = max(1.0 / FAC_MAX, min(1.0 / FAC_MIN, fac / SAFE))
+        h_new = h / fac
+        if err > 1.0:
+            h = h / min(1.0 / FAC_MIN, fac11 / SAFE)
+            last_rejected = True
+            continue
+        # Accepted step [t, t + h].
+        facold = max(err, 1e-4)
+        t_new = t + h
+        if not escaped and overlap_norm(model, yn, args, work) >= threshold:
+            lo, hi = 0.0, 1.0
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                _dense(y, yn, k1, k3, k4, k5, k6, k7, h, mid, ys)
+                if overlap_norm(model, ys, args, work) >= threshold:
+                    hi = mid
+                else:
+                    lo = mid
+                if hi - lo <= 1e-16:
+                    break
+            t_esc = t + hi * h
+            escaped = True
+        while js < snaps.size and snaps[js] <= t_new:
+            _dense(y, yn, k1, k3, k4, k5, k6, k7, h, (snaps[js] - t) / h, ys)
+            overlaps(model, ys, args, snap_out[js])
+            js += 1
+        for i in range(n):
+            y[i] = yn[i]
+            k1[i] = k7[i]
+        t = t_new
+        steps += 1
+        if last_rejected:
+            h_new = min(h_new, h)
+            last_rejected = False
+        h = h_new
+    _finish_snapshots(model, y, args, status, snaps, js, snap_out)
+    y_out[:] = y
+    return t, steps, status, t_esc
+
+
+@njit
+def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
+                 y_out, snap_out):
+    """Iterate the projected GD map; time is ``t = lr * iterations``.
+
+    Returns ``(t_final, steps, status, escape_time)`` like :func:`dopri5`. The escape time is
+    that of the first iterate with ``||u|| >= threshold``; the snapshot at time ``tau`` is
+    the iterate ``floor(tau / lr)``.
+    """
+    n = y0.size
+    k = args[0].shape[1]
+    work = np.empty(4 * k)
+    y = y0.copy()
+    yn = np.empty(n)
+    steps = 0
+    status = -1
+    t_esc = np.nan
+    escaped = overlap_norm(model, y, args, work) >= threshold
+    if escaped:
+        t_esc = 0.0
+    js = 0
+    if not _all_finite(y):
+        status = NON_FINITE
+    while status < 0:
+        t = steps * lr
+        while js < snaps.size and snaps[js] < t + lr:
+            overlaps(model, y, args, snap_out[js])
+            js += 1
+        if escaped and grad_norm(model, y, args, work) < gtol:
+            status = CONVERGED
+        elif t >= t_max:
+            status = T_MAX
+        elif steps >= max_steps:
+            status = MAX_STEPS
+        else:
+            gd_map(model, y, args, lr, work, yn)
+            if not _all_finite(yn):
+                status = NON_FINITE
+                break
+            for i in range(n):
+                y[i] = yn[i]
+            steps += 1
+            if not escaped and overlap_norm(model, y, args, work) >= threshold:
+                escaped = True
+                t_esc = steps * lr
+    _finish_snapshots(model, y, args, status, snaps, js, snap_out)
+    y_out[:] = y
+    return steps * lr, steps, status, t_esc
+
+
+@njit(parallel=True)
+def _flow_batch(model, Y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
+                Y, T, S, ST, TE, U_t):
+    for b in prange(Y0.shape[0]):
+        T[b], S[b], ST[b], TE[b] = dopri5(model, Y0[b], args, rtol, atol, t_max, max_steps,
+                                           gtol, threshold, snaps, Y[b], U_t[b])
+
+
+@njit(parallel=True)
+def _gd_batch(model, Y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
+              Y, T, S, ST, TE, U_t):
+    for b in prange(Y0.shape[0]):
+        T[b], S[b], ST[b], TE[b] = projected_gd(model, Y0[b], args, lr, t_max, max_steps,
+                                                 gtol, threshold, snaps, Y[b], U_t[b])
+
+
+@dataclass
+class BatchResult:
+    """Per-trajectory outputs of :func:`solve`; arrays lead with the batch axis."""
+
+    y: np.ndarray
+    t_final: np.ndarray
+    steps: np.ndarray
+    status: np.ndarray
+    escape_time: np.ndarray
+    u_t: np.ndarray
+
+
+def solve(
+    model: int,
+    y0: np.ndarray,
+    args: tuple,
+    *,
+    method: str = "flow",
+    lr: float | None = None,
+    tolerances: Tolerances = Tolerances(),
+    stop: StopRule = StopRule(),
+    observe: Observation = Observation(),
+    threads: int | None = None,
+) -> BatchResult:
+    """Advance a batch of trajectories of one model until each one stops.
+
+    Parameters
+    ----------
+    model:
+        ``dynamics.REDUCED`` or ``dynamics.FULL``.
+    y0:
+        Initial states, one row per trajectory.
+    args:
+        The model's kernel arguments (``dynamics.reduced_args`` / ``dynamics.full_args``).
+    method:
+        ``"flow"`` (adaptive Dormand-Prince 5(4)) or ``"gd"`` (projected GD with ``lr``).
+    tolerances, stop, observe:
+        Error control, stopping rule, and what to record.
+    threads:
+        Worker threads for the batch (default: all of numba's); results do not depend on it.
+    """
+    y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
+    B = y0.shape[0]
+    k = args[0].shape[1]
+    snaps = (np.zeros(0) if observe.snapshots is None
+             else np.ascontiguousarray(observe.snapshots, dtype=np.float64))
+    Y = np.empty_like(y0)
+    T = np.empty(B)
+    S = np.empty(B, dtype=np.int64)
+    ST = np.empty(B, dtype=np.int64)
+    TE = np.empty(B)
+    U_t = np.empty((B, snaps.size, k))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
+    try:
+        if method == "flow":
+            _flow_batch(model, y0, args, tolerances.rtol, tolerances.atol, stop.t_max,
+                        stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
+                        Y, T, S, ST, TE, U_t)
+        elif method == "gd":
+            if lr is None or not lr > 0:
+                raise ValueError(f"method 'gd' needs a learning rate lr > 0, got {lr!r}")
+            _gd_batch(model, y0, args, float(lr), stop.t_max, stop.max_steps, stop.gtol,
+                      observe.escape_threshold, snaps, Y, T, S, ST, TE, U_t)
+        else:
+            raise ValueError(f"method must be 'flow' or 'gd', got {method!r}")
+    finally:
+        numba.set_num_threads(previous)
+    return BatchResult(Y, T, S, ST.astype(np.int8), TE, U_t)

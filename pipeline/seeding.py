@@ -1,0 +1,50 @@
+"""Random streams: one per (root seed, initial-condition key, seed index).
+
+Streams come from :class:`numpy.random.SeedSequence` with the seed index as spawn key, so a
+trajectory's draws never depend on which other seeds are simulated with it, in what batch,
+on which worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .errors import SpecError
+
+#: Sub-stream of a seed: the initial condition in k dimensions, and the explicit direction of
+#: the part orthogonal to span(V) that only the full-d backend needs.
+STREAM_INITIAL, STREAM_FULL = 0, 1
+
+
+def validate_root_seed(root_seed: int) -> int:
+    """Check that ``root_seed`` is a non-negative integer."""
+    if isinstance(root_seed, bool) or not isinstance(root_seed, int | np.integer) \
+            or root_seed < 0:
+        raise SpecError("root_seed", root_seed, "an integer >= 0")
+    return int(root_seed)
+
+
+def validate_seeds(seeds: Iterable[int] | int) -> np.ndarray:
+    """Seed indices as an int64 array (an int ``m`` means ``range(m)``); distinct, >= 0."""
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        seeds = range(int(seeds))
+    try:
+        arr = np.asarray(list(seeds))
+    except TypeError:
+        raise SpecError("seeds", seeds, "an iterable of integer seed indices") from None
+    if arr.size == 0:
+        raise SpecError("seeds", list(arr), "at least one seed index")
+    if arr.dtype.kind not in "iu" or np.any(arr < 0):
+        raise SpecError("seeds", arr.tolist()[:8], "integer seed indices >= 0")
+    if np.unique(arr).size != arr.size:
+        raise SpecError("seeds", arr.tolist()[:8], "distinct seed indices")
+    return arr.astype(np.int64)
+
+
+def seed_rng(root_seed: int, key: str, seed: int, stream: int = STREAM_INITIAL
+             ) -> np.random.Generator:
+    """The generator of one seed: ``key`` is a hex content hash, ``stream`` a sub-stream."""
+    ss = np.random.SeedSequence(entropy=[root_seed, int(key, 16)], spawn_key=(int(seed), stream))
+    return np.random.Generator(np.random.PCG64(ss))
