@@ -181,7 +181,8 @@ def _parse_mixture(spec: Mapping, degree: int, field_name: str) -> dict[int, flo
                 f"Hermite degrees <= the truncation degree ({degree})",
                 hint="raise `degree` or drop the high-degree term",
             )
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value):
             raise SpecError(field_name, dict(spec), "finite numeric Hermite coefficients")
         table[p] = float(value)
     if not table or all(v == 0.0 for v in table.values()):

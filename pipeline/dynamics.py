@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from ._jit import jit as njit
 
 REDUCED = 0

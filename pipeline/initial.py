@@ -58,12 +58,6 @@ def _chi2(rng: np.random.Generator, d: float, k: int, n: int) -> np.ndarray:
     return rng.chisquare(float(d - k), size=n)
 
 
-def _finish(z: np.ndarray, y: np.ndarray, chi2: np.ndarray) -> InitialDraw:
-    norm2 = np.einsum("ij,ij->i", z, z) + chi2
-    r = np.sqrt(norm2)
-    return InitialDraw(z=z, chi2=chi2, u=y / r[:, None], r=np.sqrt(chi2 / norm2))
-
-
 def _is_equiangular(gram: np.ndarray) -> float | None:
     k = gram.shape[0]
     off = gram[~np.eye(k, dtype=bool)]
@@ -120,17 +114,50 @@ def _sample_equiangular_g(rng: np.random.Generator, n: int, k: int, c: float) ->
     return g
 
 
-def sample_initial(
-    rng: np.random.Generator, n: int, d: float, gram: np.ndarray, init: str = "uniform"
+def _raw_draw(rng, n, d, L, init, beta):
+    """Random part of one seed's draw: ``(z, y or None, chi2)`` with ``y = L z`` if computed."""
+    k = L.shape[0]
+    if init == "uniform":
+        return rng.standard_normal((n, k)), None, _chi2(rng, d, k, n)
+    if init == "positive" and beta == 0.0:
+        return np.abs(rng.standard_normal((n, k))), None, _chi2(rng, d, k, n)
+    if init == "positive" and beta is not None:
+        c = math.sqrt(beta / (1.0 - beta))
+        g = _sample_equiangular_g(rng, n, k, c)
+        lower = np.repeat((-c * g)[:, None], k, axis=1)
+        zp = stats.truncnorm.rvs(lower, np.inf, size=(n, k), random_state=rng)
+        # Keep y as drawn (not L (L^-1 y)) so positivity is exact, not up to round-off.
+        y = math.sqrt(1.0 - beta) * zp + math.sqrt(beta) * g[:, None]
+        z = solve_triangular(L, y.T, lower=True).T
+        return z, y, _chi2(rng, d, k, n)
+
+    def draw(m):
+        z = rng.standard_normal((m, k))
+        return (z, z @ L.T)
+
+    if init == "positive":
+        accept = lambda c: np.all(c[1] > 0, axis=1)  # noqa: E731
+    else:
+        accept = lambda c: np.argmax(c[1], axis=1) != k - 1  # noqa: E731
+    z, y = _rejection(draw, accept, n, rng, init)
+    return z, y, _chi2(rng, d, k, n)
+
+
+def sample_initial_batch(
+    rngs: list[np.random.Generator], n: int, d: float, gram: np.ndarray, init: str = "uniform"
 ) -> InitialDraw:
-    """Draw the exact initial conditions of ``n`` independent neurons.
+    """Exact initial conditions of ``n`` independent neurons for each generator in ``rngs``.
+
+    Each seed's draws come from its own generator, in a fixed order, so a seed's initial
+    condition does not depend on the other seeds; the arithmetic that follows the draws is
+    done once for the whole batch. Arrays are shaped ``(len(rngs), n, ...)``.
 
     Parameters
     ----------
-    rng:
-        The trajectory's random generator (all draws come from it, in a fixed order).
+    rngs:
+        One generator per seed.
     n:
-        Number of neurons.
+        Number of neurons per seed.
     d:
         Ambient dimension (``d >= k``; any size, the cost does not depend on it).
     gram:
@@ -138,59 +165,47 @@ def sample_initial(
     init:
         ``"uniform"``, ``"positive"`` or ``"uncollected"``.
     """
+    if init not in INITS:
+        raise SpecError("init", init, "one of " + ", ".join(INITS))
     A = np.asarray(gram, dtype=float)
     k = A.shape[0]
+    if init == "uncollected" and k < 2:
+        raise SpecError("init", init, "'uncollected' only with k >= 2")
     L = np.linalg.cholesky(A)
-    if init == "uniform":
-        z = rng.standard_normal((n, k))
-        return _finish(z, z @ L.T, _chi2(rng, d, k, n))
-    if init == "uncollected":
-        if k < 2:
-            raise SpecError("init", init, "'uncollected' only with k >= 2")
+    beta = _is_equiangular(A)
+    raw = [_raw_draw(rng, n, d, L, init, beta) for rng in rngs]
+    z = np.stack([r[0] for r in raw])
+    chi2 = np.stack([r[2] for r in raw])
+    y = z @ L.T if raw[0][1] is None else np.stack([r[1] for r in raw])
+    norm2 = np.einsum("...j,...j->...", z, z) + chi2
+    return InitialDraw(z=z, chi2=chi2, u=y / np.sqrt(norm2)[..., None], r=np.sqrt(chi2 / norm2))
 
-        def draw(m):
-            z = rng.standard_normal((m, k))
-            return (z, z @ L.T)
 
-        z, y = _rejection(draw, lambda c: np.argmax(c[1], axis=1) != k - 1, n, rng, init)
-        return _finish(z, y, _chi2(rng, d, k, n))
-    if init == "positive":
-        beta = _is_equiangular(A)
-        if beta == 0.0:
-            z = np.abs(rng.standard_normal((n, k)))
-            return _finish(z, z @ L.T, _chi2(rng, d, k, n))
-        if beta is not None and beta > 0.0:
-            c = math.sqrt(beta / (1.0 - beta))
-            g = _sample_equiangular_g(rng, n, k, c)
-            lower = np.repeat((-c * g)[:, None], k, axis=1)
-            zp = stats.truncnorm.rvs(lower, np.inf, size=(n, k), random_state=rng)
-            y = math.sqrt(1.0 - beta) * zp + math.sqrt(beta) * g[:, None]
-            z = solve_triangular(L, y.T, lower=True).T
-            return _finish(z, y, _chi2(rng, d, k, n))
+def sample_initial(
+    rng: np.random.Generator, n: int, d: float, gram: np.ndarray, init: str = "uniform"
+) -> InitialDraw:
+    """Exact initial conditions of ``n`` independent neurons from one generator.
 
-        def draw(m):
-            z = rng.standard_normal((m, k))
-            return (z, z @ L.T)
-
-        z, y = _rejection(draw, lambda c: np.all(c[1] > 0, axis=1), n, rng, init)
-        return _finish(z, y, _chi2(rng, d, k, n))
-    raise SpecError("init", init, "one of " + ", ".join(INITS))
+    Same as :func:`sample_initial_batch` for a single seed, without the leading axis.
+    """
+    draw = sample_initial_batch([rng], n, d, gram, init)
+    return InitialDraw(z=draw.z[0], chi2=draw.chi2[0], u=draw.u[0], r=draw.r[0])
 
 
 def explicit_weights(
-    draw: InitialDraw, d: int, rng: np.random.Generator
+    z: np.ndarray, chi2: np.ndarray, d: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Explicit unit vectors ``w(0)`` in ``R^d`` (n x d) consistent with ``draw``.
+    """Explicit unit vectors ``w(0)`` in ``R^d`` (n x d) for one seed's draw ``(z, chi2)``.
 
     ``g[k:] = sqrt(chi2) e`` with ``e`` uniform on ``S^{d-k-1}`` independent of ``chi2``, so
     the result is uniform on the sphere (conditioned as the draw was) and ``V^T w`` equals
-    ``draw.u`` up to round-off. For the full-d validation backend only.
+    the draw's ``u`` up to round-off. For the full-d validation backend only.
     """
-    n, k = draw.z.shape
+    n, k = z.shape
     g = np.zeros((n, int(d)))
-    g[:, :k] = draw.z
+    g[:, :k] = z
     if d > k:
         e = rng.standard_normal((n, int(d) - k))
         e /= np.linalg.norm(e, axis=1, keepdims=True)
-        g[:, k:] = np.sqrt(draw.chi2)[:, None] * e
+        g[:, k:] = np.sqrt(chi2)[:, None] * e
     return g / np.linalg.norm(g, axis=1, keepdims=True)

@@ -34,7 +34,6 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-
 from .dynamics import gd_map, grad_norm, overlap_norm, overlaps, vector_field
 
 CONVERGED, T_MAX, MAX_STEPS, NON_FINITE = 0, 1, 2, 3

@@ -230,7 +230,7 @@ def _resolve(raw: dict[str, Any]) -> Point:
         raise SpecError("k", k, f"an integer in [1, {K_MAX}]")
     d = _number("d", p["d"], integer=True)
     if not 1 <= d <= D_MAX:
-        raise SpecError("d", d, f"an integer in [1, 2^53]")
+        raise SpecError("d", d, "an integer in [1, 2^53]")
     if d < k:
         raise SpecError("d", d, f"an integer >= k = {k} (k index vectors must fit in R^d)",
                         hint="raise d or lower k")

@@ -46,5 +46,15 @@ def validate_seeds(seeds: Iterable[int] | int) -> np.ndarray:
 def seed_rng(root_seed: int, key: str, seed: int, stream: int = STREAM_INITIAL
              ) -> np.random.Generator:
     """The generator of one seed: ``key`` is a hex content hash, ``stream`` a sub-stream."""
-    ss = np.random.SeedSequence(entropy=[root_seed, int(key, 16)], spawn_key=(int(seed), stream))
-    return np.random.Generator(np.random.PCG64(ss))
+    return seed_rngs(root_seed, key, [seed], stream)[0]
+
+
+def seed_rngs(root_seed: int, key: str, seeds: Iterable[int], stream: int = STREAM_INITIAL
+              ) -> list[np.random.Generator]:
+    """Generators of several seeds (same streams as :func:`seed_rng`, one each)."""
+    entropy = [root_seed, int(key, 16)]
+    return [
+        np.random.Generator(np.random.PCG64(
+            np.random.SeedSequence(entropy=entropy, spawn_key=(int(s), stream))))
+        for s in seeds
+    ]

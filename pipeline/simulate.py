@@ -20,10 +20,10 @@ from .activations import (
 )
 from .errors import SpecError
 from .frames import explicit_frame
-from .initial import explicit_weights, sample_initial
+from .initial import explicit_weights, sample_initial_batch
 from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, solve
 from .params import Point, content_hash, resolve_point
-from .seeding import STREAM_FULL, seed_rng, validate_root_seed, validate_seeds
+from .seeding import STREAM_FULL, seed_rngs, validate_root_seed, validate_seeds
 
 #: Number of snapshot times in the default (log-spaced) grid.
 DEFAULT_SNAPSHOTS = 64
@@ -98,23 +98,18 @@ def simulate(
 
     key = content_hash(p.initial_key())
     S, n, k = seed_idx.size, p.n, p.k
-    u0 = np.empty((S, n, k))
-    r0 = np.empty((S, n))
-    draws = []
-    for i, s in enumerate(seed_idx):
-        draw = sample_initial(seed_rng(root_seed, key, s), n, p.d, A, p.init)
-        u0[i], r0[i] = draw.u, draw.r
-        draws.append(draw)
+    draw = sample_initial_batch(seed_rngs(root_seed, key, seed_idx), n, p.d, A, p.init)
+    u0 = draw.u
 
     if p.backend == "reduced":
         model, args = dynamics.REDUCED, dynamics.reduced_args(A, c)
-        y0 = np.concatenate([u0, r0[..., None]], axis=-1).reshape(S * n, k + 1)
+        y0 = np.concatenate([u0, draw.r[..., None]], axis=-1).reshape(S * n, k + 1)
     else:
         V = explicit_frame(A, p.d)
         model, args = dynamics.FULL, dynamics.full_args(V, c)
         y0 = np.concatenate([
-            explicit_weights(draw, p.d, seed_rng(root_seed, key, s, STREAM_FULL))
-            for draw, s in zip(draws, seed_idx, strict=True)
+            explicit_weights(draw.z[i], draw.chi2[i], p.d, rng)
+            for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
         ])
         u0 = (y0 @ V).reshape(S, n, k)
 
