@@ -22,9 +22,12 @@ integrator's own accuracy. (Carrying ``r`` rather than ``r^2`` matters: an absol
 The discrete projected GD of the paper's Figure 1, ``w <- (w + lr g) / ||w + lr g||``, is
 exact in the reduced coordinates too (``gd_map``).
 
-``args`` is the tuple ``(M, Minv, c)``: for ``REDUCED`` ``M = A`` and ``Minv = A^-1``; for
-``FULL`` ``M = V`` and ``Minv`` unused. ``c`` holds ``c_0..c_P``. ``work`` is scratch of at
-least ``4 k`` floats so the hot loop allocates nothing.
+``args`` is the tuple ``(M, Minv, c, extra)`` (one type for every model, so the integrator
+kernels compile once): for ``REDUCED`` ``M = A`` and ``Minv = A^-1``; for ``FULL`` ``M = V``
+and ``Minv`` unused. ``c`` holds ``c_0..c_P``; ``extra`` (2-D) is free for models that need
+more coefficients. ``work`` is scratch of ``work_size`` floats so the hot loop allocates
+nothing. A trajectory may hold several neurons (``n_neurons``), each with its own overlaps
+and escape event.
 """
 
 from __future__ import annotations
@@ -56,8 +59,20 @@ def _ascent(u, c, a):
 
 
 @njit
+def n_neurons(model, args):
+    """Neurons per trajectory (each has its own escape event and overlap row): 1 here."""
+    return 1
+
+
+@njit
+def work_size(model, args):
+    """Scratch floats the model's functions need."""
+    return 4 * args[0].shape[1]
+
+
+@njit
 def overlaps(model, y, args, u):
-    """Write ``u = V^T w`` of state ``y`` into ``u``."""
+    """Write the overlaps ``V^T w`` of every neuron of state ``y`` into ``u`` (row-major)."""
     M = args[0]
     k = M.shape[1]
     if model == REDUCED:
@@ -72,8 +87,8 @@ def overlaps(model, y, args, u):
 
 
 @njit
-def overlap_norm(model, y, args, work):
-    """``||u||_2``, the escape measure."""
+def overlap_norm(model, y, args, work, neuron):
+    """``||u||_2`` of one neuron, the escape measure."""
     M = args[0]
     k = M.shape[1]
     u = work[:k]
@@ -195,12 +210,13 @@ def gd_map(model, y, args, lr, work, out):
 def reduced_args(gram: np.ndarray, c: np.ndarray) -> tuple:
     """Kernel arguments of the reduced model for Gram ``A`` and dual coefficients ``c``."""
     A = np.ascontiguousarray(gram, dtype=np.float64)
-    return (A, np.ascontiguousarray(np.linalg.inv(A)), _trim(c))
+    return (A, np.ascontiguousarray(np.linalg.inv(A)), _trim(c), np.zeros((1, 1)))
 
 
 def full_args(V: np.ndarray, c: np.ndarray) -> tuple:
     """Kernel arguments of the full-d model for an explicit frame ``V`` (d x k)."""
-    return (np.ascontiguousarray(V, dtype=np.float64), np.zeros((1, 1)), _trim(c))
+    return (np.ascontiguousarray(V, dtype=np.float64), np.zeros((1, 1)), _trim(c),
+            np.zeros((1, 1)))
 
 
 def _trim(c: np.ndarray) -> np.ndarray:

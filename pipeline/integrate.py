@@ -34,7 +34,15 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .dynamics import gd_map, grad_norm, overlap_norm, overlaps, vector_field
+from .dynamics import (
+    gd_map,
+    grad_norm,
+    n_neurons,
+    overlap_norm,
+    overlaps,
+    vector_field,
+    work_size,
+)
 
 CONVERGED, T_MAX, MAX_STEPS, NON_FINITE = 0, 1, 2, 3
 STATUS_NAMES = {CONVERGED: "converged", T_MAX: "t_max", MAX_STEPS: "max_steps",
@@ -128,13 +136,11 @@ def _dense(y, yn, k1, k3, k4, k5, k6, k7, h, theta, out):
 
 @njit
 def _finish_snapshots(model, y, args, status, snaps, js, snap_out):
-    k = snap_out.shape[1]
     for j in range(js, snaps.size):
         if status == CONVERGED:
             overlaps(model, y, args, snap_out[j])
         else:
-            for i in range(k):
-                snap_out[j, i] = np.nan
+            snap_out[j, :] = np.nan
 
 
 @njit
@@ -146,15 +152,27 @@ def _all_finite(y):
 
 
 @njit
-def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-           y_out, snap_out):
-    """Integrate one trajectory; returns ``(t_final, steps, status, escape_time)``.
+def _mark_escapes(model, y, args, work, threshold, t_esc, t):
+    """Record ``t`` for neurons already past the threshold at ``y``; return #escaped."""
+    count = 0
+    for e in range(t_esc.size):
+        if math.isnan(t_esc[e]) and overlap_norm(model, y, args, work, e) >= threshold:
+            t_esc[e] = t
+        if not math.isnan(t_esc[e]):
+            count += 1
+    return count
 
-    The final state is written to ``y_out`` and the snapshot overlaps to ``snap_out``.
+
+@njit
+def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
+           y_out, snap_out, t_esc):
+    """Integrate one trajectory; returns ``(t_final, steps, status)``.
+
+    The final state is written to ``y_out``, the snapshot overlaps to ``snap_out`` (one row
+    per snapshot time) and each neuron's escape time to ``t_esc`` (NaN: never).
     """
     n = y0.size
-    k = args[0].shape[1]
-    work = np.empty(4 * k)
+    work = np.empty(work_size(model, args))
     y = y0.copy()
     yn = np.empty(n)
     ys = np.empty(n)
@@ -168,16 +186,13 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     t = 0.0
     steps = 0
     status = -1
-    t_esc = np.nan
-    escaped = False
+    t_esc[:] = np.nan
     js = 0
     if not _all_finite(y):
         _finish_snapshots(model, y, args, NON_FINITE, snaps, 0, snap_out)
         y_out[:] = y
-        return 0.0, 0, NON_FINITE, t_esc
-    if overlap_norm(model, y, args, work) >= threshold:
-        escaped = True
-        t_esc = 0.0
+        return 0.0, 0, NON_FINITE
+    n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     while js < snaps.size and snaps[js] <= 0.0:
         overlaps(model, y, args, snap_out[js])
         js += 1
@@ -186,7 +201,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     facold = 1e-4
     last_rejected = False
     while True:
-        if escaped and grad_norm(model, y, args, work) < gtol:
+        if n_escaped == t_esc.size and grad_norm(model, y, args, work) < gtol:
             status = CONVERGED
             break
         if t >= t_max:
@@ -243,19 +258,22 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         # Accepted step [t, t + h].
         facold = max(err, 1e-4)
         t_new = t + h
-        if not escaped and overlap_norm(model, yn, args, work) >= threshold:
-            lo, hi = 0.0, 1.0
-            for _ in range(60):
-                mid = 0.5 * (lo + hi)
-                _dense(y, yn, k1, k3, k4, k5, k6, k7, h, mid, ys)
-                if overlap_norm(model, ys, args, work) >= threshold:
-                    hi = mid
-                else:
-                    lo = mid
-                if hi - lo <= 1e-16:
-                    break
-            t_esc = t + hi * h
-            escaped = True
+        if n_escaped < t_esc.size:
+            for e in range(t_esc.size):
+                if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
+                    # Bisection on the dense output, to round-off in theta.
+                    lo, hi = 0.0, 1.0
+                    for _ in range(60):
+                        mid = 0.5 * (lo + hi)
+                        _dense(y, yn, k1, k3, k4, k5, k6, k7, h, mid, ys)
+                        if overlap_norm(model, ys, args, work, e) >= threshold:
+                            hi = mid
+                        else:
+                            lo = mid
+                        if hi - lo <= 1e-16:
+                            break
+                    t_esc[e] = t + hi * h
+                    n_escaped += 1
         while js < snaps.size and snaps[js] <= t_new:
             _dense(y, yn, k1, k3, k4, k5, k6, k7, h, (snaps[js] - t) / h, ys)
             overlaps(model, ys, args, snap_out[js])
@@ -271,29 +289,26 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         h = h_new
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
     y_out[:] = y
-    return t, steps, status, t_esc
+    return t, steps, status
 
 
 @njit
 def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
-                 y_out, snap_out):
+                 y_out, snap_out, t_esc):
     """Iterate the projected GD map; time is ``t = lr * iterations``.
 
-    Returns ``(t_final, steps, status, escape_time)`` like :func:`dopri5`. The escape time is
-    that of the first iterate with ``||u|| >= threshold``; the snapshot at time ``tau`` is
-    the iterate ``floor(tau / lr)``.
+    Returns ``(t_final, steps, status)`` and fills the outputs like :func:`dopri5`. A neuron's
+    escape time is that of its first iterate with ``||u|| >= threshold``; the snapshot at
+    time ``tau`` is the iterate ``floor(tau / lr)``.
     """
     n = y0.size
-    k = args[0].shape[1]
-    work = np.empty(4 * k)
+    work = np.empty(work_size(model, args))
     y = y0.copy()
     yn = np.empty(n)
     steps = 0
     status = -1
-    t_esc = np.nan
-    escaped = overlap_norm(model, y, args, work) >= threshold
-    if escaped:
-        t_esc = 0.0
+    t_esc[:] = np.nan
+    n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     js = 0
     if not _all_finite(y):
         status = NON_FINITE
@@ -302,7 +317,7 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
         while js < snaps.size and snaps[js] < t + lr:
             overlaps(model, y, args, snap_out[js])
             js += 1
-        if escaped and grad_norm(model, y, args, work) < gtol:
+        if n_escaped == t_esc.size and grad_norm(model, y, args, work) < gtol:
             status = CONVERGED
         elif t >= t_max:
             status = T_MAX
@@ -316,33 +331,35 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
             for i in range(n):
                 y[i] = yn[i]
             steps += 1
-            if not escaped and overlap_norm(model, y, args, work) >= threshold:
-                escaped = True
-                t_esc = steps * lr
+            if n_escaped < t_esc.size:
+                n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, steps * lr)
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
     y_out[:] = y
-    return steps * lr, steps, status, t_esc
+    return steps * lr, steps, status
 
 
 @njit(parallel=True)
 def _flow_batch(model, Y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
                 Y, T, S, ST, TE, U_t):
     for b in prange(Y0.shape[0]):
-        T[b], S[b], ST[b], TE[b] = dopri5(model, Y0[b], args, rtol, atol, t_max, max_steps,
-                                           gtol, threshold, snaps, Y[b], U_t[b])
+        T[b], S[b], ST[b] = dopri5(model, Y0[b], args, rtol, atol, t_max, max_steps, gtol,
+                                   threshold, snaps, Y[b], U_t[b], TE[b])
 
 
 @njit(parallel=True)
 def _gd_batch(model, Y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
               Y, T, S, ST, TE, U_t):
     for b in prange(Y0.shape[0]):
-        T[b], S[b], ST[b], TE[b] = projected_gd(model, Y0[b], args, lr, t_max, max_steps,
-                                                 gtol, threshold, snaps, Y[b], U_t[b])
+        T[b], S[b], ST[b] = projected_gd(model, Y0[b], args, lr, t_max, max_steps, gtol,
+                                         threshold, snaps, Y[b], U_t[b], TE[b])
 
 
 @dataclass
 class BatchResult:
-    """Per-trajectory outputs of :func:`solve`; arrays lead with the batch axis."""
+    """Per-trajectory outputs of :func:`solve`; arrays lead with the batch axis.
+
+    ``escape_time`` is (batch, neurons); ``u_t`` is (batch, time, neurons * k).
+    """
 
     y: np.ndarray
     t_final: np.ndarray
@@ -384,14 +401,15 @@ def solve(
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
     B = y0.shape[0]
     k = args[0].shape[1]
+    neurons = n_neurons(model, args)
     snaps = (np.zeros(0) if observe.snapshots is None
              else np.ascontiguousarray(observe.snapshots, dtype=np.float64))
     Y = np.empty_like(y0)
     T = np.empty(B)
     S = np.empty(B, dtype=np.int64)
     ST = np.empty(B, dtype=np.int64)
-    TE = np.empty(B)
-    U_t = np.empty((B, snaps.size, k))
+    TE = np.empty((B, neurons))
+    U_t = np.empty((B, snaps.size, neurons * k))
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:

@@ -128,7 +128,7 @@ def simulate(
     data = {
         "u0": (("seed", "neuron", "index"), u0),
         "u": (("seed", "neuron", "index"), u.reshape(S, n, k)),
-        "escape_time": (("seed", "neuron"), res.escape_time.reshape(shape)),
+        "escape_time": (("seed", "neuron"), res.escape_time[:, 0].reshape(shape)),
         "t_final": (("seed", "neuron"), res.t_final.reshape(shape)),
         "steps": (("seed", "neuron"), res.steps.reshape(shape)),
         "status": (("seed", "neuron"), res.status.reshape(shape)),
