@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
-from scipy import special
+from scipy import integrate, special
 
 from .errors import AssumptionWarning, SpecError, TruncationWarning
 
@@ -190,13 +190,23 @@ def _parse_mixture(spec: Mapping, degree: int, field_name: str) -> dict[int, flo
     return table
 
 
-def canonical_activation_name(spec: str | Mapping, field_name: str = "activation") -> str | dict:
-    """Canonical, hashable-friendly form of an activation spec (validated, not expanded)."""
+def canonical_activation_name(
+    spec: str | Mapping, field_name: str = "activation", degree: int = MAX_DEGREE
+) -> str | dict:
+    """Canonical, hashable-friendly form of an activation spec (validated, not expanded).
+
+    Hermite terms above the truncation ``degree`` are refused here, before any work starts.
+    """
     if isinstance(spec, Mapping):
-        table = _parse_mixture(spec, MAX_DEGREE, field_name)
+        table = _parse_mixture(spec, degree, field_name)
         return {str(p): table[p] for p in sorted(table)}
     if isinstance(spec, str):
         name = spec.strip().lower()
+        if (m := _HERMITE_NAME.match(name)) and int(m.group(1)) > degree:
+            raise SpecError(
+                field_name, spec, f"h<p> with p <= the truncation degree ({degree})",
+                hint="raise `degree`",
+            )
         if _HERMITE_NAME.match(name) or name in NAMED_ACTIVATIONS:
             return name
     raise SpecError(
@@ -218,7 +228,7 @@ def get_activation(
     """
     if isinstance(degree, bool) or not isinstance(degree, int) or not 1 <= degree <= MAX_DEGREE:
         raise SpecError("degree", degree, f"an integer in [1, {MAX_DEGREE}]")
-    canon = canonical_activation_name(spec, field_name)
+    canon = canonical_activation_name(spec, field_name, degree)
     a = np.zeros(degree + 1)
     if isinstance(canon, dict):
         table = _parse_mixture(canon, degree, field_name)
@@ -228,21 +238,18 @@ def get_activation(
         act = Activation(f"mix{{{terms}}}", a, degree, float(a @ a), "exact")
     elif m := _HERMITE_NAME.match(canon):
         p = int(m.group(1))
-        if p > degree:
-            raise SpecError(
-                field_name, spec, f"h<p> with p <= the truncation degree ({degree})",
-                hint="raise `degree`",
-            )
         a[p] = 1.0
         act = Activation(canon, a, degree, 1.0, "exact")
     elif canon in _CLOSED:
         coeffs, norm2 = _CLOSED[canon](degree)
         act = Activation(canon, coeffs, degree, norm2, "closed form")
     else:
-        coeffs, _ = quadrature_coefficients(_QUADRATURE[canon], degree)
-        # The energy needs many more nodes than the low-degree projections to be accurate
-        # enough for the tail estimate, which is a small difference of two O(1) numbers.
-        _, norm2 = quadrature_coefficients(_QUADRATURE[canon], 0, nodes=2 * QUADRATURE_NODES)
+        f = _QUADRATURE[canon]
+        coeffs, _ = quadrature_coefficients(f, degree)
+        # The tail estimate is a small difference of two O(1) numbers, so the energy comes
+        # from adaptive quadrature, accurate to ~1e-13, rather than from the same nodes.
+        norm2 = integrate.quad(lambda x: f(x) ** 2 * math.exp(-0.5 * x * x), -np.inf, np.inf,
+                               epsabs=1e-14, epsrel=1e-13, limit=200)[0] / math.sqrt(2 * math.pi)
         coeffs[np.abs(coeffs) < COEFFICIENT_ATOL] = 0.0
         act = Activation(canon, coeffs, degree, norm2, "quadrature")
     if act.relative_tail > TAIL_WARN:

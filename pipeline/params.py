@@ -221,9 +221,9 @@ def _resolve(raw: dict[str, Any]) -> Point:
     degree = _number("degree", p["degree"], integer=True)
     if not 1 <= degree <= MAX_DEGREE:
         raise SpecError("degree", degree, f"an integer in [1, {MAX_DEGREE}]")
-    teacher = canonical_activation_name(p["teacher"], "teacher")
+    teacher = canonical_activation_name(p["teacher"], "teacher", degree)
     student = canonical_activation_name(
-        p["student"] if p["student"] is not None else p["teacher"], "student")
+        p["student"] if p["student"] is not None else p["teacher"], "student", degree)
 
     k = _number("k", p["k"], integer=True)
     if not 1 <= k <= K_MAX:
