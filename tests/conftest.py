@@ -1,0 +1,31 @@
+"""Shared fixtures and helpers for mimflow's tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import ortho_group
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fixed generator, so every statistical test is deterministic."""
+    return np.random.default_rng(20251128)
+
+
+def random_frame(gram: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
+    """An explicit d x k frame with Gram ``gram`` in a *random* orientation.
+
+    Independent of mimflow's own choice of basis (index vectors in the first k coordinates),
+    so tests built on it check the reduction, not a coincidence of coordinates.
+    """
+    k = gram.shape[0]
+    Q = ortho_group.rvs(d, random_state=rng) if d > 1 else np.ones((1, 1))
+    R = np.linalg.cholesky(gram).T
+    return Q[:, :k] @ R
+
+
+def uniform_sphere(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """n explicit points uniform on S^{d-1} (rows)."""
+    g = rng.standard_normal((n, d))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
