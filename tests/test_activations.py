@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from numpy.polynomial.hermite_e import hermeval, hermegauss
+from numpy.polynomial.hermite_e import hermegauss, hermeval
 from scipy import integrate, special
 
 from pipeline.activations import (

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from conftest import random_frame, uniform_sphere
 from pipeline.errors import SpecError
 from pipeline.frames import equiangular_gram
 from pipeline.initial import (
@@ -17,6 +16,8 @@ from pipeline.initial import (
     sample_initial,
     sample_initial_batch,
 )
+
+from conftest import random_frame, uniform_sphere
 
 N = 4000
 # KS rejection level. About a hundred KS tests run here, so the level is Bonferroni-sized;
