@@ -24,6 +24,7 @@ Conditioned initializations:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,7 +145,8 @@ def _raw_draw(rng, n, d, L, init, beta):
 
 
 def sample_initial_batch(
-    rngs: list[np.random.Generator], n: int, d: float, gram: np.ndarray, init: str = "uniform"
+    rngs: Sequence[np.random.Generator], n: int, d: float, gram: np.ndarray,
+    init: str = "uniform",
 ) -> InitialDraw:
     """Exact initial conditions of ``n`` independent neurons for each generator in ``rngs``.
 
@@ -155,7 +157,8 @@ def sample_initial_batch(
     Parameters
     ----------
     rngs:
-        One generator per seed.
+        One generator per seed: any sequence with a length (a lazy one is best for many
+        seeds, see :class:`pipeline.seeding.SeedStreams`).
     n:
         Number of neurons per seed.
     d:
@@ -173,10 +176,20 @@ def sample_initial_batch(
         raise SpecError("init", init, "'uncollected' only with k >= 2")
     L = np.linalg.cholesky(A)
     beta = _is_equiangular(A)
-    raw = [_raw_draw(rng, n, d, L, init, beta) for rng in rngs]
-    z = np.stack([r[0] for r in raw])
-    chi2 = np.stack([r[2] for r in raw])
-    y = z @ L.T if raw[0][1] is None else np.stack([r[1] for r in raw])
+    # Consume the generators one at a time into preallocated arrays: a million seeds must
+    # not mean a million live generators or a million small arrays.
+    S = len(rngs)
+    z = np.empty((S, n, k))
+    chi2 = np.empty((S, n))
+    y = None
+    for i, rng in enumerate(rngs):
+        z[i], y_i, chi2[i] = _raw_draw(rng, n, d, L, init, beta)
+        if y_i is not None:
+            if y is None:
+                y = np.empty((S, n, k))
+            y[i] = y_i
+    if y is None:
+        y = z @ L.T
     norm2 = np.einsum("...j,...j->...", z, z) + chi2
     return InitialDraw(z=z, chi2=chi2, u=y / np.sqrt(norm2)[..., None], r=np.sqrt(chi2 / norm2))
 

@@ -7,7 +7,7 @@ on which worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -46,15 +46,34 @@ def validate_seeds(seeds: Iterable[int] | int) -> np.ndarray:
 def seed_rng(root_seed: int, key: str, seed: int, stream: int = STREAM_INITIAL
              ) -> np.random.Generator:
     """The generator of one seed: ``key`` is a hex content hash, ``stream`` a sub-stream."""
-    return seed_rngs(root_seed, key, [seed], stream)[0]
+    ss = np.random.SeedSequence(entropy=[root_seed, int(key, 16)], spawn_key=(int(seed), stream))
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+class SeedStreams(Sequence):
+    """Lazy sequence of the generators of several seeds (same streams as :func:`seed_rng`).
+
+    Generators are made on access, so iterating over a million seeds holds one at a time.
+    """
+
+    def __init__(self, root_seed: int, key: str, seeds: Iterable[int],
+                 stream: int = STREAM_INITIAL) -> None:
+        self._entropy = [root_seed, int(key, 16)]
+        self._seeds = [int(s) for s in seeds]
+        self._stream = stream
+
+    def __len__(self) -> int:
+        return len(self._seeds)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            raise TypeError("SeedStreams does not support slicing")
+        ss = np.random.SeedSequence(entropy=self._entropy,
+                                    spawn_key=(self._seeds[i], self._stream))
+        return np.random.Generator(np.random.PCG64(ss))
 
 
 def seed_rngs(root_seed: int, key: str, seeds: Iterable[int], stream: int = STREAM_INITIAL
-              ) -> list[np.random.Generator]:
-    """Generators of several seeds (same streams as :func:`seed_rng`, one each)."""
-    entropy = [root_seed, int(key, 16)]
-    return [
-        np.random.Generator(np.random.PCG64(
-            np.random.SeedSequence(entropy=entropy, spawn_key=(int(s), stream))))
-        for s in seeds
-    ]
+              ) -> SeedStreams:
+    """Generators of several seeds, made lazily (see :class:`SeedStreams`)."""
+    return SeedStreams(root_seed, key, seeds, stream)
