@@ -26,10 +26,11 @@ import sys
 import time
 
 import numpy as np
-from _baseline import solve_ivp_trajectory
 
 import pipeline
 from pipeline.activations import dual_coefficients, get_activation
+
+from _baseline import solve_ivp_trajectory
 
 POINT = {"teacher": "h3", "d": 10_000, "k": 4, "init": "uniform",
          "rtol": 1e-8, "atol": 1e-12, "gtol": 1e-7}
