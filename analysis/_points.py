@@ -1,0 +1,69 @@
+"""Reading sweep points out of a results dataset, with the NaN padding removed.
+
+A results store (``pipeline.open_results``) has a ``point`` dimension with the canonical
+parameters of each point in ``point_params`` (JSON) and masks for the padding of ``n`` and
+``k``; a single ``pipeline.simulate`` result has no ``point`` dimension and its parameters in
+``attrs["point"]``. Estimators accept either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from pipeline.activations import get_activation, information_exponent
+
+
+def as_points(ds: xr.Dataset) -> xr.Dataset:
+    """Give a single-point ``simulate`` result a ``point`` dimension; stores pass through."""
+    if "point" in ds.dims:
+        return ds
+    out = ds.expand_dims("point")
+    return out.assign_coords(point_params=("point", [ds.attrs["point"]]))
+
+
+def point_params(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per point with its canonical parameters (plus ``p_star`` of the teacher)."""
+    ds = as_points(ds)
+    rows = []
+    for text in ds["point_params"].values:
+        params: dict[str, Any] = json.loads(str(text))
+        if "gram" in params:
+            params["gram"] = json.dumps(params["gram"])
+        params["teacher"] = _label(params["teacher"])
+        params["student"] = _label(params["student"])
+        rows.append(params)
+    table = pd.DataFrame(rows)
+    table["p_star"] = [p_star(t, deg) for t, deg in zip(table["teacher"], table["degree"],
+                                                        strict=True)]
+    return table
+
+
+def _label(activation: Any) -> str:
+    return activation if isinstance(activation, str) else json.dumps(activation, sort_keys=True)
+
+
+def p_star(teacher: str, degree: int) -> int:
+    """Information exponent of a teacher given by its canonical label."""
+    spec = json.loads(teacher) if teacher.startswith("{") else teacher
+    act = get_activation(spec, int(degree), field_name="teacher")
+    return information_exponent(act.coefficients) or 0
+
+
+def iter_points(ds: xr.Dataset) -> Iterator[tuple[dict[str, Any], xr.Dataset]]:
+    """Yield ``(params, data)`` per point, ``data`` trimmed to the point's real n and k."""
+    ds = as_points(ds)
+    table = point_params(ds)
+    for i, params in enumerate(table.to_dict("records")):
+        sub = ds.isel(point=i)
+        sub = sub.isel(neuron=slice(0, int(params["n"])), index=slice(0, int(params["k"])))
+        yield params, sub
+
+
+def group_columns(table: pd.DataFrame, varying: str) -> list[str]:
+    """Parameters that define a group of points varying only in ``varying``."""
+    return [c for c in table.columns if c != varying]

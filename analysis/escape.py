@@ -1,0 +1,108 @@
+"""Escape-time scaling in d (Theorem 2.1): ``T ~ d^(p*/2 - 1)`` for p* >= 3, ``T ~ log d`` for 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from ._points import group_columns, iter_points, point_params
+from .theory import escape_exponent
+
+_STATS = {"median": np.median, "mean": np.mean}
+
+
+class EscapeScaling:
+    """Fit the escape time's growth with d, per group of points that differ only in d.
+
+    Parameters
+    ----------
+    statistic:
+        Robust summary of the escape times at each d: ``"median"`` (default) or ``"mean"``.
+    n_resamples:
+        Bootstrap resamples (seeds resampled independently at each d).
+    confidence:
+        Level of the bootstrap percentile intervals.
+    random_state:
+        Seed of the bootstrap, for reproducible intervals.
+
+    Attributes
+    ----------
+    per_d_:
+        One row per point: group parameters, ``d``, the statistic with its interval, and the
+        fraction of trajectories that escaped.
+    summary_:
+        One row per group: fitted exponent ``alpha`` of ``T ~ d^alpha`` with interval, the
+        slope of ``T`` against ``log d`` with interval, the theory (``p*/2 - 1``), and
+        ``consistent`` (the theory lies in the interval).
+    """
+
+    def __init__(self, statistic: str = "median", n_resamples: int = 1000,
+                 confidence: float = 0.95, random_state: int = 0) -> None:
+        self.statistic = statistic
+        self.n_resamples = n_resamples
+        self.confidence = confidence
+        self.random_state = random_state
+
+    def fit(self, ds: xr.Dataset) -> EscapeScaling:
+        """Estimate from a results dataset (a store or a ``simulate`` result)."""
+        if self.statistic not in _STATS:
+            raise ValueError(f"statistic must be one of {sorted(_STATS)}, got {self.statistic!r}")
+        stat = _STATS[self.statistic]
+        table = point_params(ds)
+        samples, rows = [], []
+        for params, sub in iter_points(ds):
+            t = np.asarray(sub["escape_time"].values, dtype=float).ravel()
+            escaped = np.isfinite(t)
+            t = t[escaped]
+            samples.append(t)
+            ci = self._interval((t,), lambda x, axis=-1: stat(x, axis=axis))
+            rows.append({**params, "statistic": stat(t) if t.size else np.nan,
+                         "lo": ci[0], "hi": ci[1], "escaped": escaped.mean(),
+                         "trajectories": escaped.size})
+        per_d = pd.DataFrame(rows)
+        keys = group_columns(table, "d")
+        summary = []
+        for key, grp in per_d.groupby(keys, dropna=False, sort=True):
+            grp = grp.sort_values("d")
+            ok = grp["statistic"].notna() & (grp["escaped"] >= 0.5)
+            grp = grp[ok]
+            if grp["d"].nunique() < 3:
+                continue
+            log_d = np.log(grp["d"].to_numpy(dtype=float))
+            data = tuple(samples[i] for i in grp.index)
+
+            def alpha(*xs, axis=-1, log_d=log_d):
+                s = np.stack([stat(x, axis=axis) for x in xs], axis=-1)
+                return np.polyfit(log_d, np.log(s).T, 1)[0]
+
+            def log_slope(*xs, axis=-1, log_d=log_d):
+                s = np.stack([stat(x, axis=axis) for x in xs], axis=-1)
+                return np.polyfit(log_d, s.T, 1)[0]
+
+            p_star = int(grp["p_star"].iloc[0])
+            theory = escape_exponent(p_star)
+            a_lo, a_hi = self._interval(data, alpha)
+            b_lo, b_hi = self._interval(data, log_slope)
+            row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+            row.update({
+                "d_min": grp["d"].min(), "d_max": grp["d"].max(), "n_d": len(grp),
+                "alpha": float(alpha(*data)), "alpha_lo": a_lo, "alpha_hi": a_hi,
+                "log_slope": float(log_slope(*data)), "log_slope_lo": b_lo,
+                "log_slope_hi": b_hi, "theory_alpha": theory,
+                "law": "log d" if p_star == 2 else f"d^{theory:g}",
+                "consistent": bool(a_lo <= theory <= a_hi) if p_star > 2 else None,
+            })
+            summary.append(row)
+        self.per_d_ = per_d
+        self.summary_ = pd.DataFrame(summary)
+        return self
+
+    def _interval(self, data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
+        if any(x.size < 2 for x in data):
+            return (np.nan, np.nan)
+        res = stats.bootstrap(data, statistic, n_resamples=self.n_resamples,
+                              confidence_level=self.confidence, method="percentile",
+                              vectorized=True, random_state=self.random_state)
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
