@@ -1,0 +1,469 @@
+"""TOML sweep specs: parsing, validation and expansion into points and blocks (DESIGN section 3).
+
+A spec names fixed parameters (``[params]``), a Cartesian ``[grid]``, ``[[zip]]`` groups varied
+together, seeds and observation settings (``[observe]``). :func:`load_spec` checks *everything*
+-- every value of every point, and the paper's assumptions for every activation pair -- before
+returning, so that nothing is run or written for a spec that would fail later. Every error is a
+:class:`~pipeline.errors.SpecError` naming the file, the field (``grid.d``), the value and what
+is allowed.
+
+Expansion order: the grid axes in file order, then each zip group as one more axis; the first
+axis varies slowest. Points are numbered in that order and each point is cut into blocks of
+``block_seeds`` consecutive seed indices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import tomllib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.activations import check_assumptions, get_activation
+from pipeline.errors import SpecError
+from pipeline.ledger import block_id
+from pipeline.params import VOCABULARY, Point, content_hash, resolve_point
+from pipeline.seeding import validate_root_seed
+from pipeline.simulate import default_snapshot_times, validate_snapshots
+
+from .values import INTEGER_PARAMS, expand_helper, is_helper, looks_like_helper
+
+TOP_LEVEL = ("name", "description", "seeds", "root_seed", "block_seeds",
+             "params", "grid", "zip", "observe")
+#: What ``[observe]`` accepts: the integration/observation settings and the snapshot grid.
+OBSERVE_KEYS = ("escape_threshold", "t_max", "rtol", "atol", "gtol", "max_steps", "snapshots")
+#: Parameters whose single value is itself a list (so a list in [params] is not a sweep).
+MATRIX_PARAMS = frozenset({"gram"})
+#: Parameters whose single value may be a table (a Hermite mixture such as {3 = 1.0}).
+TABLE_PARAMS = frozenset({"teacher", "student"})
+DEFAULT_BLOCK_SEEDS = 1000
+MAX_SEEDS = 2**31
+MAX_POINTS = 1_000_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, eq=False)
+class SweepPoint:
+    """One point of a sweep: its position, its parameters and its swept labels."""
+
+    index: int
+    params: dict[str, Any]
+    """Parameters as given to :func:`pipeline.simulate` (fixed and swept values)."""
+    labels: dict[str, Any]
+    """Swept parameter name -> resolved value (the store's coordinates along ``point``)."""
+    point: Point
+
+    def swept_names(self) -> list[str]:
+        """Names of the swept parameters, in expansion order."""
+        return list(self.labels)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A unit of work: one point times a contiguous range of seed indices."""
+
+    index: int
+    point_index: int
+    start: int
+    stop: int
+
+    @property
+    def id(self) -> str:
+        """Stable name of the block (ledger key): point index and first seed."""
+        return block_id(self.point_index, self.start)
+
+    @property
+    def seeds(self) -> range:
+        """The block's seed indices."""
+        return range(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class SpecWarning:
+    """A warning about the spec (broken assumption, truncated expansion) and where it applies."""
+
+    category: str
+    message: str
+    points: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """A parsed, validated and expanded sweep spec. Build it with :func:`load_spec`."""
+
+    source: str
+    text: str
+    name: str
+    description: str
+    seeds: int
+    root_seed: int
+    block_seeds: int
+    fixed: dict[str, Any]
+    swept: tuple[str, ...]
+    index: tuple[str, ...]
+    """The swept parameters that identify a point: every grid parameter and one key of each
+    zip group (the others are determined by it). The store indexes ``point`` by these."""
+    sections: dict[str, str]
+    points: tuple[SweepPoint, ...]
+    snapshots: np.ndarray | None
+    warnings: tuple[SpecWarning, ...] = field(default=())
+
+    @cached_property
+    def blocks(self) -> tuple[Block, ...]:
+        """Every block, point by point, seed range by seed range."""
+        out = []
+        for p in self.points:
+            for start in range(0, self.seeds, self.block_seeds):
+                out.append(Block(len(out), p.index, start, min(start + self.block_seeds,
+                                                               self.seeds)))
+        return tuple(out)
+
+    @property
+    def n_trajectories(self) -> int:
+        """Number of (point, seed) trajectories."""
+        return len(self.points) * self.seeds
+
+    @property
+    def n_neuron_trajectories(self) -> int:
+        """Number of single-neuron paths (each trajectory has ``n`` neurons)."""
+        return self.seeds * sum(p.point.n for p in self.points)
+
+    @property
+    def n_max(self) -> int:
+        """Largest number of neurons over the points (the store pads to it)."""
+        return max(p.point.n for p in self.points)
+
+    @property
+    def k_max(self) -> int:
+        """Largest number of index vectors over the points (the store pads to it)."""
+        return max(p.point.k for p in self.points)
+
+    @cached_property
+    def hash(self) -> str:
+        """Identity of the computation: two specs with the same hash fill identical stores.
+
+        It covers what decides the stored numbers and their layout (name, seeds, root seed,
+        block size, snapshot times, every point's swept labels and content hash), not the
+        description or the formatting of the file.
+        """
+        return content_hash({
+            "name": self.name, "seeds": self.seeds, "root_seed": self.root_seed,
+            "block_seeds": self.block_seeds, "swept": list(self.swept),
+            "snapshots": None if self.snapshots is None else self.snapshots.tolist(),
+            "points": [[_jsonable(p.labels), p.point.hash] for p in self.points],
+        })
+
+    def describe_point(self, index: int) -> str:
+        """``d=1000, k=2`` for a point (all fixed parameters when nothing is swept)."""
+        labels = self.points[index].labels
+        if not labels:
+            return "the single point"
+        return ", ".join(f"{k}={_show(v)}" for k, v in labels.items())
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(_jsonable(value))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, validate and expand the TOML spec at ``path``. Raises :class:`SpecError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError("spec file", source, "a readable UTF-8 TOML file",
+                        hint=f"{type(err).__name__}: {err}") from None
+    return parse_spec(text, source=source)
+
+
+def parse_spec(text: str, *, source: str = "<spec>") -> Spec:
+    """Validate and expand spec ``text``; ``source`` names it in messages."""
+    try:
+        return _parse(text, source)
+    except SpecError as err:
+        if err.source is None:
+            raise err.with_source(source) from None
+        raise
+
+
+def _parse(text: str, source: str) -> Spec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError("TOML syntax", str(err), "a valid TOML document") from None
+    for key in raw:
+        if key not in TOP_LEVEL:
+            hint = ("parameters go in [params], [grid] or [[zip]]" if key in VOCABULARY
+                    else None)
+            raise SpecError(key, raw[key], "a top-level key among " + ", ".join(TOP_LEVEL),
+                            hint=hint)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError("name", name, "a name of letters, digits, '.', '_' or '-' (it names "
+                        "the default store)")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError("description", description, "a string")
+    seeds = _count("seeds", raw.get("seeds"), MAX_SEEDS)
+    try:
+        root_seed = validate_root_seed(raw.get("root_seed", 0))
+    except SpecError as err:
+        raise SpecError("root_seed", err.value, err.allowed) from None
+    block_seeds = _count("block_seeds", raw.get("block_seeds", min(seeds, DEFAULT_BLOCK_SEEDS)),
+                         MAX_SEEDS)
+    # A block never exceeds the seed count: its region is then the whole seed axis.
+    block_seeds = min(block_seeds, seeds)
+
+    params = _table(raw, "params")
+    grid = _table(raw, "grid")
+    observe = _table(raw, "observe")
+    zips = raw.get("zip", [])
+    if isinstance(zips, dict):  # `[zip]` (one group) instead of `[[zip]]`
+        zips = [zips]
+    if not isinstance(zips, list) or not all(isinstance(z, dict) for z in zips):
+        raise SpecError("zip", zips, "[[zip]] tables of equal-length lists")
+
+    sections = _sections(params, grid, zips, observe)
+    snapshots_raw = observe.get("snapshots")
+    fixed = {k: _single(f"params.{k}", k, v) for k, v in params.items()}
+    fixed.update({k: _single(f"observe.{k}", k, v) for k, v in observe.items()
+                  if k != "snapshots"})
+
+    axes: list[tuple[tuple[str, ...], list[tuple]]] = []
+    for key, value in grid.items():
+        values = _values(f"grid.{key}", key, value)
+        axes.append(((key,), [(v,) for v in values]))
+    for g, group in enumerate(zips):
+        axes.append(_zip_axis(g, group))
+    swept = tuple(name for names, _ in axes for name in names)
+
+    count = math.prod(len(values) for _, values in axes)
+    if count > MAX_POINTS:
+        raise SpecError("grid", f"{count} points", f"at most {MAX_POINTS} points per sweep",
+                        hint="split the sweep into several specs")
+
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        assigned = {name: v for (names, _), vals in zip(axes, combo, strict=True)
+                    for name, v in zip(names, vals, strict=True)}
+        p = {**fixed, **assigned}
+        point = _resolve(p, assigned, sections)
+        labels = {name: getattr(point, name) for name in swept}
+        points.append(SweepPoint(len(points), p, labels, point))
+
+    index = _index(axes, points, sections)
+    t_max = max(sp.point.t_max for sp in points)
+    snapshots = _snapshots(snapshots_raw, t_max)
+    spec_warnings = _check_activations(points, sections)
+    return Spec(
+        source=source, text=text, name=name, description=description, seeds=seeds,
+        root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
+        index=index, sections=sections, points=tuple(points), snapshots=snapshots,
+        warnings=tuple(spec_warnings),
+    )
+
+
+def _count(name: str, value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise SpecError(name, value, f"an integer in [1, {limit}]")
+    return value
+
+
+def _table(raw: dict, key: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SpecError(key, value, f"a table [{key}]")
+    return value
+
+
+def _sections(params: dict, grid: dict, zips: list[dict], observe: dict) -> dict[str, str]:
+    """Map each parameter to the section that sets it; reject unknown and repeated names."""
+    where: dict[str, str] = {}
+    named = [("params", params), ("grid", grid)]
+    named += [(f"zip[{i}]", z) for i, z in enumerate(zips)]
+    named.append(("observe", observe))
+    for section, table in named:
+        for key, value in table.items():
+            allowed_names = OBSERVE_KEYS if section == "observe" else tuple(VOCABULARY)
+            if key not in allowed_names:
+                if section == "observe":
+                    allowed = "a setting among " + ", ".join(OBSERVE_KEYS)
+                    hint = "model parameters go in [params], [grid] or [[zip]]" \
+                        if key in VOCABULARY else None
+                else:
+                    allowed = "a parameter among " + ", ".join(VOCABULARY)
+                    hint = "snapshots go in [observe]" if key == "snapshots" else None
+                raise SpecError(f"{section}.{key}", value, allowed, hint=hint)
+            if key in where:
+                raise SpecError(
+                    f"{section}.{key}", value,
+                    "each parameter in only one of [params], [grid], [[zip]], [observe]",
+                    hint=f"{key} is already set in [{where[key]}]")
+            where[key] = section
+    return where
+
+
+def _single(field: str, name: str, value: Any) -> Any:
+    """A fixed value: not a helper, not a list (unless the parameter is a matrix)."""
+    if looks_like_helper(value) and name not in TABLE_PARAMS:
+        raise SpecError(field, value, "a single value here",
+                        hint=f"to sweep {name}, put it in [grid] or [[zip]]")
+    if isinstance(value, dict) and name not in TABLE_PARAMS:
+        raise SpecError(field, value, f"a single value ({VOCABULARY.get(name, name)})")
+    if isinstance(value, list) and name not in MATRIX_PARAMS:
+        raise SpecError(field, value, "a single value here",
+                        hint=f"to sweep {name}, put the list in [grid] or [[zip]]")
+    return value
+
+
+def _values(field: str, name: str, value: Any) -> list:
+    """The list of values of a swept parameter: a non-empty list or a value helper."""
+    if is_helper(value):
+        values = expand_helper(field, name, value)
+    elif looks_like_helper(value) and name not in TABLE_PARAMS:
+        raise SpecError(field, value, "a list or a value helper: {logspace = [a, b, num]}, "
+                        "{linspace = [a, b, num]} or {range = [a, b, step]}")
+    elif isinstance(value, list) and not (name in MATRIX_PARAMS and _is_matrix(value)):
+        values = list(value)
+    else:
+        raise SpecError(field, value, "a list of values or a value helper such as "
+                        "{logspace = [2, 4, 3]}",
+                        hint=f"a fixed {name} goes in [params]")
+    if not values:
+        raise SpecError(field, value, "a non-empty list of values")
+    keys = [json.dumps(_jsonable(v), sort_keys=True) for v in values]
+    if len(set(keys)) != len(keys):
+        dup = next(v for v, key in zip(values, keys, strict=True) if keys.count(key) > 1)
+        extra = " after rounding to integers" if name in INTEGER_PARAMS and is_helper(value) \
+            else ""
+        raise SpecError(field, value, f"distinct values (got {dup!r} twice{extra})")
+    return values
+
+
+def _is_matrix(value: list) -> bool:
+    """True for one matrix (a list of rows of numbers), as opposed to a list of matrices."""
+    return bool(value) and isinstance(value[0], list) \
+        and all(isinstance(x, int | float) for x in value[0])
+
+
+def _zip_axis(g: int, group: dict) -> tuple[tuple[str, ...], list[tuple]]:
+    """One zip group as an axis: its names and the tuples of values varied together."""
+    if not group:
+        raise SpecError(f"zip[{g}]", group, "a table of equal-length lists")
+    columns = {key: _values(f"zip[{g}].{key}", key, value) for key, value in group.items()}
+    lengths = {key: len(v) for key, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise SpecError(f"zip[{g}]", lengths, "lists of equal length (values varied together)")
+    rows = list(zip(*columns.values(), strict=True))
+    return tuple(columns), rows
+
+
+def _index(axes: list[tuple[tuple[str, ...], list[tuple]]], points: list[SweepPoint],
+           sections: dict[str, str]) -> tuple[str, ...]:
+    """The parameters that label points uniquely; refuse two points with the same labels
+    (``d = [100, 100.0]`` gives two points with d = 100)."""
+    def key_of(p: SweepPoint, names: list[str]) -> str:
+        return json.dumps([_jsonable(p.labels[n]) for n in names], sort_keys=True)
+
+    index: list[str] = []
+    for names, rows in axes:
+        key = next((n for n in names if len({key_of(p, [n]) for p in points}) == len(rows)),
+                   None)
+        index.extend([key] if key else names)
+    seen: dict[str, SweepPoint] = {}
+    for p in points:
+        text = key_of(p, index)
+        if text in seen:
+            first = seen[text]
+            name = next((n for n in p.swept_names() if p.params[n] != first.params[n]),
+                        index[0])
+            raise SpecError(f"{sections[name]}.{name}", p.params[name],
+                            "values that give distinct points",
+                            hint=f"{first.params[name]!r} and {p.params[name]!r} both give "
+                                 f"the point {_labels_text(p)}")
+        seen[text] = p
+    return tuple(index)
+
+
+def _resolve(params: dict, assigned: dict, sections: dict[str, str]) -> Point:
+    """Resolve one point; a failure names the section of the field and the point's labels."""
+    try:
+        return resolve_point(params)
+    except SpecError as err:
+        section = sections.get(err.field)
+        where = f"{section}.{err.field}" if section else err.field
+        at = ", ".join(f"{k}={_show(v)}" for k, v in assigned.items())
+        hint = "; ".join(x for x in (err.hint, f"at the point {at}" if at else None) if x)
+        raise SpecError(where, err.value, err.allowed, hint=hint or None) from None
+
+
+def _snapshots(value: Any, t_max: float) -> np.ndarray | None:
+    try:
+        if is_helper(value):
+            value = expand_helper("observe.snapshots", "snapshots", value)
+        elif looks_like_helper(value):
+            raise SpecError("snapshots", value, "true, a list of times or a value helper "
+                            "({logspace = [a, b, num]} ...)")
+        elif isinstance(value, dict | str):
+            raise SpecError("snapshots", value, "true, false, a list of times or a helper")
+        if value is True:
+            return default_snapshot_times(t_max)
+        return validate_snapshots(value, t_max)
+    except SpecError as err:
+        field_name = err.field if err.field.startswith("observe.") else f"observe.{err.field}"
+        raise SpecError(field_name, err.value, err.allowed, hint=err.hint) from None
+
+
+def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> list[SpecWarning]:
+    """Check the paper's assumptions once per distinct (teacher, student, degree, frame).
+
+    An activation pair with no dynamics is an error; broken assumptions and truncated
+    expansions become :class:`SpecWarning` s, each reported once with the points it concerns.
+    """
+    found: dict[tuple[str, str], list[int]] = {}
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for sp in points:
+        p = sp.point
+        key = json.dumps([p.teacher, p.student, p.degree, p.gram, p.beta, p.k],
+                         sort_keys=True)
+        if key not in seen:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                teacher = get_activation(p.teacher, p.degree, field_name="teacher")
+                student = get_activation(p.student, p.degree, field_name="student")
+            issues = check_assumptions(student.coefficients, teacher.coefficients,
+                                       p.gram_matrix)
+            for issue in issues:
+                if issue.severity == "error":
+                    name = "teacher" if "teacher" in sections else "student"
+                    raise SpecError(
+                        f"{sections.get(name, 'params')}.{name}", getattr(p, name),
+                        f"activations satisfying Assumption {issue.assumption}",
+                        hint=f"{issue.message}; at the point {_labels_text(sp)}")
+            seen[key] = [(w.category.__name__, str(w.message)) for w in caught]
+            seen[key] += [("AssumptionWarning",
+                           f"Assumption {i.assumption} broken: {i.message}") for i in issues]
+        for item in seen[key]:
+            found.setdefault(item, []).append(sp.index)
+    return [SpecWarning(cat, msg, tuple(idx)) for (cat, msg), idx in found.items()]
+
+
+def _labels_text(sp: SweepPoint) -> str:
+    return ", ".join(f"{k}={_show(v)}" for k, v in sp.labels.items()) or "the single point"

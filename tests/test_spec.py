@@ -1,0 +1,129 @@
+"""Sweep specs: parsing, value helpers, expansion into points and blocks, identity, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import SpecError
+from pipeline.params import resolve_point
+from sweeps.spec import load_spec, parse_spec
+from sweeps.values import expand_helper
+
+BASE = """
+name = "t"
+seeds = 10
+block_seeds = 4
+[params]
+teacher = "h3"
+[grid]
+d = [100, 1000]
+[[zip]]
+k = [2, 3]
+gamma = [1.0, 1.5]
+"""
+
+
+def test_expansion_order_labels_and_blocks():
+    spec = parse_spec(BASE, source="t.toml")
+    assert spec.swept == ("d", "k", "gamma")
+    assert [p.labels for p in spec.points] == [
+        {"d": 100, "k": 2, "gamma": 1.0}, {"d": 100, "k": 3, "gamma": 1.5},
+        {"d": 1000, "k": 2, "gamma": 1.0}, {"d": 1000, "k": 3, "gamma": 1.5}]
+    # n = ceil(gamma k), resolved per point
+    assert [p.point.n for p in spec.points] == [2, 5, 2, 5]
+    assert (spec.n_max, spec.k_max) == (5, 3)
+    # 10 seeds in blocks of 4: 0-3, 4-7, 8-9 (the last one is the array's edge chunk)
+    ranges = [(b.start, b.stop) for b in spec.blocks if b.point_index == 0]
+    assert ranges == [(0, 4), (4, 8), (8, 10)]
+    assert len(spec.blocks) == 12 and len({b.id for b in spec.blocks}) == 12
+    assert spec.n_trajectories == 40
+    # the point is exactly what simulate() would resolve from the same parameters
+    p = spec.points[1]
+    assert p.point == resolve_point(p.params)
+    assert p.point.hash == resolve_point({"teacher": "h3", "d": 100, "k": 3, "gamma": 1.5}).hash
+
+
+def test_helpers_and_integer_rounding():
+    assert expand_helper("grid.d", "d", {"logspace": [2, 3, 3]}) == [100, 316, 1000]
+    assert expand_helper("grid.beta", "beta", {"linspace": [0, 0.5, 3]}) == [0.0, 0.25, 0.5]
+    assert expand_helper("grid.k", "k", {"range": [1, 7, 2]}) == [1, 3, 5]
+    vals = expand_helper("grid.lr", "lr", {"range": [0.1, 0.4, 0.1]})
+    assert len(vals) == 3 and math.isclose(vals[-1], 0.3)
+    spec = parse_spec(BASE.replace("d = [100, 1000]", "d = {logspace = [2, 3, 3]}"))
+    assert sorted({p.labels["d"] for p in spec.points}) == [100, 316, 1000]
+    assert all(isinstance(p.labels["d"], int) for p in spec.points)
+
+
+def test_single_point_observe_and_snapshots():
+    spec = parse_spec("""
+name = "one"
+seeds = 3
+[params]
+teacher = "h4"
+d = 50
+k = 2
+n = 3
+[observe]
+t_max = 1e5
+rtol = 1e-9
+snapshots = {logspace = [-2, 5, 8]}
+""")
+    assert spec.swept == () and len(spec.points) == 1 and spec.block_seeds == 3
+    assert spec.points[0].point.t_max == 1e5 and spec.points[0].point.rtol == 1e-9
+    np.testing.assert_array_equal(spec.snapshots, np.logspace(-2, 5, 8))
+    spec = parse_spec(BASE + "[observe]\nsnapshots = true\n")
+    assert spec.snapshots is not None and spec.snapshots[-1] == pytest.approx(1e12)
+
+
+def test_spec_hash_is_the_computation_not_the_text():
+    a = parse_spec(BASE)
+    b = parse_spec('# a comment\ndescription = "other words"\n' + BASE)
+    assert a.hash == b.hash
+    assert parse_spec(BASE.replace("block_seeds = 4", "block_seeds = 5")).hash != a.hash
+    assert parse_spec(BASE.replace('teacher = "h3"', 'teacher = "h5"')).hash != a.hash
+    assert parse_spec("root_seed = 1\n" + BASE).hash != a.hash
+
+
+def test_warnings_are_reported_once_with_their_points():
+    spec = parse_spec(BASE.replace('teacher = "h3"', 'teacher = "relu"'))
+    assumption = [w for w in spec.warnings if "Assumption 1.1" in w.message]
+    assert len(assumption) == 1 and assumption[0].points == (0, 1, 2, 3)
+
+
+def test_example_spec_is_valid():
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "example.toml")
+    assert len(spec.points) == 20 and len(spec.blocks) == 40
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (BASE.replace("[[zip]]", "[zip]\nx = 1\n[[zip]]"), "TOML syntax"),
+    (BASE.replace("seeds = 10", "seeds = 10.0"), "seeds"),
+    (BASE.replace("d = [100, 1000]", "d = [100, 1000]\nbeta = [0.0, 1.5]"), "grid.beta"),
+    (BASE.replace("d = [100, 1000]", "d = [2]\nk2 = 1"), "grid.k2"),
+    (BASE.replace('teacher = "h3"', 'teacher = "h3"\nd = 5'), "grid.d"),
+    (BASE.replace("gamma = [1.0, 1.5]", "gamma = [1.0]"), "zip[0]"),
+    (BASE.replace("d = [100, 1000]", "d = [2, 1000]"), "grid.d"),
+    (BASE.replace("d = [100, 1000]", "d = {logspace = [0, 0.01, 3]}"), "grid.d"),
+])
+def test_errors_name_the_field_and_the_file(text, field):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, source="bad.toml")
+    err = info.value
+    assert err.field == field and err.source == "bad.toml"
+    assert str(err).startswith("bad.toml: invalid " + field)
+
+
+def test_point_errors_say_at_which_point():
+    with pytest.raises(SpecError) as info:
+        parse_spec(BASE.replace("d = [100, 1000]", "d = [2, 1000]"))
+    assert "d=2" in str(info.value) and "k=3" in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(SpecError) as info:
+        load_spec("/nonexistent/spec.toml")
+    assert info.value.field == "spec file"
