@@ -1,0 +1,341 @@
+"""The results store: a zarr v3 group written through xarray (DESIGN section 3).
+
+Layout
+------
+Dimensions ``point, seed, neuron, index`` (+ ``time`` with snapshots, ``neuron2`` for the MSE
+Gram ``q``). ``n`` and ``k`` are padded to their sweep maximum: padded float entries are NaN,
+padded integer entries -1, and ``neuron_mask`` / ``index_mask`` say what is real.
+
+Every data variable is chunked ``(1, block_seeds, <whole>...)``, so a block (one point, one
+seed range) covers exactly one chunk of every variable it writes: blocks never share a chunk
+and need no lock (zarr 3 has none). Coordinates (one per swept parameter along ``point``,
+``point_hash``, ``n``, ``k``), masks and attributes are written once, by the driver, before
+any block runs; blocks write only their own region of the ``(point, seed, ...)`` variables.
+
+The variables a point may produce are declared in :data:`VARIABLES`; optional ones (``u_t``,
+``q``) are part of a store only when its sweep produces them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from .ledger import INITIALIZED, StoreRef, put_json
+
+if TYPE_CHECKING:
+    from sweeps.spec import Spec
+
+#: Version of this layout, recorded in every store.
+LAYOUT_VERSION = 1
+STATUS_MISSING = -1
+STATUS_FLAGS = {-1: "missing", 0: "converged", 1: "t_max", 2: "max_steps", 3: "non_finite"}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A per-trajectory output: its dims after ``(point, seed)``, dtype, fill and meaning."""
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    fill: float | int
+    long_name: str
+    when: tuple[str, ...] = ()
+    """Features the sweep must have for the store to hold this variable: ``"snapshots"``
+    (it records u(t)), ``"mse"`` (some point uses the MSE loss). Empty: always."""
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("u0", ("neuron", "index"), "float64", np.nan, "initial overlaps V^T w(0)"),
+    Variable("u", ("neuron", "index"), "float64", np.nan, "final overlaps V^T w"),
+    Variable("escape_time", ("neuron",), "float64", np.nan,
+             "first t with ||u||_2 >= escape_threshold (NaN: never)"),
+    Variable("t_final", ("neuron",), "float64", np.nan, "time at which integration stopped"),
+    Variable("steps", ("neuron",), "int64", -1, "accepted steps (-1: missing or padding)"),
+    Variable("status", ("neuron",), "int8", STATUS_MISSING,
+             "0 converged, 1 t_max, 2 max_steps, 3 non-finite, -1 missing or padding"),
+    Variable("loss", ("neuron",), "float64", np.nan, "final loss (C = 0)"),
+    Variable("u_t", ("neuron", "time", "index"), "float64", np.nan,
+             "overlaps at the snapshot times", when=("snapshots",)),
+    Variable("q", ("neuron", "neuron2"), "float64", np.nan,
+             "final student Gram W^T W (MSE loss)", when=("mse",)),
+    Variable("loss_t", ("time",), "float64", np.nan,
+             "MSE loss at the snapshot times", when=("mse", "snapshots")),
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of a store: what the driver creates and what every block must fit into."""
+
+    points: int
+    seeds: int
+    block_seeds: int
+    n_max: int
+    k_max: int
+    times: tuple[float, ...] | None
+    variables: tuple[Variable, ...]
+
+    @classmethod
+    def for_spec(cls, spec: Spec) -> Layout:
+        """The layout of ``spec``'s store."""
+        mse = any(p.point.loss == "mse" for p in spec.points)
+        times = None if spec.snapshots is None else tuple(float(t) for t in spec.snapshots)
+        features = {"snapshots": times is not None, "mse": mse}
+        return cls(len(spec.points), spec.seeds, spec.block_seeds, spec.n_max, spec.k_max,
+                   times, tuple(v for v in VARIABLES if all(features[f] for f in v.when)))
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Length of every dimension."""
+        out = {"point": self.points, "seed": self.seeds, "neuron": self.n_max,
+               "neuron2": self.n_max, "index": self.k_max}
+        if self.times is not None:
+            out["time"] = len(self.times)
+        return out
+
+    def shape(self, var: Variable, seeds: int | None = None) -> tuple[int, ...]:
+        """Shape of ``var`` in the store (or of one block's region with ``seeds`` seeds)."""
+        sizes = self.sizes
+        lead = (self.points, self.seeds) if seeds is None else (1, seeds)
+        return lead + tuple(sizes[d] for d in var.dims)
+
+    def chunks(self, var: Variable) -> tuple[int, ...]:
+        """Chunk shape of ``var``: one point, one block of seeds, whole trailing axes."""
+        return (1, self.block_seeds) + self.shape(var)[2:]
+
+    def block_nbytes(self) -> int:
+        """Bytes of one block's results (one chunk of every variable)."""
+        return sum(int(np.prod(self.chunks(v))) * np.dtype(v.dtype).itemsize
+                   for v in self.variables)
+
+    def store_nbytes(self) -> int:
+        """Bytes of all data variables, uncompressed (an upper bound on the store's size)."""
+        return sum(int(np.prod(self.shape(v))) * np.dtype(v.dtype).itemsize
+                   for v in self.variables)
+
+
+def _coordinate(values: Sequence[Any]) -> np.ndarray:
+    """One swept parameter's labels as a 1-d array zarr can store.
+
+    Integers stay int64 and numbers float64, so ``sel(d=1000)`` matches exactly; strings
+    (activation names) are variable-length strings; tables and matrices become their JSON
+    text, a readable and exact label.
+    """
+    if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.float64)
+    text = [v if isinstance(v, str) else json.dumps(_plain(v), sort_keys=True) for v in values]
+    return np.asarray(text, dtype=object)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
+    """The store as a lazy dataset: data variables are unevaluated dask arrays (never
+    computed), coordinates, masks and attributes are real."""
+    data: dict[str, Any] = {}
+    for var in layout.variables:
+        data[var.name] = (("point", "seed") + var.dims,
+                          da.full(layout.shape(var), var.fill, dtype=var.dtype,
+                                  chunks=layout.chunks(var)),
+                          {"long_name": var.long_name})
+    data["status"][2].update(flag_values=sorted(STATUS_FLAGS),
+                             flag_meanings=" ".join(STATUS_FLAGS[k] for k in
+                                                    sorted(STATUS_FLAGS)))
+    n = np.array([p.point.n for p in spec.points])
+    k = np.array([p.point.k for p in spec.points])
+    data["neuron_mask"] = (("point", "neuron"), np.arange(layout.n_max) < n[:, None],
+                           {"long_name": "neuron exists at this point (n < n_max is padded)"})
+    data["index_mask"] = (("point", "index"), np.arange(layout.k_max) < k[:, None],
+                          {"long_name": "index vector exists at this point (k < k_max is "
+                                        "padded)"})
+    coords: dict[str, Any] = {
+        "seed": np.arange(layout.seeds, dtype=np.int64),
+        "neuron": np.arange(layout.n_max, dtype=np.int64),
+        "index": np.arange(layout.k_max, dtype=np.int64),
+        "point_hash": ("point", np.array([p.point.hash for p in spec.points], dtype=object)),
+        "point_params": ("point", np.array([json.dumps(_plain(p.point.canonical()),
+                                                       sort_keys=True)
+                                            for p in spec.points], dtype=object)),
+    }
+    for name in spec.swept:
+        coords[name] = ("point", _coordinate([p.labels[name] for p in spec.points]))
+    for name, values in (("n", n), ("k", k)):
+        if name not in spec.swept:
+            coords[name] = ("point", values.astype(np.int64))
+    if layout.times is not None:
+        coords["time"] = np.asarray(layout.times, dtype=np.float64)
+    if any(v.name == "q" for v in layout.variables):
+        coords["neuron2"] = np.arange(layout.n_max, dtype=np.int64)
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _encoding(layout: Layout) -> dict[str, dict[str, Any]]:
+    enc: dict[str, dict[str, Any]] = {}
+    for var in layout.variables:
+        enc[var.name] = {"chunks": layout.chunks(var)}
+        if np.dtype(var.dtype).kind in "iu":
+            # A zarr-level fill value (not xarray's _FillValue, which would turn the integers
+            # into floats on reading): unwritten and padded entries read as -1.
+            enc[var.name]["fill_value"] = var.fill
+    enc["seed"] = {"chunks": (layout.block_seeds,)}
+    return enc
+
+
+def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
+    """Write the store's metadata, coordinates, masks and attributes (no block data).
+
+    Replaces whatever is at ``ref`` (the caller decides whether that is allowed). The
+    marker :data:`~pipeline.ledger.INITIALIZED` is written last: a store without it was
+    interrupted while being created and is created again.
+    """
+    layout = Layout.for_spec(spec)
+    remove(ref)
+    ds = template(spec, layout, attrs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # zarr's v3-spec notices
+        # compute=False: the dask-backed data variables are not written at all, everything
+        # else (metadata, coordinates, masks) is, once, from this one process.
+        ds.to_zarr(_target(ref), mode="w", compute=False, consolidated=False, zarr_format=3,
+                   encoding=_encoding(layout))
+    put_json(ref, INITIALIZED, {"spec_hash": spec.hash, "layout_version": LAYOUT_VERSION})
+    return layout
+
+
+def remove(ref: StoreRef) -> None:
+    """Delete the store at ``ref`` (nothing if it is absent)."""
+    if ref.is_local:
+        shutil.rmtree(ref.url, ignore_errors=True)
+        return
+    fs, root = ref.fs()
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
+    """The root attributes of the zarr group at ``ref``, or ``None`` if there is none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            group = zarr.open_group(_target(ref), mode="r", zarr_format=3)
+            return dict(group.attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError,
+            TypeError):
+        return None
+
+
+def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
+    """One block's simulation output shaped as its store region ``(1, seeds, ...)``.
+
+    Pads ``neuron``/``index`` to the sweep maximum and drops every coordinate: a region write
+    must carry only variables that span the region's dimensions, and the coordinates are the
+    driver's. Dtypes are checked, never cast (a float32 cast would break bit-identity).
+    """
+    expected = {v.name for v in layout.variables}
+    extra = sorted(set(ds.data_vars) - expected)
+    if extra:
+        raise ValueError(f"simulate returned {extra}, which this store does not declare: "
+                         "add them to pipeline.store.VARIABLES")
+    if layout.times is not None:
+        times = np.asarray(ds["time"].values, dtype=np.float64)
+        if not np.array_equal(times, np.asarray(layout.times)):
+            raise ValueError("snapshot times of the block differ from the store's")
+    seeds = ds.sizes["seed"]
+    out = {}
+    for var in layout.variables:
+        padded = np.full(layout.shape(var, seeds), var.fill, dtype=var.dtype)
+        out[var.name] = (("point", "seed") + var.dims, padded)
+        if var.name not in ds:
+            if var.when:  # optional: e.g. q of a correlation point in a mixed sweep
+                continue
+            raise ValueError(f"simulate did not return {var.name!r}, which the store expects")
+        arr = ds[var.name]
+        if arr.dims != ("seed",) + var.dims:
+            raise ValueError(f"{var.name} has dims {arr.dims}, the store expects "
+                             f"{('seed',) + var.dims}")
+        if arr.dtype != np.dtype(var.dtype):
+            raise TypeError(f"{var.name} is {arr.dtype}, the store holds {var.dtype}; "
+                            "refusing to cast")
+        padded[(0,) + tuple(slice(0, s) for s in arr.shape)] = arr.values
+    return xr.Dataset(out)
+
+
+def check_region(layout: Layout, start: int, stop: int) -> None:
+    """Refuse a seed range that is not exactly one chunk (a partial chunk write is a
+    read-modify-write race with the block that owns the rest of the chunk)."""
+    size = layout.block_seeds
+    if start % size or stop != min(start + size, layout.seeds) or start >= layout.seeds:
+        raise ValueError(f"seeds [{start}, {stop}) are not one whole chunk of {size} seeds")
+
+
+def write_block(ref: StoreRef, layout: Layout, point_index: int, start: int, stop: int,
+                ds: xr.Dataset) -> None:
+    """Write one block's output (from :func:`pipeline.simulate`) into its own region."""
+    check_region(layout, start, stop)
+    if not 0 <= point_index < layout.points:
+        raise ValueError(f"point {point_index} is outside the store's {layout.points} points")
+    if ds.sizes.get("seed") != stop - start:
+        raise ValueError(f"block has {ds.sizes.get('seed')} seeds, its region {stop - start}")
+    block = block_dataset(ds, layout)
+    region = {"point": slice(point_index, point_index + 1), "seed": slice(start, stop)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        block.to_zarr(_target(ref), region=region, mode="r+", consolidated=False,
+                      zarr_format=3)
+
+
+def consolidate(ref: StoreRef) -> None:
+    """Consolidate the metadata (once, from the driver, when no block is writing)."""
+    with warnings.catch_warnings():
+        # zarr notes that consolidated metadata is not in the v3 spec yet, and that the
+        # `_mimflow` bookkeeping folder is not a zarr node; both are expected.
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(_target(ref), zarr_format=3)
+
+
+def _target(ref: StoreRef) -> Any:
+    """What zarr and xarray open: the path itself, or an fsspec-backed zarr store."""
+    if ref.is_local:
+        return ref.url
+    return zarr.storage.FsspecStore.from_url(ref.url, storage_options=ref.storage_options)
+
+
+def open_results(path: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a results store as a lazy (dask-backed) dataset.
+
+    The ``point`` dimension is indexed by the parameters that identify a point (attribute
+    ``index``: every grid parameter and one key per zip group; a pandas MultiIndex when there
+    are several), so ``ds.sel(d=1000, k=2)`` selects one point by its parameters and
+    ``ds.sel(d=1000)`` all points with d = 1000. The other swept parameters (say ``gamma``,
+    zipped with ``k``) are coordinates along ``point`` too. ``path`` may be a local path or
+    an fsspec URL.
+    """
+    ref = StoreRef.parse(path, storage_options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3)
+    # Labels along `point` are small: load them, so that selecting never reads more arrays.
+    labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]
+    ds = ds.assign_coords({name: ds[name].load() for name in labels})
+    index = json.loads(ds.attrs.get("index", "[]"))
+    if index:
+        ds = ds.set_xindex(index)
+    return ds

@@ -1,0 +1,194 @@
+"""The zarr store: layout, chunk-aligned block regions, padding, ledger, labeled opening."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import pipeline
+from pipeline import ledger
+from pipeline import store as zstore
+from pipeline.errors import SpecError
+from pipeline.execute import check_store, store_attrs
+from pipeline.ledger import StoreRef
+from sweeps.spec import parse_spec
+
+SPEC = """
+name = "store-test"
+seeds = 6
+block_seeds = 4
+[params]
+teacher = "h3"
+[grid]
+d = [100, 1000]
+[[zip]]
+k = [2, 3]
+gamma = [1.0, 1.5]
+[observe]
+t_max = 1e6
+snapshots = [0.5, 5.0, 50.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return parse_spec(SPEC, source="store-test.toml")
+
+
+def fill_store(ref: StoreRef, spec) -> zstore.Layout:
+    """Create the store and write every block in this process, as workers would."""
+    layout = zstore.create(ref, spec, store_attrs(spec))
+    for b in spec.blocks:
+        sp = spec.points[b.point_index]
+        ds = pipeline.simulate(sp.params, b.seeds, root_seed=spec.root_seed,
+                               snapshots=spec.snapshots, threads=1)
+        zstore.write_block(ref, layout, b.point_index, b.start, b.stop, ds)
+        ledger.mark_done(ref, b.id, {"status_counts": {}})
+    zstore.consolidate(ref)
+    return layout
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory, spec):
+    ref = StoreRef.parse(tmp_path_factory.mktemp("store") / "s.zarr")
+    fill_store(ref, spec)
+    return ref
+
+
+def test_layout_chunks_dtypes_and_lossless_codecs(filled, spec):
+    meta = {}
+    for name in ("u0", "u", "escape_time", "t_final", "steps", "status", "loss", "u_t"):
+        with open(os.path.join(filled.url, name, "zarr.json")) as fh:
+            meta[name] = json.load(fh)
+    # every data variable: one point x one block of seeds per chunk, whole trailing axes
+    assert meta["u"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5, 3]
+    assert meta["u_t"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5, 3, 3]
+    assert meta["status"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5]
+    assert meta["u"]["dimension_names"] == ["point", "seed", "neuron", "index"]
+    assert meta["u_t"]["dimension_names"] == ["point", "seed", "neuron", "time", "index"]
+    assert {m["data_type"] for n, m in meta.items() if n not in ("steps", "status")} == \
+        {"float64"}
+    assert (meta["steps"]["data_type"], meta["status"]["data_type"]) == ("int64", "int8")
+    for m in meta.values():  # nothing lossy between the numbers and the disk
+        assert {c["name"] for c in m["codecs"]} <= {"bytes", "zstd"}
+
+
+def test_round_trip_is_bit_identical_and_padded(filled, spec):
+    ds = zstore.open_results(filled.url)
+    assert ds.sizes == {"point": 4, "seed": 6, "neuron": 5, "index": 3, "time": 3}
+    for sp in spec.points:
+        direct = pipeline.simulate(sp.params, range(6), snapshots=spec.snapshots, threads=1)
+        stored = ds.isel(point=sp.index)
+        n, k = sp.point.n, sp.point.k
+        for name in direct.data_vars:
+            real = stored[name].isel({dim: slice(0, size) for dim, size in
+                                      (("neuron", n), ("index", k)) if dim in direct[name].dims})
+            assert real.dims == direct[name].dims and real.dtype == direct[name].dtype
+            assert real.values.tobytes() == direct[name].values.tobytes(), name
+        # padding: NaN for floats, -1 for integers, masks say what is real
+        assert np.isnan(stored["u"].values[:, n:]).all()
+        assert np.isnan(stored["u"].values[:, :, k:]).all()
+        assert (stored["status"].values[:, n:] == -1).all()
+        assert stored["neuron_mask"].values.sum() == n
+        assert stored["index_mask"].values.sum() == k
+
+
+def test_open_results_is_lazy_and_labeled(filled):
+    ds = zstore.open_results(filled.url)
+    assert ds["u"].chunks is not None  # dask-backed
+    one = ds.sel(d=1000, k=2)
+    assert one["u"].dims == ("seed", "neuron", "index")
+    assert one["point_hash"].item() == ds["point_hash"].values[2]
+    # a partial selection keeps the remaining level (xarray renames `point` after it)
+    assert ds.sel(d=100)["k"].values.tolist() == [2, 3]
+    assert list(ds["n"].values) == [2, 5, 2, 5]
+    attrs = ds.attrs
+    assert attrs["spec_text"] == SPEC and attrs["name"] == "store-test"
+    assert json.loads(attrs["swept"]) == ["d", "k", "gamma"]
+    assert json.loads(attrs["index"]) == ["d", "k"]  # gamma is zipped with k
+    assert ds.sel(k=3)["gamma"].values.tolist() == [1.5, 1.5]
+    assert {"numpy", "zarr", "xarray", "mimflow"} <= set(json.loads(attrs["versions"]))
+    assert attrs["git_revision"] and attrs["created"]
+    # consolidated metadata exists and plain xarray can read the store
+    assert os.path.exists(os.path.join(filled.url, "zarr.json"))
+    plain = xr.open_zarr(filled.url, consolidated=True)
+    assert set(plain.data_vars) >= {"u", "status", "u_t"}
+
+
+def test_regions_must_be_whole_chunks(tmp_path, spec):
+    ref = StoreRef.parse(tmp_path / "s.zarr")
+    layout = zstore.create(ref, spec, store_attrs(spec))
+    sp = spec.points[0]
+    ds = pipeline.simulate(sp.params, range(2, 6), threads=1, snapshots=spec.snapshots)
+    with pytest.raises(ValueError, match="whole chunk"):
+        zstore.write_block(ref, layout, 0, 2, 6, ds)
+    ds = pipeline.simulate(sp.params, range(0, 3), threads=1, snapshots=spec.snapshots)
+    with pytest.raises(ValueError, match="whole chunk"):
+        zstore.write_block(ref, layout, 0, 0, 3, ds)
+    # the edge block (seeds 4, 5 of 6) is the whole last chunk
+    ds = pipeline.simulate(sp.params, range(4, 6), threads=1, snapshots=spec.snapshots)
+    zstore.write_block(ref, layout, 0, 4, 6, ds)
+
+
+def test_block_dataset_refuses_casts_and_unknown_variables(spec):
+    layout = zstore.Layout.for_spec(spec)
+    ds = pipeline.simulate(spec.points[0].params, range(4), threads=1,
+                           snapshots=spec.snapshots)
+    with pytest.raises(TypeError, match="refusing to cast"):
+        zstore.block_dataset(ds.assign(u=ds["u"].astype(np.float32)), layout)
+    with pytest.raises(ValueError, match="does not declare"):
+        zstore.block_dataset(ds.assign(extra=ds["loss"]), layout)
+    block = zstore.block_dataset(ds, layout)
+    assert not block.coords  # coordinates belong to the driver, never to a region write
+
+
+def test_ledger_markers(tmp_path):
+    ref = StoreRef.parse(tmp_path / "s.zarr")
+    assert ledger.done_ids(ref) == set()
+    ledger.mark_done(ref, "000001-0000000000", {"status_counts": {"converged": 3}})
+    ledger.mark_done(ref, "000002-0000000000", {"status_counts": {}})
+    # a writer killed mid-way leaves a temp file, which is not a marker
+    (tmp_path / "s.zarr" / "_mimflow" / "ledger" / ".abc.tmp").write_text("{")
+    assert ledger.done_ids(ref) == {"000001-0000000000", "000002-0000000000"}
+    records = ledger.done_records(ref)
+    assert records["000001-0000000000"]["status_counts"] == {"converged": 3}
+
+
+def test_fsspec_url_store(spec):
+    ref = StoreRef.parse("memory://mimflow-test/s.zarr")
+    fill_store(ref, spec)
+    assert ledger.done_ids(ref) == {b.id for b in spec.blocks}
+    ds = zstore.open_results("memory://mimflow-test/s.zarr")
+    assert ds.sel(d=1000, k=3)["status"].shape == (6, 5)
+    assert check_store(spec, ref) == "resume"
+    zstore.remove(ref)
+    assert not ref.exists()
+
+
+def test_check_store_decisions(tmp_path, spec, filled):
+    assert check_store(spec, StoreRef.parse(tmp_path / "new.zarr")) == "create"
+    assert check_store(spec, filled) == "resume"
+    assert check_store(spec, filled, overwrite=True) == "create"
+    other = parse_spec(SPEC.replace("seeds = 6", "seeds = 7"), source="other.toml")
+    with pytest.raises(SpecError, match="--overwrite"):
+        check_store(other, filled)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(SpecError, match="something else is there"):
+        check_store(spec, StoreRef.parse(foreign), overwrite=True)
+    xr.Dataset({"x": ("a", [1.0])}).to_zarr(tmp_path / "plain.zarr", zarr_format=3,
+                                           consolidated=False)
+    with pytest.raises(SpecError, match="not written by mimflow"):
+        check_store(spec, StoreRef.parse(tmp_path / "plain.zarr"), overwrite=True)
+
+
+def test_interrupted_creation_is_created_again(tmp_path, spec):
+    ref = StoreRef.parse(tmp_path / "s.zarr")
+    zstore.create(ref, spec, store_attrs(spec))
+    os.remove(os.path.join(ref.url, ledger.INITIALIZED))
+    assert check_store(spec, ref) == "create"
