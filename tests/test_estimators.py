@@ -1,0 +1,77 @@
+"""The analysis estimators on small simulated sweeps, against the paper's predictions."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from analysis._testing import simulate_points
+from analysis.bifurcation import BifurcationPoint, bisect_beta_f
+from analysis.coupon import CouponCollector
+from analysis.escape import EscapeScaling
+from analysis.theory import beta_c
+
+
+@pytest.fixture(scope="module")
+def escape_sweep():
+    points = [{"teacher": t, "d": int(d), "k": 2, "init": "positive", "rtol": 1e-7,
+               "gtol": 1e-5} for t in ("h2", "h3", "h4") for d in np.logspace(3, 7, 5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulate_points(points, 200)
+
+
+def test_escape_exponents_match_theorem_2_1(escape_sweep):
+    est = EscapeScaling(n_resamples=500).fit(escape_sweep)
+    s = est.summary_.set_index("teacher")
+    for teacher, p_star in (("h3", 3), ("h4", 4)):
+        assert s.loc[teacher, "alpha"] == pytest.approx(p_star / 2 - 1, abs=0.05)
+        assert s.loc[teacher, "alpha_lo"] < s.loc[teacher, "alpha"] < s.loc[teacher, "alpha_hi"]
+    assert s.loc["h2", "law"] == "log d"
+    assert s.loc["h2", "log_slope"] == pytest.approx(0.25, abs=0.02)
+    assert len(est.per_d_) == 15 and (est.per_d_["escaped"] == 1).all()
+
+
+def test_escape_scaling_returns_self_and_rejects_bad_statistic(escape_sweep):
+    est = EscapeScaling()
+    assert est.fit(escape_sweep) is est
+    with pytest.raises(ValueError, match="statistic"):
+        EscapeScaling(statistic="mode").fit(escape_sweep)
+
+
+@pytest.mark.parametrize("k,gammas", [(2, (1.0, 2.0, 3.0)), (4, (1.0, 2.0, 3.0)),
+                                      (8, (2.0, 3.0)), (16, (3.0,))])
+def test_coupon_failure_matches_the_exact_probability(k, gammas):
+    points = [{"teacher": "h3", "d": 200, "k": k, "gamma": g, "init": "positive",
+               "gtol": 1e-5} for g in gammas]
+    table = CouponCollector().fit(simulate_points(points, 300)).table_
+    for _, row in table.iterrows():
+        # Wilson standard error: half-width of the 95% interval / 1.96.
+        se = (row["hi"] - row["lo"]) / (2 * 1.96)
+        assert abs(row["failure"] - row["exact"]) <= 3 * se + 1e-12, row.to_dict()
+        # Proposition 2.2: the failures are exactly those predicted at initialization.
+        assert row["failure"] == pytest.approx(row["failure_at_init"])
+        assert row["lower_bound"] <= row["exact"] <= row["union_bound"]
+
+
+def test_bifurcation_grid_brackets_beta_f():
+    points = [{"teacher": "h3", "d": 1000, "k": 2, "beta": float(b), "init": "positive"}
+              for b in np.linspace(0.2, 0.5, 7)]
+    est = BifurcationPoint().fit(simulate_points(points, 32))
+    row = est.summary_.iloc[0]
+    assert row["beta_c"] == pytest.approx(1 / 3)
+    assert row["beta_c_hessian"] == pytest.approx(1 / 3, abs=1e-9)
+    assert row["beta_f_lo"] == pytest.approx(0.3) and row["beta_f_hi"] == pytest.approx(0.35)
+    assert est.fractions_["at_average"].is_monotonic_increasing
+
+
+def test_beta_f_sits_just_above_beta_c_for_k2_h3():
+    lo, hi = bisect_beta_f({"teacher": "h3", "d": 1000, "k": 2, "init": "positive"}, 48,
+                           tol=1e-3)
+    bc = beta_c(3, 2)
+    # beta_f is in (lo, hi]: no trajectory settles on a strict saddle (beta_f >= beta_c up to
+    # the bisection resolution) and the gap is small (the paper's Figure 2).
+    assert lo >= bc - 1e-3
+    assert hi - bc < 0.05
