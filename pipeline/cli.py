@@ -1,0 +1,268 @@
+"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``.
+
+Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume);
+2 bad input (an invalid spec, a store that may not be used, a bad argument), with nothing
+created or modified; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from typing import TextIO
+
+from .errors import SpecError
+
+EXIT_OK, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_RUN_EXAMPLES = """\
+examples:
+  mimflow run sweeps/example.toml
+  mimflow run sweeps/example.toml --store results/example.zarr --workers 8
+  mimflow run sweeps/example.toml --store s3://bucket/example.zarr --scheduler tcp://head:8786
+  mimflow run sweeps/example.toml --overwrite      # discard the store and start afresh
+
+Re-running the same command resumes: blocks already in the store are skipped.
+"""
+_VALIDATE_EXAMPLES = """\
+examples:
+  mimflow validate sweeps/example.toml
+"""
+_STATUS_EXAMPLES = """\
+examples:
+  mimflow status example.zarr
+"""
+_QUERY_EXAMPLES = """\
+examples:
+  mimflow query example.zarr                              # median escape time per point
+  mimflow query example.zarr --where k=2 --by d --stat mean
+  mimflow query example.zarr --var status --stat count --format csv
+  mimflow query example.zarr --where d=1000 --stat quantile:0.9 --format json
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mimflow", formatter_class=fmt,
+        description="Sweeps of gradient-flow simulations of two-layer networks on Gaussian "
+                    "multi-index models, run on Dask into labeled zarr stores.",
+        epilog="examples:\n  mimflow validate sweeps/example.toml\n"
+               "  mimflow run sweeps/example.toml --workers 2\n"
+               "  mimflow status example.zarr\n"
+               "  mimflow query example.zarr --by d --stat median\n\n"
+               "exit codes: 0 ok, 1 blocks missing after a run, 2 bad input, 130 interrupted")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a sweep into a store",
+                         description="Run a sweep spec on Dask into a zarr store, or resume "
+                                     "it.", epilog=_RUN_EXAMPLES, formatter_class=fmt)
+    run.add_argument("spec", metavar="SPEC", help="sweep spec (TOML)")
+    run.add_argument("--store", metavar="PATH",
+                     help="store path or fsspec URL (default: ./<spec name>.zarr)")
+    run.add_argument("--scheduler", metavar="ADDR",
+                     help="address of a running Dask scheduler (default: an embedded "
+                          "LocalCluster)")
+    run.add_argument("--workers", metavar="N", type=_positive,
+                     help="worker processes of the embedded cluster (default: CPU count)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an existing mimflow store at PATH instead of refusing a "
+                          "different spec (or resuming the same one)")
+
+    val = sub.add_parser("validate", help="check a spec and show what a run would do",
+                         description="Validate a sweep spec without running it: points, "
+                                     "trajectories, blocks, memory per block, store size.",
+                         epilog=_VALIDATE_EXAMPLES, formatter_class=fmt)
+    val.add_argument("spec", metavar="SPEC", help="sweep spec (TOML)")
+
+    st = sub.add_parser("status", help="progress and provenance of a store",
+                        description="Blocks done out of total, status counts, provenance.",
+                        epilog=_STATUS_EXAMPLES, formatter_class=fmt)
+    st.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+
+    q = sub.add_parser("query", help="summary statistics from a store",
+                       description="Reduce one variable over seeds and neurons, per point "
+                                   "or per group of points. Padding, missing blocks and NaN "
+                                   "(e.g. an escape that never happened) are skipped; "
+                                   "'count' counts the values that remain.",
+                       epilog=_QUERY_EXAMPLES, formatter_class=fmt)
+    q.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    q.add_argument("--where", metavar="PARAM=VALUE", nargs="+", action="extend", default=[],
+                   help="keep points with this parameter value (repeatable)")
+    q.add_argument("--var", default="escape_time", metavar="NAME",
+                   help="data variable (default: escape_time)")
+    q.add_argument("--stat", default="median", metavar="STAT",
+                   help="median | mean | min | max | count | quantile:Q (default: median)")
+    q.add_argument("--by", metavar="PARAM", nargs="+", action="extend", default=None,
+                   help="group by these parameters (default: every swept parameter)")
+    q.add_argument("--format", default="table", choices=("table", "csv", "json"),
+                   help="output format (default: table)")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid N = {text!r}: allowed is an integer >= 1")
+    return value
+
+
+def main(argv: list[str] | None = None, *, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Entry point of the ``mimflow`` console script; returns the exit code."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args, err)
+        if args.command == "validate":
+            return _validate(args, out)
+        if args.command == "status":
+            return _status(args, out)
+        return _query(args, out, err)
+    except SpecError as e:
+        err.write(f"mimflow {args.command}: error: {e}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        err.write("mimflow: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, err: TextIO) -> int:
+    from sweeps.spec import load_spec
+
+    from .execute import run_sweep
+
+    spec = load_spec(args.spec)
+    if args.scheduler and args.workers:
+        raise SpecError("--workers", args.workers, "unset with --scheduler (the cluster at "
+                        "ADDR has its own workers)")
+    report = run_sweep(spec, args.store or f"{spec.name}.zarr", scheduler=args.scheduler,
+                       workers=args.workers, overwrite=args.overwrite, out=err)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_MISSING
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.3g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.3g} KiB"
+
+
+def describe(spec) -> str:
+    """What ``mimflow validate`` prints for a valid spec."""
+    from .execute import block_memory_bytes
+    from .store import Layout
+
+    layout = Layout.for_spec(spec)
+    per_point = -(-spec.seeds // spec.block_seeds)
+    lines = [f"spec {spec.source}: sweep {spec.name!r} is valid"]
+    if spec.description:
+        lines.append(f"  description: {spec.description}")
+    swept = ", ".join(spec.swept) or "nothing (a single point)"
+    lines += [
+        f"  points:        {len(spec.points)} (swept: {swept})",
+        f"  trajectories:  {spec.n_trajectories} ({len(spec.points)} points x {spec.seeds} "
+        f"seeds; {spec.n_neuron_trajectories} neuron paths)",
+        f"  blocks:        {len(spec.blocks)} ({per_point} per point, {spec.block_seeds} "
+        f"seeds each)",
+        f"  memory/block:  ~{_mib(block_memory_bytes(spec, layout))} on a worker "
+        f"(results {_mib(layout.block_nbytes())})",
+        f"  store size:    <= {_mib(layout.store_nbytes())} uncompressed "
+        f"(n padded to {layout.n_max}, k to {layout.k_max}"
+        + (f", {len(layout.times)} snapshot times" if layout.times is not None else "")
+        + ")",
+        "  variables:     " + ", ".join(v.name for v in layout.variables),
+        "  fixed:         " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"),
+    ]
+    for w in spec.warnings:
+        lines.append(f"  warning ({w.category}, {len(w.points)} of {len(spec.points)} points): "
+                     f"{w.message}")
+    return "\n".join(lines) + "\n"
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    from sweeps.spec import load_spec
+
+    out.write(describe(load_spec(args.spec)))
+    return EXIT_OK
+
+
+def _open_store(path: str):
+    from . import store as zstore
+    from .ledger import StoreRef
+
+    ref = StoreRef.parse(path)
+    attrs = zstore.read_attrs(ref)
+    if attrs is None or "mimflow_layout" not in attrs:
+        raise SpecError("STORE", path, "a mimflow store (created by `mimflow run`)")
+    return ref, attrs
+
+
+def status_text(path: str) -> str:
+    """What ``mimflow status`` prints: blocks done/total, status counts, provenance."""
+    from . import ledger
+    from .store import STATUS_FLAGS
+
+    ref, attrs = _open_store(path)
+    records = ledger.done_records(ref)
+    points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
+    ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
+    done = [i for i in ids if i in records]
+    counts: Counter = Counter()
+    for i in done:
+        counts.update(records[i].get("status_counts", {}))
+    order = [STATUS_FLAGS[k] for k in sorted(STATUS_FLAGS) if k >= 0]
+    versions = json.loads(attrs.get("versions", "{}"))
+    lines = [
+        f"store:     {ref.url}",
+        f"sweep:     {attrs.get('name')!r} - {attrs.get('description', '')}",
+        f"spec:      {attrs.get('spec_file')} (spec hash {attrs.get('spec_hash')})",
+        f"points:    {points} (swept: {', '.join(json.loads(attrs.get('swept', '[]'))) or '-'})"
+        f", {seeds} seeds, {size} seeds per block",
+        f"blocks:    {len(done)} of {len(ids)} done ({100 * len(done) / max(len(ids), 1):.0f}%)",
+        "status:    " + ", ".join(f"{name} {counts.get(name, 0)}" for name in order)
+        + " (neurons in done blocks)",
+        f"created:   {attrs.get('created')}, git {attrs.get('git_revision')}",
+        "versions:  " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+    runs = ledger.runs(ref)
+    if runs:
+        last = runs[-1]
+        lines.append(f"runs:      {len(runs)} (last {last.get('run')}: computed "
+                     f"{len(last.get('computed', []))}, failed {len(last.get('failed', []))})")
+    missing = [i for i in ids if i not in records]
+    if missing:
+        lines.append(f"missing:   {len(missing)} blocks, e.g. " + ", ".join(missing[:5]))
+    for w in json.loads(attrs.get("warnings", "[]")):
+        lines.append(f"warning:   {w}")
+    return "\n".join(lines) + "\n"
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(status_text(args.store))
+    return EXIT_OK
+
+
+def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .query import format_result, parse_stat, parse_where, query
+    from .store import open_results
+
+    where = parse_where(args.where)
+    parse_stat(args.stat)  # bad input fails before the store is opened
+    _open_store(args.store)
+    result = query(open_results(args.store), where=where, var=args.var, stat=args.stat,
+                   by=args.by)
+    if not result.rows:
+        err.write("mimflow query: no point matches the conditions\n")
+    out.write(format_result(result, args.format))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

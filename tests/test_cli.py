@@ -1,0 +1,256 @@
+"""The ``mimflow`` command: help, validate, bad input (exit 2, nothing touched), status, query."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import LocalCluster
+
+from pipeline.cli import main
+from pipeline.store import open_results
+
+SPEC = """
+name = "cli-test"
+description = "tiny sweep for the CLI tests"
+seeds = 10
+block_seeds = 4
+[params]
+teacher = "h3"
+[grid]
+d = [100, 1000]
+[[zip]]
+k = [2, 3]
+gamma = [1.0, 1.5]
+[observe]
+t_max = 1e6
+"""
+
+
+def call(*argv: str) -> tuple[int, str, str]:
+    """Run ``mimflow argv`` in this process; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main(list(argv), out=out, err=err)
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``path`` with its modification time and content digest."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            p = Path(root) / name
+            out[str(p.relative_to(path))] = (p.stat().st_mtime_ns,
+                                             hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, scheduler):
+    """A complete store of SPEC, written through `mimflow run`."""
+    root = tmp_path_factory.mktemp("cli")
+    spec = root / "cli.toml"
+    spec.write_text(SPEC)
+    store = root / "cli.zarr"
+    code, _, err = call("run", str(spec), "--store", str(store), "--scheduler", scheduler)
+    assert code == 0, err
+    assert "12 of 12 blocks in" in err
+    return spec, store
+
+
+def test_help_on_every_command_has_examples():
+    for argv in ([], ["run"], ["validate"], ["status"], ["query"]):
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv, "--help"],
+                                capture_output=True, text=True,
+                                cwd=Path(__file__).parents[1])
+        assert result.returncode == 0 and "examples:" in result.stdout, argv
+    assert shutil.which("mimflow") is None or subprocess.run(
+        ["mimflow", "--help"], capture_output=True).returncode == 0
+
+
+def test_validate_reports_the_plan_without_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(SPEC.replace('teacher = "h3"', 'teacher = "relu"'))
+    code, out, _ = call("validate", "s.toml")
+    assert code == 0
+    assert "points:        4 (swept: d, k, gamma)" in out
+    assert "trajectories:  40 (4 points x 10 seeds; 140 neuron paths)" in out
+    assert "blocks:        12 (3 per point, 4 seeds each)" in out
+    assert "memory/block:" in out and "store size:" in out
+    # a broken assumption is reported once, with the number of points it concerns
+    assert out.count("Assumption 1.1") == 1 and "4 of 4 points" in out
+    assert sorted(os.listdir(tmp_path)) == ["s.toml"]
+
+
+VALID = SPEC
+INVALID = [  # (what is changed, replacement, field the message must name)
+    ("seeds = 10", "", "seeds"),
+    ("seeds = 10", "seeds = 0", "seeds"),
+    ("seeds = 10", "seeds = 2.5", "seeds"),
+    ("block_seeds = 4", "block_seeds = -1", "block_seeds"),
+    ("block_seeds = 4", "blok_seeds = 4", "blok_seeds"),
+    ('name = "cli-test"', 'name = "my sweep!"', "name"),
+    ('teacher = "h3"', 'teacher = "h3x"', "params.teacher"),
+    ('teacher = "h3"', 'teacher = "h3"\ntemperature = 1.0', "params.temperature"),
+    ('teacher = "h3"', 'teacher = "h3"\nd = 50', "grid.d"),
+    ('teacher = "h3"', 'teacher = "h3"\nloss = "hinge"', "params.loss"),
+    ('teacher = "h3"', 'teacher = "h0"', "params.teacher"),
+    ("d = [100, 1000]", "d = 100", "grid.d"),
+    ("d = [100, 1000]", "d = [100, 100]", "grid.d"),
+    ("d = [100, 1000]", "d = [2, 1000]", "grid.d"),
+    ("d = [100, 1000]", "d = {logspace = [2, 3]}", "grid.d"),
+    ("d = [100, 1000]", "d = {logspase = [2, 3, 3]}", "grid.d"),
+    ("d = [100, 1000]", "d = [100, 1000]\nbeta = [0.0, 1.5]", "grid.beta"),
+    ("gamma = [1.0, 1.5]", "gamma = [1.0]", "zip[0]"),
+    ("gamma = [1.0, 1.5]", "gamma = [1.0, 1.5]\nn = [1, 2]", "zip[0].n"),
+    ("t_max = 1e6", "t_max = -1.0", "observe.t_max"),
+    ("t_max = 1e6", "t_max = 1e6\ndt = 0.1", "observe.dt"),
+    ("t_max = 1e6", "t_max = 1e6\nsnapshots = [3.0, 1.0]", "observe.snapshots"),
+    ("t_max = 1e6", "t_max = 1e6\nrtol = 1e-4\ngtol = 1e-5", "observe.gtol"),
+    ("t_max = 1e6", "t_max = 1e6\nescape_threshold = 2.0", "observe.escape_threshold"),
+    ("[observe]", "[observe\n", "TOML syntax"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field"), INVALID, ids=[f for _, _, f in INVALID])
+def test_invalid_spec_exits_2_names_the_field_and_touches_nothing(tmp_path, made, old, new,
+                                                                  field):
+    assert old in VALID
+    spec = tmp_path / "bad.toml"
+    spec.write_text(VALID.replace(old, new, 1))
+    _, existing = made
+    before = snapshot(existing)
+    for store in (tmp_path / "new.zarr", existing):
+        code, _, err = call("run", str(spec), "--store", str(store))
+        assert code == 2, err
+        assert f"invalid {field}" in err and str(spec) in err, err
+    assert not (tmp_path / "new.zarr").exists()
+    assert snapshot(existing) == before
+    code, _, err = call("validate", str(spec))
+    assert code == 2 and f"invalid {field}" in err
+
+
+def test_a_different_spec_is_refused_unless_overwrite(tmp_path, made, scheduler):
+    spec, original = made
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(original, store)
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.replace("seeds = 10", "seeds = 8"))
+    before = snapshot(store)
+    code, _, err = call("run", str(other), "--store", str(store), "--scheduler", scheduler)
+    assert code == 2 and "--overwrite" in err and "cli-test" in err
+    assert snapshot(store) == before
+    code, _, err = call("run", str(other), "--store", str(store), "--scheduler", scheduler,
+                        "--overwrite")
+    assert code == 0, err
+    assert open_results(str(store)).sizes["seed"] == 8
+
+
+def test_bad_arguments_exit_2(made, tmp_path):
+    spec, store = made
+    assert call("run", str(spec), "--workers", "0")[0] == 2
+    assert call("run", str(spec), "--workers", "2", "--scheduler", "tcp://x:1")[0] == 2
+    assert call("status", str(tmp_path / "nothing.zarr"))[0] == 2
+    assert call("query", str(store), "--stat", "quantile:2")[0] == 2
+    assert call("query", str(store), "--stat", "mode")[0] == 2
+    assert call("query", str(store), "--var", "nope")[0] == 2
+    assert call("query", str(store), "--where", "temperature=1")[0] == 2
+    assert call("query", str(store), "--where", "d")[0] == 2
+    assert call("query", str(store), "--where", "d=big")[0] == 2
+    assert call("query", str(store), "--by", "seed")[0] == 2
+    assert call("query", str(store), "--format", "xml")[0] == 2
+    assert call("frobnicate")[0] == 2
+
+
+def test_status(made, tmp_path):
+    _, store = made
+    code, out, _ = call("status", str(store))
+    assert code == 0
+    assert "blocks:    12 of 12 done (100%)" in out
+    counts = dict(part.rsplit(" ", 1) for part in
+                  out.split("status:    ")[1].split(" (neurons")[0].split(", "))
+    assert sum(int(v) for v in counts.values()) == 10 * (2 + 5 + 2 + 5)
+    assert "git " in out and "xarray" in out and "cli-test" in out
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(store, partial)
+    os.remove(partial / "_mimflow" / "ledger" / "000002-0000000004.json")
+    code, out, _ = call("status", str(partial))
+    assert "11 of 12 done" in out and "missing:   1 blocks, e.g. 000002-0000000004" in out
+
+
+def _rows(text: str, fmt: str) -> list[dict]:
+    if fmt == "json":
+        return json.loads(text)
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def test_query_equals_xarray_on_the_store(made):
+    _, store = made
+    ds = open_results(str(store))
+
+    # one row per point: median escape time of the real (unpadded) neurons
+    code, out, _ = call("query", str(store), "--format", "json")
+    assert code == 0
+    rows = _rows(out, "json")
+    assert len(rows) == 4
+    for row in rows:
+        at = ds.sel(d=row["d"], k=row["k"])
+        # (dask has no median over all axes: load, as query does)
+        expected = at["escape_time"].where(at["neuron_mask"]).compute().median().item()
+        assert row["median(escape_time)"] == expected and row["gamma"] == at["gamma"].item()
+
+    # pooled over the points with k = 2, grouped by d, several statistics
+    for stat in ("mean", "min", "max", "quantile:0.9", "count"):
+        code, out, _ = call("query", str(store), "--where", "k=2", "--by", "d", "--var",
+                            "t_final", "--stat", stat, "--format", "csv")
+        assert code == 0
+        rows = _rows(out, "csv")
+        assert [r["d"] for r in rows] == [100, 1000]
+        for row in rows:
+            at = ds.sel(d=int(row["d"]), k=2)
+            values = at["t_final"].where(at["neuron_mask"]).compute()
+            expected = (values.quantile(0.9) if stat.startswith("quantile")
+                        else getattr(values, stat)()).item()
+            assert row[f"{stat}(t_final)"] == expected, stat
+
+    # integer variable: padding (-1) is not counted; vector variable: index padding masked
+    code, out, _ = call("query", str(store), "--var", "status", "--stat", "count", "--by", "k",
+                        "--format", "json")
+    assert {r["k"]: r["count(status)"] for r in _rows(out, "json")} == {2: 2 * 10 * 2,
+                                                                         3: 2 * 10 * 5}
+    code, out, _ = call("query", str(store), "--var", "u0", "--stat", "min", "--where", "d=1000",
+                        "--format", "json")
+    for row in _rows(out, "json"):
+        at = ds.sel(d=1000, k=row["k"])
+        mask = at["neuron_mask"] & at["index_mask"]
+        assert row["min(u0)"] == float(at["u0"].where(mask).min())  # lazy, computed by dask
+        assert not np.isnan(row["min(u0)"])
+
+
+def test_query_on_fixed_parameters_and_table_output(made):
+    _, store = made
+    code, out, err = call("query", str(store), "--where", "teacher=h3", "--by", "k")
+    assert code == 0 and out.splitlines()[0].split() == ["k", "points", "median(escape_time)"]
+    assert len(out.splitlines()) == 3
+    code, out, err = call("query", str(store), "--where", "teacher=h4")
+    assert code == 0 and "no point matches" in err
