@@ -193,8 +193,9 @@ def store_attrs(spec: Spec) -> dict[str, Any]:
         "block_seeds": spec.block_seeds,
         "points": len(spec.points),
         "blocks": len(spec.blocks),
-        "swept": json.dumps(list(spec.swept)),
-        "index": json.dumps(list(spec.index)),
+        # coordinate names (a parameter that is also a data variable is renamed: loss_type)
+        "swept": json.dumps([zstore.coord_name(n) for n in spec.swept]),
+        "index": json.dumps([zstore.coord_name(n) for n in spec.index]),
         "fixed_params": json.dumps(spec.fixed, sort_keys=True, default=str),
         "warnings": json.dumps([f"{w.category}: {w.message} ({len(w.points)} of "
                                 f"{len(spec.points)} points)" for w in spec.warnings]),

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import SpecError
+from .store import coord_name
 
 STATS = ("median", "mean", "min", "max", "count", "quantile:Q")
 FORMATS = ("table", "csv", "json")
@@ -74,7 +75,7 @@ def _match(name: str, values: np.ndarray, raw: str) -> np.ndarray:
         if values.dtype.kind == "f":
             return np.isclose(values, x, rtol=1e-12, atol=0.0)
         return values == x
-    return values.astype(str) == raw
+    return np.array([str(v) for v in values.tolist()], dtype=object) == raw
 
 
 def _same(fixed: Any, raw: str) -> bool:
@@ -96,6 +97,8 @@ def select_points(ds: xr.Dataset, where: list[tuple[str, str]]) -> np.ndarray:
     fixed = json.loads(ds.attrs.get("fixed_params", "{}"))
     keep = np.ones(ds.sizes["point"], dtype=bool)
     for name, raw in where:
+        if name not in labels and coord_name(name) in labels:
+            name = coord_name(name)  # `loss=mse` selects on the coordinate loss_type
         if name in labels:
             keep &= _match(name, np.asarray(ds[name].values), raw)
         elif name in fixed:
@@ -149,7 +152,7 @@ def query(ds: xr.Dataset, *, where: list[tuple[str, str]] = (), var: str = "esca
         raise SpecError("--var", var, "one of " + ", ".join(data_vars))
     labels = point_coords(ds)
     swept = json.loads(ds.attrs.get("swept", "[]"))
-    by = list(swept if by is None else by)
+    by = [b if b in labels else coord_name(b) for b in (swept if by is None else by)]
     for b in by:
         if b not in labels:
             raise SpecError("--by", b, "a label along point: " + ", ".join(labels))

@@ -74,6 +74,17 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
+#: Swept parameters whose name is also a data variable get another coordinate name: the
+#: parameter ``loss`` (correlation | mse) is the coordinate ``loss_type``, next to the data
+#: variable ``loss`` (the final loss value).
+RENAMED = {"loss": "loss_type"}
+
+
+def coord_name(param: str) -> str:
+    """Name of the store coordinate that holds swept parameter ``param``."""
+    return RENAMED.get(param, param)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Shape of a store: what the driver creates and what every block must fit into."""
@@ -153,9 +164,11 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
     computed), coordinates, masks and attributes are real."""
     data: dict[str, Any] = {}
     for var in layout.variables:
+        # One dask chunk per variable: the array is never computed (only its metadata is
+        # written), and a graph of one task per block would cost the driver time and memory.
+        # The zarr chunks come from the encoding (see `_encoding`).
         data[var.name] = (("point", "seed") + var.dims,
-                          da.full(layout.shape(var), var.fill, dtype=var.dtype,
-                                  chunks=layout.chunks(var)),
+                          da.full(layout.shape(var), var.fill, dtype=var.dtype, chunks=-1),
                           {"long_name": var.long_name})
     data["status"][2].update(flag_values=sorted(STATUS_FLAGS),
                              flag_meanings=" ".join(STATUS_FLAGS[k] for k in
@@ -177,7 +190,8 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
                                             for p in spec.points], dtype=object)),
     }
     for name in spec.swept:
-        coords[name] = ("point", _coordinate([p.labels[name] for p in spec.points]))
+        coords[coord_name(name)] = ("point",
+                                    _coordinate([p.labels[name] for p in spec.points]))
     for name, values in (("n", n), ("k", k)):
         if name not in spec.swept:
             coords[name] = ("point", values.astype(np.int64))
@@ -331,6 +345,9 @@ def open_results(path: str, *, storage_options: dict | None = None) -> xr.Datase
     ref = StoreRef.parse(path, storage_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
+        # a store whose run was interrupted is not consolidated yet: reading it is fine
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated",
+                                category=RuntimeWarning)
         ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3)
     # Labels along `point` are small: load them, so that selecting never reads more arrays.
     labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]

@@ -192,3 +192,40 @@ def test_interrupted_creation_is_created_again(tmp_path, spec):
     zstore.create(ref, spec, store_attrs(spec))
     os.remove(os.path.join(ref.url, ledger.INITIALIZED))
     assert check_store(spec, ref) == "create"
+
+
+def test_parameter_named_like_a_variable_gets_another_coordinate_name(tmp_path):
+    from pipeline.params import VOCABULARY
+    from pipeline.query import query
+
+    variables = {v.name for v in zstore.VARIABLES} | {"neuron_mask", "index_mask"}
+    assert set(VOCABULARY) & variables == set(zstore.RENAMED)
+    try:
+        pipeline.resolve_point({"teacher": "h3", "d": 10, "k": 2, "loss": "mse"})
+    except SpecError:
+        pytest.skip("the MSE engine is not available")
+    spec = parse_spec(SPEC.replace("[grid]", '[grid]\nloss = ["correlation", "mse"]'))
+    ref = StoreRef.parse(tmp_path / "s.zarr")
+    zstore.create(ref, spec, store_attrs(spec))
+    ds = zstore.open_results(ref.url)
+    assert "loss" in ds.data_vars
+    assert ds["loss_type"].values.tolist() == ["correlation"] * 4 + ["mse"] * 4
+    assert {"q", "loss_t"} <= set(ds.data_vars)
+    assert ds.sel(loss_type="mse", d=100, k=2)["q"].dims == ("seed", "neuron", "neuron2")
+    rows = query(ds, where=[("loss", "mse")], by=["loss"], var="q", stat="count").rows
+    assert rows == ({"loss_type": "mse", "points": 4, "count(q)": 0},)
+
+
+def test_string_labels_select_and_group(tmp_path):
+    from pipeline.query import query
+
+    spec = parse_spec(SPEC.replace("[grid]", '[grid]\nteacher = ["h3", "h4"]')
+                      .replace('teacher = "h3"\n', "", 1).replace("seeds = 6", "seeds = 4"))
+    ref = StoreRef.parse(tmp_path / "s.zarr")
+    fill_store(ref, spec)
+    ds = zstore.open_results(ref.url)
+    assert ds.sel(teacher="h4", d=100, k=2)["u"].shape == (4, 5, 3)
+    rows = query(ds, where=[("teacher", "h4")], by=["teacher"], stat="count").rows
+    expected = int(ds.sel(teacher="h4")["escape_time"].where(
+        ds.sel(teacher="h4")["neuron_mask"]).count())
+    assert rows == ({"teacher": "h4", "points": 4, "count(escape_time)": expected},)
