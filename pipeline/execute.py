@@ -355,20 +355,22 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
     futures = client.map(run_block, tasks, key=keys, pure=False)
     task_of = {f.key: (f, t) for f, t in zip(futures, tasks, strict=True)}
     progress = Progress(len(tasks), out)
-    pending = as_completed(futures)
+    # Results (small records) come back in batches, errors as values: one bad block must not
+    # stop the loop.
+    pending = as_completed(futures, with_results=True, raise_errors=False)
     del futures  # as_completed holds them; each is released once handled
     try:
-        for fut in pending:
+        for fut, result in pending:
             _, task = task_of.pop(fut.key)
             if fut.status == "finished":
-                record = fut.result()
+                record = result
                 report.computed.append(task.block_id)
                 report.status_counts.update(record["status_counts"])
                 for w in record["warnings"]:
                     report.warnings[w] += 1
                 progress.advance()
             else:
-                err = fut.exception()
+                err = fut.exception()  # (rare) one more round trip for the exception itself
                 message = str(err) if isinstance(err, BlockError) else \
                     f"{task.label} failed: {type(err).__name__}: {err}"
                 details = err.details if isinstance(err, BlockError) else ""
