@@ -12,10 +12,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.activations import get_activation, information_exponent
+from pipeline.activations import dual_coefficients, get_activation, information_exponent
 
 
 def as_points(ds: xr.Dataset) -> xr.Dataset:
@@ -47,11 +48,21 @@ def _label(activation: Any) -> str:
     return activation if isinstance(activation, str) else json.dumps(activation, sort_keys=True)
 
 
+def coefficients(label: str, degree: int, role: str = "activation") -> np.ndarray:
+    """Hermite coefficients of an activation given by its label in ``point_params``."""
+    spec = json.loads(label) if str(label).startswith("{") else label
+    return get_activation(spec, int(degree), field_name=role).coefficients
+
+
 def p_star(teacher: str, degree: int) -> int:
-    """Information exponent of a teacher given by its canonical label."""
-    spec = json.loads(teacher) if teacher.startswith("{") else teacher
-    act = get_activation(spec, int(degree), field_name="teacher")
-    return information_exponent(act.coefficients) or 0
+    """Information exponent of a teacher given by its label."""
+    return information_exponent(coefficients(teacher, degree, "teacher")) or 0
+
+
+def dual_c(params: dict[str, Any]) -> np.ndarray:
+    """Dual coefficients ``c_p = a_p b_p`` of a point's student and teacher."""
+    return dual_coefficients(coefficients(params["student"], params["degree"], "student"),
+                             coefficients(params["teacher"], params["degree"], "teacher"))
 
 
 def iter_points(ds: xr.Dataset) -> Iterator[tuple[dict[str, Any], xr.Dataset]]:

@@ -11,9 +11,8 @@ import xarray as xr
 from scipy.stats import binomtest
 
 import pipeline
-from pipeline.activations import dual_coefficients, get_activation
 
-from ._points import group_columns, iter_points, point_params
+from ._points import dual_c, group_columns, iter_points, point_params
 from .hessian import hessian_critical_beta
 from .theory import beta_c
 
@@ -22,17 +21,6 @@ def at_average(u: np.ndarray, status: np.ndarray, tol: float = 1e-3) -> np.ndarr
     """Which converged neurons sit at the average point: all overlaps equal within ``tol``."""
     spread = np.nanmax(u, axis=-1) - np.nanmin(u, axis=-1)
     return (spread < tol) & (np.nanmin(u, axis=-1) > 0) & (status == 0)
-
-
-def dual_c(params: Mapping[str, Any]) -> np.ndarray:
-    """Dual coefficients ``c_p`` of a point's student and teacher."""
-    import json
-
-    def act(label, role):
-        spec = json.loads(label) if str(label).startswith("{") else label
-        return get_activation(spec, int(params["degree"]), field_name=role).coefficients
-
-    return dual_coefficients(act(params["student"], "student"), act(params["teacher"], "teacher"))
 
 
 class BifurcationPoint:

@@ -22,8 +22,8 @@ import xarray as xr  # noqa: E402
 from pipeline.activations import dual_coefficients, get_activation  # noqa: E402
 from pipeline.frames import equiangular_gram  # noqa: E402
 
-from ._points import iter_points  # noqa: E402
-from .bifurcation import BifurcationPoint, dual_c  # noqa: E402
+from ._points import dual_c, iter_points  # noqa: E402
+from .bifurcation import BifurcationPoint  # noqa: E402
 from .coupon import CouponCollector  # noqa: E402
 from .escape import EscapeScaling  # noqa: E402
 from .hessian import hessian_spectrum  # noqa: E402

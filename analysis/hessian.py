@@ -15,46 +15,46 @@ from scipy.optimize import brentq
 from pipeline.frames import equiangular_gram, explicit_frame
 
 
-def hessian_at_average(c: np.ndarray, k: int, beta: float) -> np.ndarray:
-    """Eigenvalues of the spherical Hessian at ``w_bar`` on its tangent space (ascending).
-
-    ``c`` are the dual coefficients ``c_p``; the loss is ``L(w) = -sum_j sum_p c_p (v_j.w)^p``.
-    Returns ``k`` eigenvalues: ``k - 1`` for directions in span(V) and one outside it.
-    """
+def _average_point(k: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """An explicit equiangular frame in ``R^(k+1)`` and its normalized average ``w_bar``."""
     V = explicit_frame(equiangular_gram(k, beta), k + 1)
     w = V.sum(axis=1)
-    w /= np.linalg.norm(w)
+    return V, w / np.linalg.norm(w)
+
+
+def _derivatives(c: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``g'(u_j)`` and ``g''(u_j)`` of the dual activation ``g(rho) = sum_p c_p rho^p``."""
+    dg = np.polynomial.polynomial.polyder(c)
+    return (np.polynomial.polynomial.polyval(u, dg),
+            np.polynomial.polynomial.polyval(u, np.polynomial.polynomial.polyder(dg)))
+
+
+def hessian_at_average(c: np.ndarray, k: int, beta: float) -> tuple[np.ndarray, float]:
+    """The spherical Hessian at ``w_bar`` on its tangent space.
+
+    ``c`` are the dual coefficients ``c_p``; the loss is ``L(w) = -sum_j sum_p c_p (v_j.w)^p``.
+    Returns ``(in_span, outside)``: the ``k - 1`` eigenvalues for tangent directions inside
+    span(V) (ascending) and the one for the direction outside it.
+    """
+    V, w = _average_point(k, beta)
     u = V.T @ w
-    c = np.asarray(c, dtype=float)
-    p = np.arange(len(c))
-    dg = np.array([np.sum(c[1:] * p[1:] * uj ** (p[1:] - 1)) for uj in u])
-    d2g = np.array([np.sum(c[2:] * p[2:] * (p[2:] - 1) * uj ** (p[2:] - 2)) for uj in u])
+    dg, d2g = _derivatives(np.asarray(c, dtype=float), u)
     grad = -V @ dg
     hess = -(V * d2g) @ V.T
     P = np.eye(k + 1) - np.outer(w, w)
     riem = P @ (hess - (w @ grad) * np.eye(k + 1)) @ P
-    # Restrict to the tangent space: an orthonormal basis of w's complement.
-    basis = np.linalg.svd(P)[0][:, :k]
-    return np.linalg.eigvalsh(basis.T @ riem @ basis)
+    # Tangent directions inside span(V): orthonormal basis of span(V) minus w_bar; the last
+    # coordinate axis is the one direction outside span(V) (V lives in the first k).
+    Q = np.linalg.qr(np.column_stack([w, V]))[0][:, 1:k]
+    e_out = np.zeros(k + 1)
+    e_out[k] = 1.0
+    return np.linalg.eigvalsh(Q.T @ riem @ Q), float(e_out @ riem @ e_out)
 
 
 def hessian_in_span(c: np.ndarray, k: int, beta: float) -> float:
     """Smallest Hessian eigenvalue at ``w_bar`` among directions inside span(V)."""
-    V = explicit_frame(equiangular_gram(k, beta), k + 1)
-    w = V.sum(axis=1) / np.linalg.norm(V.sum(axis=1))
-    evals = hessian_at_average(c, k, beta)
-    if k == 1:
-        return float("nan")
-    # The out-of-span direction e_{k+1} has eigenvalue -w.grad L; the others lie in the span.
-    outside = _outside_eigenvalue(c, V, w)
-    inside = np.delete(evals, np.argmin(np.abs(evals - outside)))
-    return float(inside.min())
-
-
-def _outside_eigenvalue(c, V, w) -> float:
-    u = V.T @ w
-    p = np.arange(len(c))
-    return float(sum(np.sum(c[1:] * p[1:] * uj ** p[1:]) for uj in u))
+    inside, _ = hessian_at_average(c, k, beta)
+    return float(inside.min()) if inside.size else float("nan")
 
 
 def hessian_critical_beta(c: np.ndarray, k: int, *, xtol: float = 1e-12) -> float:
@@ -65,17 +65,16 @@ def hessian_critical_beta(c: np.ndarray, k: int, *, xtol: float = 1e-12) -> floa
     """
     f = lambda b: hessian_in_span(c, k, b)  # noqa: E731
     lo, hi = 0.0, 1.0 - 1e-9
-    if f(lo) > 0 or f(hi) < 0:
+    if k < 2 or f(lo) > 0 or f(hi) < 0:
         return float("nan")
     return float(brentq(f, lo, hi, xtol=xtol))
 
 
 def hessian_spectrum(c: np.ndarray, k: int, betas: np.ndarray) -> pd.DataFrame:
-    """The Hessian at ``w_bar`` against beta: in-span and out-of-span eigenvalues."""
+    """The Hessian at ``w_bar`` against beta: smallest in-span and out-of-span eigenvalues."""
     rows = []
     for b in np.asarray(betas, dtype=float):
-        V = explicit_frame(equiangular_gram(k, b), k + 1)
-        w = V.sum(axis=1) / np.linalg.norm(V.sum(axis=1))
-        rows.append({"beta": b, "in_span": hessian_in_span(c, k, b),
-                     "outside_span": _outside_eigenvalue(c, V, w)})
+        inside, outside = hessian_at_average(c, k, b)
+        rows.append({"beta": b, "in_span": float(inside.min()) if inside.size else np.nan,
+                     "outside_span": outside})
     return pd.DataFrame(rows)

@@ -25,11 +25,11 @@ def test_hessian_sign_change_sits_at_beta_c(k, p_star):
 def test_explicit_hessian_matches_equation_18(beta):
     c = np.array([0.1, 0.0, 0.2, 1.0, 0.0, 0.4])  # sigma != sigma*, several degrees
     k = 4
-    evals = hessian_at_average(c, k, beta)
-    inside, outside = hessian_at_average_closed_form(c, k, beta)
+    inside, outside = hessian_at_average(c, k, beta)
+    inside_cf, outside_cf = hessian_at_average_closed_form(c, k, beta)
     # k - 1 degenerate in-span eigenvalues (equiangular symmetry) and one outside the span.
-    assert np.sum(np.isclose(evals, inside, atol=1e-10)) == k - 1
-    assert np.sum(np.isclose(evals, outside, atol=1e-10)) == 1
+    np.testing.assert_allclose(inside, np.full(k - 1, inside_cf), atol=1e-10)
+    assert outside == pytest.approx(outside_cf, abs=1e-10)
 
 
 def test_mixture_threshold_lies_between_the_theorem_bounds():
