@@ -1,6 +1,7 @@
 """The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``.
 
-Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume);
+Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
+store could not be written;
 2 bad input (an invalid spec, a store that may not be used, a bad argument), with nothing
 created or modified; 130 interrupted.
 """
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
+    except OSError as e:  # an unwritable store, a full disk: say so, without a traceback
+        err.write(f"mimflow {args.command}: error: {type(e).__name__}: {e}\n")
+        return EXIT_MISSING
     except KeyboardInterrupt:
         err.write("mimflow: interrupted\n")
         return EXIT_INTERRUPTED

@@ -254,9 +254,8 @@ def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
             warnings.simplefilter("ignore", category=UserWarning)
             group = zarr.open_group(_target(ref), mode="r", zarr_format=3)
             return dict(group.attrs)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError,
-            TypeError):
-        return None
+    except (OSError, zarr.errors.GroupNotFoundError, KeyError, ValueError, TypeError):
+        return None  # nothing there, or not a zarr group
 
 
 def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
