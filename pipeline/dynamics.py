@@ -1,4 +1,4 @@
-"""What the equation is: vector fields, GD maps and observables of the correlation loss.
+"""What the equation is: vector fields, GD maps and observables of both losses.
 
 Two models share one calling convention so the integrators (``integrate.py``) never know
 which one they advance:
@@ -19,6 +19,10 @@ integrator's own accuracy. (Carrying ``r`` rather than ``r^2`` matters: an absol
 
     dw/dt = V a - (u.a) w,    u = V^T w
 
+``MSE_REDUCED`` and ``MSE_FULL`` (the MSE loss: all n neurons of a seed are one coupled
+trajectory, in exact overlap coordinates or explicitly in R^d) are implemented in ``mse.py``;
+every function here hands those model ids over to it.
+
 The discrete projected GD of the paper's Figure 1, ``w <- (w + lr g) / ||w + lr g||``, is
 exact in the reduced coordinates too (``gd_map``).
 
@@ -37,9 +41,25 @@ import math
 import numpy as np
 
 from ._jit import jit as njit
+from .mse import (
+    MSE_FULL,
+    MSE_REDUCED,
+    mse_gd_map,
+    mse_grad_norm,
+    mse_n_neurons,
+    mse_observe,
+    mse_overlap_norm,
+    mse_overlaps,
+    mse_settled,
+    mse_speed,
+    mse_vector_field,
+    mse_work_size,
+)
 
 REDUCED = 0
 FULL = 1
+# MSE_REDUCED = 2 and MSE_FULL = 3 live in mse.py; every function below hands them over.
+MODELS = (REDUCED, FULL, MSE_REDUCED, MSE_FULL)
 
 
 @njit
@@ -60,19 +80,73 @@ def _ascent(u, c, a):
 
 @njit
 def n_neurons(model, args):
-    """Neurons per trajectory (each has its own escape event and overlap row): 1 here."""
+    """Neurons per trajectory (each has its own escape event and overlap row)."""
+    if model >= MSE_REDUCED:
+        return mse_n_neurons(args)
     return 1
+
+
+@njit
+def escapes_to_converge(model, args):
+    """How many neurons must have escaped before the gradient test may declare convergence.
+
+    Correlation loss: every neuron (a trajectory is one neuron, and it escapes). MSE: one,
+    with :func:`settled` deciding about the others: surplus neurons of a coupled system may
+    legitimately never reach the threshold (antipodal pairs that cancel for odd activations,
+    neurons left orthogonal to everything for even ones), so waiting for all of them would
+    never converge.
+    """
+    if model >= MSE_REDUCED:
+        return 1
+    return n_neurons(model, args)
+
+
+@njit
+def settled(model, y, args, work, threshold):
+    """Second half of the saddle guard, asked only once the gradient is below ``gtol``.
+
+    Correlation loss: always (every neuron has escaped by then). MSE: no neuron that has
+    neither escaped nor aligned with another one has growing overlaps (``mse.mse_settled``):
+    after the first escape, other neurons may still sit at the initial saddle with a gradient
+    ~ d^-(p*-1)/2 below ``gtol`` (h4, d = 1e6: a wrong "converged" at loss 2 instead of 0).
+    """
+    if model >= MSE_REDUCED:
+        return mse_settled(model, y, args, work, threshold)
+    return True
+
+
+@njit
+def observables_size(model, args):
+    """Numbers recorded per snapshot: the overlaps, then (MSE) the loss."""
+    size = n_neurons(model, args) * args[0].shape[1]
+    if model >= MSE_REDUCED:
+        return size + 1
+    return size
+
+
+@njit
+def observables(model, y, args, out):
+    """Write the snapshot observables of ``y`` (see :func:`observables_size`) into ``out``."""
+    if model >= MSE_REDUCED:
+        mse_observe(model, y, args, out)
+    else:
+        overlaps(model, y, args, out)
 
 
 @njit
 def work_size(model, args):
     """Scratch floats the model's functions need."""
+    if model >= MSE_REDUCED:
+        return mse_work_size(model, args)
     return 4 * args[0].shape[1]
 
 
 @njit
 def overlaps(model, y, args, u):
     """Write the overlaps ``V^T w`` of every neuron of state ``y`` into ``u`` (row-major)."""
+    if model >= MSE_REDUCED:
+        mse_overlaps(model, y, args, u)
+        return
     M = args[0]
     k = M.shape[1]
     if model == REDUCED:
@@ -89,6 +163,8 @@ def overlaps(model, y, args, u):
 @njit
 def overlap_norm(model, y, args, work, neuron):
     """``||u||_2`` of one neuron, the escape measure."""
+    if model >= MSE_REDUCED:
+        return mse_overlap_norm(model, y, args, work, neuron)
     M = args[0]
     k = M.shape[1]
     u = work[:k]
@@ -142,7 +218,9 @@ def _full_direction(y, args, work, dw):
 @njit
 def vector_field(model, y, args, work, dy):
     """Write the gradient-flow velocity of state ``y`` into ``dy``."""
-    if model == REDUCED:
+    if model >= MSE_REDUCED:
+        mse_vector_field(model, y, args, work, dy)
+    elif model == REDUCED:
         k = args[0].shape[1]
         ua = _reduced_direction(y, args, work)
         for j in range(k):
@@ -169,7 +247,9 @@ def _reduced_grad_norm2(y, args, work, ua):
 
 @njit
 def grad_norm(model, y, args, work):
-    """Norm of the spherical gradient ``(I - w w^T) grad L`` in R^d."""
+    """Norm of the spherical gradient ``(I - w w^T) grad L`` in R^d (all neurons together)."""
+    if model >= MSE_REDUCED:
+        return mse_grad_norm(model, y, args, work)
     if model == REDUCED:
         ua = _reduced_direction(y, args, work)
         return math.sqrt(_reduced_grad_norm2(y, args, work, ua))
@@ -183,9 +263,24 @@ def grad_norm(model, y, args, work):
 
 
 @njit
+def grad_norm_given(model, y, dy, args, work):
+    """:func:`grad_norm` at ``y`` when its velocity ``dy`` is already known.
+
+    The MSE models read the norm off ``dy`` (no field evaluation: DOPRI5's first stage is
+    the velocity at the current state); the correlation models recompute it exactly as
+    :func:`grad_norm` does, so their numbers do not change.
+    """
+    if model >= MSE_REDUCED:
+        return mse_speed(model, y, dy, args)
+    return grad_norm(model, y, args, work)
+
+
+@njit
 def gd_map(model, y, args, lr, work, out):
     """One step of projected GD, ``w <- (w + lr g) / ||w + lr g||``, exact in either model."""
-    if model == REDUCED:
+    if model >= MSE_REDUCED:
+        mse_gd_map(model, y, args, lr, work, out)
+    elif model == REDUCED:
         k = args[0].shape[1]
         ua = _reduced_direction(y, args, work)
         g2 = _reduced_grad_norm2(y, args, work, ua)

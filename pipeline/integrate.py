@@ -9,13 +9,17 @@ Observation, inside the step loop:
 
 * escape time: first ``t`` with ``||u(t)||_2 >= escape_threshold``, located inside the step on
   the 4th-order dense output by bisection to round-off, not at step endpoints;
-* snapshots of ``u(t)`` on a user time grid, from the dense output.
+* snapshots of ``u(t)`` (and, for the MSE models, the loss) on a user time grid, from the
+  dense output.
 
 Stopping, checked after every accepted step:
 
 * status 0 (converged): the spherical gradient norm is below ``gtol``, tested only after the
   escape: near the initial saddle the gradient is ``~ d^{-(p*-1)/2}``, far below any sensible
-  ``gtol``, and must not be mistaken for convergence;
+  ``gtol``, and must not be mistaken for convergence. "After the escape" is
+  ``dynamics.escapes_to_converge`` and ``dynamics.settled``: every neuron for the
+  correlation loss; for the MSE loss, whose coupled neurons need not all reach the threshold,
+  at least one neuron and no other neuron still leaving the saddle;
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
 * status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
   is flagged and its batch goes on.
@@ -35,11 +39,15 @@ from numba import prange
 
 from ._jit import jit as njit
 from .dynamics import (
+    escapes_to_converge,
     gd_map,
     grad_norm,
+    grad_norm_given,
     n_neurons,
+    observables,
+    observables_size,
     overlap_norm,
-    overlaps,
+    settled,
     vector_field,
     work_size,
 )
@@ -138,7 +146,7 @@ def _dense(y, yn, k1, k3, k4, k5, k6, k7, h, theta, out):
 def _finish_snapshots(model, y, args, status, snaps, js, snap_out):
     for j in range(js, snaps.size):
         if status == CONVERGED:
-            overlaps(model, y, args, snap_out[j])
+            observables(model, y, args, snap_out[j])
         else:
             snap_out[j, :] = np.nan
 
@@ -187,6 +195,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     steps = 0
     status = -1
     t_esc[:] = np.nan
+    need = escapes_to_converge(model, args)
     js = 0
     if not _all_finite(y):
         _finish_snapshots(model, y, args, NON_FINITE, snaps, 0, snap_out)
@@ -194,14 +203,17 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         return 0.0, 0, NON_FINITE
     n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     while js < snaps.size and snaps[js] <= 0.0:
-        overlaps(model, y, args, snap_out[js])
+        observables(model, y, args, snap_out[js])
         js += 1
     vector_field(model, y, args, work, k1)
     h = _initial_step(model, y, k1, args, work, rtol, atol, t_max, ys, k2)
     facold = 1e-4
     last_rejected = False
     while True:
-        if n_escaped == t_esc.size and grad_norm(model, y, args, work) < gtol:
+        # k1 is the velocity at y (first stage, FSAL), which spares the MSE models a field
+        # evaluation per step.
+        if n_escaped >= need and grad_norm_given(model, y, k1, args, work) < gtol \
+                and settled(model, y, args, work, threshold):
             status = CONVERGED
             break
         if t >= t_max:
@@ -276,7 +288,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
                     n_escaped += 1
         while js < snaps.size and snaps[js] <= t_new:
             _dense(y, yn, k1, k3, k4, k5, k6, k7, h, (snaps[js] - t) / h, ys)
-            overlaps(model, ys, args, snap_out[js])
+            observables(model, ys, args, snap_out[js])
             js += 1
         for i in range(n):
             y[i] = yn[i]
@@ -308,6 +320,7 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
     steps = 0
     status = -1
     t_esc[:] = np.nan
+    need = escapes_to_converge(model, args)
     n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     js = 0
     if not _all_finite(y):
@@ -315,9 +328,10 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
     while status < 0:
         t = steps * lr
         while js < snaps.size and snaps[js] < t + lr:
-            overlaps(model, y, args, snap_out[js])
+            observables(model, y, args, snap_out[js])
             js += 1
-        if n_escaped == t_esc.size and grad_norm(model, y, args, work) < gtol:
+        if n_escaped >= need and grad_norm(model, y, args, work) < gtol \
+                and settled(model, y, args, work, threshold):
             status = CONVERGED
         elif t >= t_max:
             status = T_MAX
@@ -358,7 +372,8 @@ def _gd_batch(model, Y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
 class BatchResult:
     """Per-trajectory outputs of :func:`solve`; arrays lead with the batch axis.
 
-    ``escape_time`` is (batch, neurons); ``u_t`` is (batch, time, neurons * k).
+    ``escape_time`` is (batch, neurons); ``u_t`` is (batch, time, neurons * k); ``loss_t``
+    (batch, time) is the MSE loss at the snapshot times for the MSE models, else ``None``.
     """
 
     y: np.ndarray
@@ -367,6 +382,7 @@ class BatchResult:
     status: np.ndarray
     escape_time: np.ndarray
     u_t: np.ndarray
+    loss_t: np.ndarray | None = None
 
 
 def solve(
@@ -386,11 +402,13 @@ def solve(
     Parameters
     ----------
     model:
-        ``dynamics.REDUCED`` or ``dynamics.FULL``.
+        ``dynamics.REDUCED``, ``dynamics.FULL``, ``dynamics.MSE_REDUCED`` or
+        ``dynamics.MSE_FULL``.
     y0:
         Initial states, one row per trajectory.
     args:
-        The model's kernel arguments (``dynamics.reduced_args`` / ``dynamics.full_args``).
+        The model's kernel arguments (``dynamics.reduced_args`` / ``dynamics.full_args``,
+        ``mse.reduced_args`` / ``mse.full_args``).
     method:
         ``"flow"`` (adaptive Dormand-Prince 5(4)) or ``"gd"`` (projected GD with ``lr``).
     tolerances, stop, observe:
@@ -409,7 +427,7 @@ def solve(
     S = np.empty(B, dtype=np.int64)
     ST = np.empty(B, dtype=np.int64)
     TE = np.empty((B, neurons))
-    U_t = np.empty((B, snaps.size, neurons * k))
+    U_t = np.empty((B, snaps.size, observables_size(model, args)))
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:
@@ -426,4 +444,7 @@ def solve(
             raise ValueError(f"method must be 'flow' or 'gd', got {method!r}")
     finally:
         numba.set_num_threads(previous)
-    return BatchResult(Y, T, S, ST.astype(np.int8), TE, U_t)
+    # Columns past the overlaps are model-specific observables: the MSE models record the loss.
+    loss_t = U_t[:, :, neurons * k] if U_t.shape[2] > neurons * k else None
+    return BatchResult(Y, T, S, ST.astype(np.int8), TE,
+                       np.ascontiguousarray(U_t[:, :, :neurons * k]), loss_t)
