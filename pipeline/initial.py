@@ -19,6 +19,23 @@ Conditioned initializations:
   Other Grams: rejection on ``y``, refused with a clear message when hopelessly slow.
 * ``uncollected``: no neuron has the last index vector ``v_k`` as its largest overlap (the
   paper's Figure 3 situation); exact by rejection, acceptance about ``1 - 1/k``.
+
+**Interacting neurons (MSE loss).** The neurons' perp parts ``g_i[k:] = sqrt(chi2_i) e_i``
+interact through their Gram matrix. The directions ``e_i`` are i.i.d. uniform on
+``S^{d-k-1}`` and independent of ``(z, chi2)``; their coordinates in an orthonormal basis of
+their span are the normalized columns of the QR factor ``T`` of a ``(d-k) x n`` Gaussian
+matrix, whose law is Bartlett's: ``T`` is ``m x n`` upper trapezoidal, ``m = min(n, d - k)``,
+with independent ``T_ii = sqrt(chi-square(d - k - i))`` (``i = 0..m-1``) and ``T_il ~ N(0, 1)``
+for ``l > i``. When ``d - k < n`` this is the rank-deficient case, exactly: ``m = d - k`` rows
+(no rows at all when ``d = k``). Hence the exact coordinates of ``w_i``'s perp part::
+
+    Z[:, i] = r_i T[:, i] / ||T[:, i]||,     Q = M A^-1 M^T + Z^T Z
+
+at cost O(n min(n, d - k)) whatever ``d`` is. ``M`` is the draw above, unchanged (common
+random numbers: the MSE point of a seed starts where the correlation point starts), and
+every conditioning (``positive``, ``uncollected``) is a condition on the ``z``'s alone, which
+are independent of ``T``, so the per-neuron rejection stays exact for coupled neurons.
+``T`` comes from its own random sub-stream (``seeding.STREAM_ORTHOGONAL``).
 """
 
 from __future__ import annotations
@@ -222,3 +239,59 @@ def explicit_weights(
         e /= np.linalg.norm(e, axis=1, keepdims=True)
         g[:, k:] = np.sqrt(chi2)[:, None] * e
     return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def orthogonal_rank(n: int, d: float, k: int) -> int:
+    """``m = min(n, d - k)``: dimension of the span of the n neurons' perp parts (a.s.)."""
+    return int(min(n, d - k))
+
+
+def _bartlett(rng: np.random.Generator, n: int, df: float, m: int) -> np.ndarray:
+    """The ``m x n`` QR factor of a ``df x n`` standard Gaussian matrix (Bartlett's law)."""
+    T = np.zeros((m, n))
+    if m == 0:
+        return T
+    T[np.arange(m), np.arange(m)] = np.sqrt(rng.chisquare(df - np.arange(m, dtype=float)))
+    rows, cols = np.triu_indices(m, 1, n)
+    T[rows, cols] = rng.standard_normal(rows.size)
+    return T
+
+
+def sample_orthogonal_factor(
+    rngs: list[np.random.Generator], r: np.ndarray, d: float, k: int
+) -> np.ndarray:
+    """Exact coordinates ``Z`` (seeds, m, n) of the neurons' parts orthogonal to span(V).
+
+    ``r`` (seeds, n) are the norms ``||w_i_perp||`` of a draw (``InitialDraw.r``); each seed's
+    Bartlett factor comes from its own generator in ``rngs`` (see the module docstring).
+    ``Z^T Z`` is the Gram of the perp parts, so ``Q = M A^-1 M^T + Z^T Z``.
+    """
+    r = np.asarray(r, dtype=float)
+    S, n = r.shape
+    m = orthogonal_rank(n, d, k)
+    Z = np.zeros((S, m, n))
+    for s, rng in enumerate(rngs):
+        T = _bartlett(rng, n, float(d - k), m)
+        if m:
+            Z[s] = T * (r[s] / np.linalg.norm(T, axis=0))
+    return Z
+
+
+def explicit_coupled_weights(
+    z: np.ndarray, chi2: np.ndarray, Z: np.ndarray, d: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Explicit ``W`` (n x d) with ``V^T W^T = M`` and perp parts ``U Z`` for one seed.
+
+    ``U`` is a random orthonormal ``(d - k) x m`` basis (drawn from ``rng``), so the result
+    is uniform on the sphere (conditioned as the draw was) and its overlaps ``(Q, M)`` equal
+    the reduced ones up to round-off. For the full-d MSE validation backend only.
+    """
+    n, k = z.shape
+    m = Z.shape[0]
+    W = np.zeros((n, int(d)))
+    W[:, :k] = z / np.sqrt(np.einsum("ij,ij->i", z, z) + chi2)[:, None]
+    if m:
+        U, R = np.linalg.qr(rng.standard_normal((int(d) - k, m)))
+        U *= np.sign(np.diag(R))  # the Haar-distributed orthonormal basis
+        W[:, k:] = (U @ Z).T
+    return W

@@ -16,6 +16,8 @@ from .errors import SpecError
 #: Sub-stream of a seed: the initial condition in k dimensions, and the explicit direction of
 #: the part orthogonal to span(V) that only the full-d backend needs.
 STREAM_INITIAL, STREAM_FULL = 0, 1
+#: Sub-stream of the MSE loss's extra draw: the Bartlett factor of the neurons' perp parts.
+STREAM_ORTHOGONAL = 2
 
 
 def validate_root_seed(root_seed: int) -> int:
