@@ -305,8 +305,6 @@ def _resolve(raw: dict[str, Any]) -> Point:
     max_steps = _number("max_steps", p["max_steps"], integer=True)
     if max_steps < 1:
         raise SpecError("max_steps", max_steps, "an integer >= 1")
-    if loss == "mse":
-        raise SpecError("loss", loss, "'correlation' (the MSE engine is not available yet)")
     return Point(
         loss=loss, teacher=teacher, student=student, d=d, k=k, n=n, beta=beta, gram=gram,
         init=init, method=method, lr=lr, backend=backend, degree=degree,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import dynamics
+from . import dynamics, mse
 from .activations import (
     check_assumptions,
     dual_activation,
@@ -20,10 +20,22 @@ from .activations import (
 )
 from .errors import SpecError
 from .frames import explicit_frame
-from .initial import explicit_weights, sample_initial_batch
+from .initial import (
+    explicit_coupled_weights,
+    explicit_weights,
+    orthogonal_rank,
+    sample_initial_batch,
+    sample_orthogonal_factor,
+)
 from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, solve
 from .params import Point, content_hash, resolve_point
-from .seeding import STREAM_FULL, seed_rngs, validate_root_seed, validate_seeds
+from .seeding import (
+    STREAM_FULL,
+    STREAM_ORTHOGONAL,
+    seed_rngs,
+    validate_root_seed,
+    validate_seeds,
+)
 
 #: Number of snapshot times in the default (log-spaced) grid.
 DEFAULT_SNAPSHOTS = 64
@@ -83,6 +95,13 @@ def simulate(
         ``u`` (initial and final overlaps ``V^T w``), ``escape_time`` (NaN if never),
         ``t_final``, ``steps``, ``status`` (0 converged, 1 t_max, 2 max_steps, 3 non-finite),
         ``loss`` (final correlation loss ``-sum_j g(u_j)``, i.e. ``C = 0``) and ``u_t``.
+
+        With ``loss = "mse"`` the n neurons of a seed are one coupled trajectory: ``t_final``,
+        ``steps``, ``status`` and ``loss`` (the final ``E[(f - f*)^2]``, constants included)
+        belong to the seed and are repeated over ``neuron``; ``escape_time`` stays per neuron
+        (a surplus neuron may never escape: NaN). Extra variables: ``q`` (seed, neuron,
+        neuron2), the final student Gram ``W^T W``, and with snapshots ``loss_t`` (seed, time).
+        ``u0`` equals the correlation point's ``u0`` for the same seed (common random numbers).
     """
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
@@ -100,8 +119,25 @@ def simulate(
     S, n, k = seed_idx.size, p.n, p.k
     draw = sample_initial_batch(seed_rngs(root_seed, key, seed_idx), n, p.d, A, p.init)
     u0 = draw.u
-
-    if p.backend == "reduced":
+    mse_loss = p.loss == "mse"
+    if mse_loss:
+        # The perp parts' Gram, from its own sub-stream: u0 stays the correlation point's.
+        Z0 = sample_orthogonal_factor(seed_rngs(root_seed, key, seed_idx, STREAM_ORTHOGONAL),
+                                      draw.r, p.d, k)
+        a, b = student.coefficients, teacher.coefficients
+        if p.backend == "reduced":
+            m = orthogonal_rank(n, p.d, k)
+            model, args = dynamics.MSE_REDUCED, mse.reduced_args(A, a, b, n, m)
+            y0 = mse.pack_reduced(u0, Z0)
+        else:
+            V = explicit_frame(A, p.d)
+            model, args = dynamics.MSE_FULL, mse.full_args(V, a, b, n)
+            y0 = np.stack([
+                explicit_coupled_weights(draw.z[i], draw.chi2[i], Z0[i], p.d, rng).ravel()
+                for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
+            ])
+            u0 = np.einsum("sid,dj->sij", y0.reshape(S, n, p.d), V)
+    elif p.backend == "reduced":
         model, args = dynamics.REDUCED, dynamics.reduced_args(A, c)
         y0 = np.concatenate([u0, draw.r[..., None]], axis=-1).reshape(S * n, k + 1)
     else:
@@ -120,28 +156,62 @@ def simulate(
         observe=Observation(p.escape_threshold, times),
         threads=threads,
     )
-    u = res.y[:, :k] if p.backend == "reduced" else res.y @ args[0]
-    g = dual_activation(student.coefficients, teacher.coefficients)
-    loss = -g(u).sum(axis=-1)
-
     shape = (S, n)
+    if mse_loss:
+        if p.backend == "reduced":
+            q, u = mse.gram_from_reduced(res.y, A, n)
+        else:
+            W = res.y.reshape(S, n, p.d)
+            q, u = W @ np.swapaxes(W, 1, 2), W @ args[0]
+        loss = mse.loss_from_overlaps(q, u, A, student.coefficients, teacher.coefficients)
+        # Per-seed quantities of the coupled trajectory, repeated over its neurons.
+        per_seed = lambda x: np.repeat(np.asarray(x)[:, None], n, axis=1)  # noqa: E731
+        t_final, steps, status, loss = (per_seed(x) for x in
+                                        (res.t_final, res.steps, res.status, loss))
+        escape_time = res.escape_time
+        u_t = (None if times is None
+               else np.swapaxes(res.u_t.reshape(S, times.size, n, k), 1, 2))
+    else:
+        u = (res.y[:, :k] if p.backend == "reduced" else res.y @ args[0]).reshape(S, n, k)
+        g = dual_activation(student.coefficients, teacher.coefficients)
+        loss = -g(u).sum(axis=-1).reshape(shape)
+        t_final, steps, status = (x.reshape(shape) for x in
+                                  (res.t_final, res.steps, res.status))
+        escape_time = res.escape_time[:, 0].reshape(shape)
+        u_t = None if times is None else res.u_t.reshape(S, n, times.size, k)
+
     data = {
         "u0": (("seed", "neuron", "index"), u0),
-        "u": (("seed", "neuron", "index"), u.reshape(S, n, k)),
-        "escape_time": (("seed", "neuron"), res.escape_time[:, 0].reshape(shape)),
-        "t_final": (("seed", "neuron"), res.t_final.reshape(shape)),
-        "steps": (("seed", "neuron"), res.steps.reshape(shape)),
-        "status": (("seed", "neuron"), res.status.reshape(shape)),
-        "loss": (("seed", "neuron"), loss.reshape(shape)),
+        "u": (("seed", "neuron", "index"), u),
+        "escape_time": (("seed", "neuron"), escape_time),
+        "t_final": (("seed", "neuron"), t_final),
+        "steps": (("seed", "neuron"), steps),
+        "status": (("seed", "neuron"), status),
+        "loss": (("seed", "neuron"), loss),
     }
     coords = {"seed": seed_idx, "neuron": np.arange(n), "index": np.arange(k)}
+    if mse_loss:
+        data["q"] = (("seed", "neuron", "neuron2"), q)
+        coords["neuron2"] = np.arange(n)
     if times is not None:
-        data["u_t"] = (("seed", "neuron", "time", "index"), res.u_t.reshape(S, n, times.size, k))
+        data["u_t"] = (("seed", "neuron", "time", "index"), u_t)
         coords["time"] = times
+        if mse_loss:
+            data["loss_t"] = (("seed", "time"), res.loss_t)
     ds = xr.Dataset(data, coords=coords)
     ds["status"].attrs["flag_meanings"] = " ".join(STATUS_NAMES[i] for i in sorted(STATUS_NAMES))
     ds["status"].attrs["flag_values"] = sorted(STATUS_NAMES)
-    ds["loss"].attrs["long_name"] = "correlation loss -E[sigma(w.x) f*(x)] (C = 0)"
+    if mse_loss:
+        ds["loss"].attrs["long_name"] = (
+            "MSE loss E[(f - f*)^2] of the seed's coupled network, constants included "
+            "(>= 0 up to round-off; repeated over neuron)")
+        ds["q"].attrs["long_name"] = "final student Gram W^T W"
+        for name in ("t_final", "steps", "status"):
+            ds[name].attrs["note"] = "per seed (one coupled trajectory), repeated over neuron"
+        if times is not None:
+            ds["loss_t"].attrs["long_name"] = "MSE loss E[(f - f*)^2] at the snapshot times"
+    else:
+        ds["loss"].attrs["long_name"] = "correlation loss -E[sigma(w.x) f*(x)] (C = 0)"
     ds["escape_time"].attrs["long_name"] = (
         f"first t with ||u||_2 >= {p.escape_threshold:g} (NaN: never)")
     ds.attrs.update({
