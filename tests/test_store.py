@@ -229,3 +229,11 @@ def test_string_labels_select_and_group(tmp_path):
     expected = int(ds.sel(teacher="h4")["escape_time"].where(
         ds.sel(teacher="h4")["neuron_mask"]).count())
     assert rows == ({"teacher": "h4", "points": 4, "count(escape_time)": expected},)
+
+
+def test_store_locations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert StoreRef.parse("x.zarr").url == str(tmp_path / "x.zarr")
+    assert StoreRef.parse(f"file://{tmp_path}/y.zarr").url == str(tmp_path / "y.zarr")
+    remote = StoreRef.parse("s3://bucket/sweep.zarr", {"anon": True})
+    assert not remote.is_local and remote.storage_options == {"anon": True}
