@@ -108,17 +108,19 @@ def test_gd_map_matches_full_d(act, rng):
 
 
 def test_one_step_and_gradient_are_the_explicit_spherical_ones(rng):
-    """Velocity, gradient norm and one GD step against the explicit formulas in R^d."""
-    act, n, d = {3: 1.0, 4: 0.4, 1: 0.2, 0: 0.3}, 6, 40  # p = 0 and p = 1 terms too
-    a, A, m, y, V, W = _coupled(act, n, d, 0.3, rng)
-    args = mse.reduced_args(A, a, a, n, m)
+    """Velocity, gradient norm, one GD step and the loss against explicit formulas in R^d,
+    with a student that differs from the teacher (and has p = 0 and p = 1 terms)."""
+    student, teacher = {3: 1.0, 4: 0.4, 1: 0.2, 0: 0.3}, {3: 0.7, 4: 0.5, 5: 0.3, 0: -0.2}
+    n, d = 6, 40
+    _, A, m, y, V, W = _coupled("h3", n, d, 0.3, rng)
+    a, b = get_activation(student).coefficients, get_activation(teacher).coefficients
+    args = mse.reduced_args(A, a, b, n, m)
     P = np.polynomial.polynomial
-    c = a * a
     M, Q = W @ V, W @ W.T
-    B = P.polyval(Q, P.polyder(c))
+    B = P.polyval(Q, P.polyder(a * a))
     np.fill_diagonal(B, 0.0)
     # Euclidean gradient of E[(f - f*)^2] for w_i, then projected on the sphere.
-    euclid = 2 * (B @ W) - 2 * P.polyval(M, P.polyder(c)) @ V.T
+    euclid = 2 * (B @ W) - 2 * P.polyval(M, P.polyder(a * b)) @ V.T
     G = -(euclid - np.sum(euclid * W, axis=1, keepdims=True) * W)
     work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
     dy = np.empty_like(y)
@@ -135,10 +137,9 @@ def test_one_step_and_gradient_are_the_explicit_spherical_ones(rng):
     np.testing.assert_allclose(M1, W1 @ V, atol=1e-13)
     np.testing.assert_allclose(Q1, W1 @ W1.T, atol=1e-13)
     # The loss the kernels record is E[(f - f*)^2] itself: a Monte Carlo estimate agrees.
-    act_fn = get_activation(act)
     x = rng.standard_normal((100_000, d))
-    f = act_fn(x @ W.T).sum(1) - act_fn(x @ V).sum(1)
-    loss = mse.loss_from_overlaps(Q, M, A, a, a)
+    f = get_activation(student)(x @ W.T).sum(1) - get_activation(teacher)(x @ V).sum(1)
+    loss = mse.loss_from_overlaps(Q, M, A, a, b)
     assert loss == pytest.approx(np.mean(f**2), rel=3e-2)
     obs = np.empty(n * K + 1)
     dynamics.observables(dynamics.MSE_REDUCED, y, args, obs)
