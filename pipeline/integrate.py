@@ -72,6 +72,7 @@ D5, D6, D7 = 701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29
 
 # Step-size controller (Hairer's defaults, PI control).
 SAFE, FAC_MIN, FAC_MAX, BETA = 0.9, 0.2, 10.0, 0.04
+EPS = 2.220446049250313e-16  # float64 machine epsilon
 EXPO1 = 0.2 - BETA * 0.75
 
 
@@ -222,7 +223,10 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         if steps >= max_steps:
             status = MAX_STEPS
             break
-        if not (h > 1e-14 * max(t, 1e-300)):
+        # A step below a few ulps of t makes no progress in t: the step size has collapsed.
+        # (Relative to the ulp, not to t itself: after an escape at t ~ 1e12 the dynamics run
+        # on an O(1) time scale, and steps ~ 0.1 there are fine.)
+        if not (h > 8.0 * EPS * max(t, 1e-300)):
             status = NON_FINITE
             break
         h = min(h, t_max - t)
