@@ -285,6 +285,10 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     (an address), which takes precedence over an embedded ``LocalCluster`` of ``workers``
     processes. Raises :class:`SpecError` for a store that may not be used; block failures do
     not raise: they are reported, and listed in ``RunReport.missing``.
+
+    Worker processes are spawned, so a script that calls this with the embedded cluster needs
+    the usual ``if __name__ == "__main__":`` guard. With a remote scheduler, a local store
+    path must be on a file system the workers share (or use an object-store URL).
     """
     out = out if out is not None else sys.stderr
     ref = StoreRef.parse(store, storage_options)

@@ -110,8 +110,10 @@ def mark_done(ref: StoreRef, block_id: str, record: dict[str, Any]) -> None:
 def done_ids(ref: StoreRef) -> set[str]:
     """Ids of the blocks recorded as complete (a listing; no marker is read)."""
     fs, _ = ref.fs()
+    folder = ref.path(LEDGER)
+    fs.invalidate_cache(folder)  # object-store listings are cached; workers added markers
     try:
-        names = fs.ls(ref.path(LEDGER), detail=False)
+        names = fs.ls(folder, detail=False)
     except FileNotFoundError:
         return set()
     out = set()
