@@ -225,7 +225,8 @@ def status_text(path: str) -> str:
     versions = json.loads(attrs.get("versions", "{}"))
     lines = [
         f"store:     {ref.url}",
-        f"sweep:     {attrs.get('name')!r} - {attrs.get('description', '')}",
+        f"sweep:     {attrs.get('name')!r}"
+        + (f" - {attrs['description']}" if attrs.get("description") else ""),
         f"spec:      {attrs.get('spec_file')} (spec hash {attrs.get('spec_hash')})",
         f"points:    {points} (swept: {', '.join(json.loads(attrs.get('swept', '[]'))) or '-'})"
         f", {seeds} seeds, {size} seeds per block",
