@@ -1,4 +1,5 @@
-"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``.
+"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``, plus the analysis
+commands ``analyze``, ``figures`` and ``reproduce`` (``analysis/cli.py``).
 
 Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
 store could not be written;
@@ -100,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="group by these parameters (default: every swept parameter)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="output format (default: table)")
+
+    from analysis.cli import add_commands
+
+    add_commands(sub, _positive, fmt)
     return parser
 
 
@@ -126,7 +131,11 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
             return _validate(args, out)
         if args.command == "status":
             return _status(args, out)
-        return _query(args, out, err)
+        if args.command == "query":
+            return _query(args, out, err)
+        from analysis.cli import run_command
+
+        return run_command(args, out, err)
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
