@@ -333,8 +333,11 @@ def _single(field: str, name: str, value: Any) -> Any:
     return value
 
 
-def _values(field: str, name: str, value: Any) -> list:
-    """The list of values of a swept parameter: a non-empty list or a value helper."""
+def _values(field: str, name: str, value: Any, *, distinct: bool = True) -> list:
+    """The list of values of a swept parameter: a non-empty list or a value helper.
+
+    Grid axes must not repeat a value (``distinct``); zip columns may, see ``_zip_axis``.
+    """
     if is_helper(value):
         values = expand_helper(field, name, value)
     elif looks_like_helper(value) and name not in TABLE_PARAMS:
@@ -349,7 +352,7 @@ def _values(field: str, name: str, value: Any) -> list:
     if not values:
         raise SpecError(field, value, "a non-empty list of values")
     keys = [json.dumps(_jsonable(v), sort_keys=True) for v in values]
-    if len(set(keys)) != len(keys):
+    if distinct and len(set(keys)) != len(keys):
         dup = next(v for v, key in zip(values, keys, strict=True) if keys.count(key) > 1)
         extra = " after rounding to integers" if name in INTEGER_PARAMS and is_helper(value) \
             else ""
@@ -367,11 +370,19 @@ def _zip_axis(g: int, group: dict) -> tuple[tuple[str, ...], list[tuple]]:
     """One zip group as an axis: its names and the tuples of values varied together."""
     if not group:
         raise SpecError(f"zip[{g}]", group, "a table of equal-length lists")
-    columns = {key: _values(f"zip[{g}].{key}", key, value) for key, value in group.items()}
+    # A zip column may repeat a value (k = [1, 4, 4] with beta = [0, 0, 0.2]); it is the rows
+    # that must be distinct.
+    columns = {key: _values(f"zip[{g}].{key}", key, value, distinct=False)
+               for key, value in group.items()}
     lengths = {key: len(v) for key, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise SpecError(f"zip[{g}]", lengths, "lists of equal length (values varied together)")
     rows = list(zip(*columns.values(), strict=True))
+    keys = [json.dumps(_jsonable(list(r)), sort_keys=True) for r in rows]
+    if len(set(keys)) != len(keys):
+        dup = next(r for r, key in zip(rows, keys, strict=True) if keys.count(key) > 1)
+        raise SpecError(f"zip[{g}]", dict(zip(columns, dup, strict=True)),
+                        "distinct rows of values varied together (this row appears twice)")
     return tuple(columns), rows
 
 

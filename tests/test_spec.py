@@ -127,3 +127,15 @@ def test_missing_file():
     with pytest.raises(SpecError) as info:
         load_spec("/nonexistent/spec.toml")
     assert info.value.field == "spec file"
+
+
+def test_zip_columns_may_repeat_values_but_rows_may_not(tmp_path):
+    path = tmp_path / "zip.toml"
+    path.write_text('name = "z"\nseeds = 2\n[params]\nteacher = "h3"\nd = 100\n'
+                    '[[zip]]\nk = [1, 4, 4]\nbeta = [0.0, 0.0, 0.2]\n')
+    spec = load_spec(path)
+    assert [(p.point.k, p.point.beta) for p in spec.points] == [(1, 0.0), (4, 0.0), (4, 0.2)]
+    path.write_text('name = "z"\nseeds = 2\n[params]\nteacher = "h3"\nd = 100\n'
+                    '[[zip]]\nk = [4, 4]\nbeta = [0.2, 0.2]\n')
+    with pytest.raises(SpecError, match=r"zip\[0\].*distinct rows"):
+        load_spec(path)
