@@ -285,26 +285,34 @@ def mse_vector_field(model, y, args, work, dy):
 
 
 @njit
-def _neuron_speed2(model, args, dy, i):
-    """``||dw_i/dt||^2`` from the velocity ``dy``: a sum of squares, no cancellation."""
+def _inner(model, args, x, i, y, l):
+    """``w_i . w_l``-type inner product of neuron ``i`` of ``x`` and neuron ``l`` of ``y``.
+
+    In the reduced coordinates a neuron is ``(M_i, z_i)`` and the inner product is
+    ``M_i^T A^-1 M_l + z_i . z_l``; in the full model it is the plain dot product in R^d.
+    """
     D = _width(model, args)
-    r = i * D
     acc = 0.0
+    start = 0
     if model == MSE_REDUCED:
         Ainv = args[1]
         k = Ainv.shape[0]
         for j in range(k):
             row = 0.0
-            for l in range(k):
-                row += Ainv[j, l] * dy[r + l]
-            acc += dy[r + j] * row
-        acc = max(acc, 0.0)  # A^-1 is positive definite; guard round-off only
-        for x in range(k, D):
-            acc += dy[r + x] * dy[r + x]
-    else:
-        for x in range(r, r + D):
-            acc += dy[x] * dy[x]
+            for jj in range(k):
+                row += Ainv[j, jj] * y[l * D + jj]
+            acc += x[i * D + j] * row
+        start = k
+    for m in range(start, D):
+        acc += x[i * D + m] * y[l * D + m]
     return acc
+
+
+@njit
+def _neuron_speed2(model, args, dy, i):
+    """``||dw_i/dt||^2`` from the velocity ``dy``: a sum of squares, no cancellation."""
+    # A^-1 is positive definite: a negative value is round-off only.
+    return max(_inner(model, args, dy, i, dy, i), 0.0)
 
 
 @njit
@@ -450,22 +458,7 @@ def mse_overlap_norm(model, y, args, work, neuron):
 @njit
 def _gram_entry(model, y, args, i, l):
     """``Q_il = w_i . w_l`` without scratch."""
-    D = _width(model, args)
-    acc = 0.0
-    if model == MSE_REDUCED:
-        Ainv = args[1]
-        k = Ainv.shape[0]
-        for j in range(k):
-            row = 0.0
-            for jj in range(k):
-                row += Ainv[j, jj] * y[l * D + jj]
-            acc += y[i * D + j] * row
-        for x in range(k, D):
-            acc += y[i * D + x] * y[l * D + x]
-        return acc
-    for x in range(D):
-        acc += y[i * D + x] * y[l * D + x]
-    return acc
+    return _inner(model, args, y, i, y, l)
 
 
 @njit
