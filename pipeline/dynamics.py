@@ -266,13 +266,26 @@ def grad_norm(model, y, args, work):
 def grad_norm_given(model, y, dy, args, work):
     """:func:`grad_norm` at ``y`` when its velocity ``dy`` is already known.
 
-    The MSE models read the norm off ``dy`` (no field evaluation: DOPRI5's first stage is
-    the velocity at the current state); the correlation models recompute it exactly as
-    :func:`grad_norm` does, so their numbers do not change.
+    Every model reads the norm off ``dy`` (no field evaluation: DOPRI5's first stage is the
+    velocity at the current state). Reduced correlation: ``dy = (du, -(u.a) r)`` and
+    ``||g||^2 = du^T A^-1 du + ((u.a) r)^2``; full: ``||g|| = ||dw/dt||``.
     """
     if model >= MSE_REDUCED:
         return mse_speed(model, y, dy, args)
-    return grad_norm(model, y, args, work)
+    if model == REDUCED:
+        Ainv = args[1]
+        k = Ainv.shape[0]
+        acc = 0.0
+        for i in range(k):
+            row = 0.0
+            for j in range(k):
+                row += Ainv[i, j] * dy[j]
+            acc += dy[i] * row
+        return math.sqrt(max(acc, 0.0) + dy[k] * dy[k])
+    acc = 0.0
+    for i in range(dy.size):
+        acc += dy[i] * dy[i]
+    return math.sqrt(acc)
 
 
 @njit
