@@ -4,33 +4,45 @@ commands ``analyze``, ``figures`` and ``reproduce`` (``analysis/cli.py``).
 Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
 store could not be written;
 2 bad input (an invalid spec, a store that may not be used, a bad argument), with nothing
-created or modified; 130 interrupted.
+created or modified; 3 the store is being written by another live run (refused, nothing
+touched); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from typing import TextIO
 
 from .errors import SpecError
+from .lock import StoreLocked
 
-EXIT_OK, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 _RUN_EXAMPLES = """\
 examples:
   mimflow run sweeps/example.toml
   mimflow run sweeps/example.toml --store results/example.zarr --workers 8
   mimflow run sweeps/example.toml --store s3://bucket/example.zarr --scheduler tcp://head:8786
+  mimflow run sweeps/example.toml --scheduler tls://head:8786 \\
+      --tls-ca-file certs/ca.pem --tls-cert certs/client.pem --tls-key certs/client-key.pem
+  mimflow run sweeps/example.toml --cluster cluster/slurm.yaml --store /shared/example.zarr
+  mimflow run sweeps/example.toml --store s3://bucket/example.zarr \\
+      --storage-option endpoint_url=http://127.0.0.1:9000
   mimflow run sweeps/example.toml --overwrite      # discard the store and start afresh
 
-Re-running the same command resumes: blocks already in the store are skipped.
+Re-running the same command resumes: blocks already in the store are skipped. One run at a
+time per store: a second one is refused (exit 3) while the first is alive. See
+cluster/README.md for SLURM, Kubernetes, TLS and shared storage.
 """
 _VALIDATE_EXAMPLES = """\
 examples:
   mimflow validate sweeps/example.toml
+  mimflow validate sweeps/example.toml --memory-limit 4GiB   # memory of one worker
+  mimflow validate sweeps/example.toml --cluster cluster/slurm.yaml
 """
 _STATUS_EXAMPLES = """\
 examples:
@@ -64,11 +76,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", metavar="SPEC", help="sweep spec (TOML)")
     run.add_argument("--store", metavar="PATH",
                      help="store path or fsspec URL (default: ./<spec name>.zarr)")
-    run.add_argument("--scheduler", metavar="ADDR",
-                     help="address of a running Dask scheduler (default: an embedded "
-                          "LocalCluster)")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR",
+                       help="address of a running Dask scheduler, tcp://host:port or "
+                            "tls://host:port (default: an embedded LocalCluster on "
+                            "127.0.0.1)")
+    where.add_argument("--cluster", metavar="FILE",
+                       help="start the workers from a cluster configuration file (YAML "
+                            "data, e.g. cluster/slurm.yaml; needs mimflow[slurm])")
     run.add_argument("--workers", metavar="N", type=_positive,
                      help="worker processes of the embedded cluster (default: CPU count)")
+    run.add_argument("--tls-ca-file", metavar="PEM",
+                     help="CA certificate that signed the scheduler's certificate "
+                          "(with tls://)")
+    run.add_argument("--tls-cert", metavar="PEM", help="this client's certificate (with tls://)")
+    run.add_argument("--tls-key", metavar="PEM", help="this client's private key (with tls://)")
+    run.add_argument("--retries", metavar="N", type=_count, default=None,
+                     help="re-run a block that raised up to N times before reporting it "
+                          "(default: 2)")
+    run.add_argument("--storage-option", metavar="KEY=VALUE", action="append", default=[],
+                     help="fsspec option of the store, e.g. endpoint_url=http://host:9000 "
+                          "(repeatable; VALUE is JSON or text; a.b=v sets a nested key). "
+                          "Options travel to the workers with each block: keep secrets "
+                          "in the environment or credential files instead")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an existing mimflow store at PATH instead of refusing a "
                           "different spec (or resuming the same one)")
@@ -78,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
                                      "trajectories, blocks, memory per block, store size.",
                          epilog=_VALIDATE_EXAMPLES, formatter_class=fmt)
     val.add_argument("spec", metavar="SPEC", help="sweep spec (TOML)")
+    mem = val.add_mutually_exclusive_group()
+    mem.add_argument("--memory-limit", metavar="SIZE", type=_size,
+                     help="memory limit of one worker (e.g. 4GiB) to check a block "
+                          "against (default: the embedded cluster's: this machine's memory "
+                          "over --workers)")
+    mem.add_argument("--cluster", metavar="FILE",
+                     help="check against the workers of this cluster configuration file")
+    val.add_argument("--workers", metavar="N", type=_positive,
+                     help="worker processes of the embedded cluster (default: CPU count)")
 
     st = sub.add_parser("status", help="progress and provenance of a store",
                         description="Blocks done out of total, status counts, provenance.",
@@ -118,6 +157,53 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid N = {text!r}: allowed is an integer >= 0")
+    return value
+
+
+def _size(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(text))
+    except (ValueError, TypeError):
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid SIZE = {text!r}: allowed is a memory "
+                                         "size such as 4GiB, 512MB or 2e9")
+    return value
+
+
+def storage_options(items: list[str]) -> dict:
+    """``["endpoint_url=http://h:9000", "client_kwargs.region_name=eu"]`` as fsspec storage
+    options (values are JSON where they parse as JSON, text otherwise)."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("--storage-option", item, "KEY=VALUE (e.g. "
+                            "endpoint_url=http://127.0.0.1:9000)")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, last = key.strip().split(".")
+        target = out
+        for name in parents:
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise SpecError("--storage-option", item, "keys that are either a value "
+                                "or a table, not both")
+        target[last] = value
+    return out
+
+
 def main(argv: list[str] | None = None, *, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     """Entry point of the ``mimflow`` console script; returns the exit code."""
@@ -139,6 +225,9 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
+    except StoreLocked as e:
+        err.write(f"mimflow {args.command}: refused: {e}\n")
+        return EXIT_LOCKED
     except OSError as e:  # an unwritable store, a full disk: say so, without a traceback
         err.write(f"mimflow {args.command}: error: {type(e).__name__}: {e}\n")
         return EXIT_MISSING
@@ -150,14 +239,26 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
 def _run(args: argparse.Namespace, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    from .execute import run_sweep
+    from .cluster import tls_security
+    from .execute import DEFAULT_RETRIES, run_sweep
 
     spec = load_spec(args.spec)
-    if args.scheduler and args.workers:
-        raise SpecError("--workers", args.workers, "unset with --scheduler (the cluster at "
-                        "ADDR has its own workers)")
+    if (args.scheduler or args.cluster) and args.workers:
+        raise SpecError("--workers", args.workers, "unset with --scheduler or --cluster (that "
+                        "cluster has its own workers)")
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    security = None
+    if any(tls):
+        if not args.scheduler:
+            raise SpecError("--tls-ca-file", args.tls_ca_file, "used with --scheduler "
+                            "tls://... (the embedded cluster listens on 127.0.0.1 only; "
+                            "a cluster file configures its own security)")
+        security = tls_security(*tls)
     report = run_sweep(spec, args.store or f"{spec.name}.zarr", scheduler=args.scheduler,
-                       workers=args.workers, overwrite=args.overwrite, out=err)
+                       cluster=args.cluster, security=security, workers=args.workers,
+                       retries=DEFAULT_RETRIES if args.retries is None else args.retries,
+                       overwrite=args.overwrite,
+                       storage_options=storage_options(args.storage_option), out=err)
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_MISSING
@@ -199,10 +300,38 @@ def describe(spec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def memory_check(spec, args: argparse.Namespace) -> str:
+    """The ``worker memory`` line of ``mimflow validate`` and, when a block does not fit, a
+    warning with the largest ``block_seeds`` that does."""
+    from .execute import default_worker_memory, human_bytes, memory_advice
+
+    if args.memory_limit:
+        limit, where = args.memory_limit, "--memory-limit"
+    elif args.cluster:
+        from .cluster import load_cluster_config
+
+        config = load_cluster_config(args.cluster)
+        limit, where = config.worker_memory(), f"from {args.cluster}"
+        if limit is None:
+            return (f"  worker memory: not set in {args.cluster} (its memory: option); "
+                    "not checked\n")
+    else:
+        n = args.workers or os.cpu_count() or 1
+        limit = default_worker_memory(n)
+        where = f"embedded cluster: this machine's memory over {n} workers"
+    line = f"  worker memory: {human_bytes(limit)} ({where})\n"
+    advice = memory_advice(spec, limit, where)
+    if advice:
+        line += f"  warning (memory): {advice}\n"
+    return line
+
+
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    out.write(describe(load_spec(args.spec)))
+    spec = load_spec(args.spec)
+    out.write(describe(spec))
+    out.write(memory_check(spec, args))
     return EXIT_OK
 
 

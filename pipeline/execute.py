@@ -20,15 +20,16 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from . import ledger
+from . import _testhooks, ledger
 from . import store as zstore
 from .errors import SpecError
 from .ledger import StoreRef
+from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .progress import Progress
 from .provenance import git_revision, utc_now, versions
 from .simulate import simulate
@@ -66,6 +67,9 @@ class BlockTask:
     stop: int
     root_seed: int
     run_id: str
+    store_id: str | None = None
+    """The store incarnation the block belongs to (``store_id`` of its ``initialized``
+    marker): a block never writes into a store that was replaced after it was submitted."""
 
     @property
     def label(self) -> str:
@@ -74,15 +78,44 @@ class BlockTask:
                 f"{self.start}..{self.stop - 1})")
 
 
+class StoreReplaced(RuntimeError):
+    """The store was deleted or re-created (``--overwrite`` by a later run) after this
+    block was submitted: the block must not write into it."""
+
+
+def _check_store_id(task: BlockTask) -> None:
+    if task.store_id is None:
+        return
+    init = ledger.get_json(task.store, ledger.INITIALIZED)
+    if (init or {}).get("store_id") != task.store_id:
+        raise StoreReplaced(f"the store {task.store.url} was replaced or deleted since this "
+                            "block was submitted (a later run with --overwrite?); nothing "
+                            "was written")
+
+
 def run_block(task: BlockTask) -> dict[str, Any]:
     """Simulate one block, write its region, then record it in the ledger.
 
     Runs on a worker (one thread: ``threads=1``). Warnings are captured and returned, not
     printed once per block. Any failure is raised as :class:`BlockError` naming the point's
     parameters and the seeds; the block then has no ledger entry and a re-run computes it.
+
+    Safe to run twice, even at once (Dask re-runs a task whose worker died; a driver killed
+    mid-sweep leaves tasks running while the next run resubmits them): the block's region is
+    whole chunks of its own, recomputed bit for bit, and each chunk is replaced atomically
+    (a temporary file renamed, or one object-store put), so a second writer only rewrites
+    the same bytes and a writer killed mid-way leaves the old chunk or the new one. The
+    ledger marker is written after the data, so a block without one is simply done again;
+    one that finds its marker already there returns that record without recomputing.
     """
     t0 = time.perf_counter()
     try:
+        _testhooks.before_block(task.block_id)
+        _check_store_id(task)
+        existing = ledger.get_json(task.store, ledger.marker(task.block_id))
+        if existing is not None and "status_counts" in existing:
+            existing.pop("block", None)  # the same record as the execution that wrote it
+            return existing
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             times = task.layout.times
@@ -90,6 +123,7 @@ def run_block(task: BlockTask) -> dict[str, Any]:
                           snapshots=None if times is None else list(times), threads=1)
         zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
                            ds)
+        _testhooks.after_write(task.block_id)
         status = ds["status"].values
         counts = {zstore.STATUS_FLAGS[int(s)]: int(c)
                   for s, c in zip(*np.unique(status, return_counts=True), strict=True)}
@@ -100,6 +134,7 @@ def run_block(task: BlockTask) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
         }
+        _check_store_id(task)  # (replaced while this block computed: no marker either)
         ledger.mark_done(task.store, task.block_id, record)
     except Exception as err:
         raise BlockError(f"{task.label} failed: {type(err).__name__}: {err}",
@@ -108,7 +143,8 @@ def run_block(task: BlockTask) -> dict[str, Any]:
 
 
 def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
-              skip: set[str] | frozenset[str] = frozenset()) -> list[BlockTask]:
+              skip: set[str] | frozenset[str] = frozenset(),
+              store_id: str | None = None) -> list[BlockTask]:
     """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``."""
     out = []
     for block in spec.blocks:
@@ -117,21 +153,79 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
         sp = spec.points[block.point_index]
         out.append(BlockTask(ref, layout, block.id, block.point_index, sp.point.hash,
                              sp.params, spec.describe_point(block.point_index), block.start,
-                             block.stop, spec.root_seed, run_id))
+                             block.stop, spec.root_seed, run_id, store_id))
     return out
 
 
-def block_memory_bytes(spec: Spec, layout: zstore.Layout) -> int:
-    """Rough peak memory of one block on a worker.
+def block_memory_bytes(spec: Spec, layout: zstore.Layout, block_seeds: int | None = None) -> int:
+    """Rough peak memory of one block on a worker (of ``block_seeds`` seeds; default the
+    spec's).
 
     The results exist about three times (simulate's dataset, the padded region, the encoded
     chunks) and the integrator's states about four times (initial, current, final, overlaps);
     a state is k + 1 numbers per neuron, or d with the full-d backend.
     """
+    seeds = spec.block_seeds if block_seeds is None else block_seeds
+    if seeds != layout.block_seeds:
+        layout = replace(layout, block_seeds=seeds)
     width = max((p.point.d if p.point.backend == "full" else p.point.k + 1)
                 for p in spec.points)
-    state = spec.block_seeds * layout.n_max * width * 8
+    state = seeds * layout.n_max * width * 8
     return 3 * layout.block_nbytes() + 4 * state
+
+
+def memory_budget(limit: int) -> int:
+    """What one block may use on a worker with memory limit ``limit`` (bytes): the fraction
+    at which Dask pauses the worker (``distributed.worker.memory.pause``, 0.8 by default)."""
+    import dask
+
+    fraction = dask.config.get("distributed.worker.memory.pause", 0.8)
+    if not fraction:
+        fraction = dask.config.get("distributed.worker.memory.terminate", 0.95) or 1.0
+    return int(limit * float(fraction))
+
+
+def memory_advice(spec: Spec, limit: int | None, where: str = "") -> str | None:
+    """A warning (text) when one block of ``spec`` needs more memory than a worker with
+    memory limit ``limit`` bytes can give it, with the largest ``block_seeds`` that fits;
+    ``None`` when it fits or the limit is unknown (``None`` or 0: no limit)."""
+    if not limit:
+        return None
+    layout = zstore.Layout.for_spec(spec)
+    need = block_memory_bytes(spec, layout)
+    budget = memory_budget(limit)
+    if need <= budget:
+        return None
+    per_seed = block_memory_bytes(spec, layout, 1)
+    fits = budget // per_seed
+    source = f" ({where})" if where else ""
+    text = (f"a block needs ~{human_bytes(need)}, more than {human_bytes(budget)}, the part of the "
+            f"worker memory limit {human_bytes(limit)}{source} at which Dask pauses a worker; ")
+    if fits >= 1:
+        text += (f"use block_seeds = {fits} or fewer in the spec (now {spec.block_seeds}), "
+                 "or give each worker more memory")
+    else:
+        text += ("even one seed per block does not fit: give each worker more memory (or "
+                 "record fewer snapshot times)")
+    return text
+
+
+def human_bytes(nbytes: float) -> str:
+    """``512 B``, ``3.5 KiB``, ``4 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.3g} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes:.3g} TiB"  # pragma: no cover
+
+
+def default_worker_memory(workers: int | None = None) -> int:
+    """The memory limit of a worker of the embedded ``LocalCluster`` of ``workers``
+    processes: the machine's (or container's) memory divided among them, as Dask does."""
+    from distributed.system import MEMORY_LIMIT
+
+    n = workers or os.cpu_count() or 1
+    return int(MEMORY_LIMIT // n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +266,16 @@ def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
 
 
 def _is_empty_dir(ref: StoreRef) -> bool:
+    """True for an empty folder, or one holding only mimflow's own bookkeeping folder (the
+    run lock, or what a run killed before it created the store left there)."""
     fs, root = ref.fs()
     try:
-        return fs.isdir(root) and not fs.ls(root, detail=False)
+        if not fs.isdir(root):
+            return False
+        names = {n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(root, detail=False)}
     except FileNotFoundError:
         return True
+    return names <= {ledger.BOOK}
 
 
 def store_attrs(spec: Spec) -> dict[str, Any]:
@@ -211,20 +310,36 @@ def store_attrs(spec: Spec) -> dict[str, Any]:
 
 @contextmanager
 def open_client(scheduler: str | None = None, workers: int | None = None,
-                out: TextIO | None = None) -> Iterator[Any]:
-    """A ``distributed.Client``: on the cluster at ``scheduler``, or on an embedded
-    ``LocalCluster`` of ``workers`` processes with one thread each (dashboard on 127.0.0.1).
+                out: TextIO | None = None, *, security: Any = None,
+                cluster: str | os.PathLike | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: on the cluster at ``scheduler`` (``tcp://`` or ``tls://``
+    with ``security``, a ``distributed.security.Security``), on a cluster started from the
+    configuration file ``cluster`` (``cluster/slurm.yaml``), or on an embedded
+    ``LocalCluster`` of ``workers`` processes with one thread each, listening on 127.0.0.1
+    only (scheduler, workers, nannies and dashboard).
     """
     from distributed import Client, LocalCluster
 
+    from .cluster import check_address, load_cluster_config, open_cluster
+
     out = out if out is not None else sys.stderr
+    if cluster is not None:
+        with open_cluster(load_cluster_config(cluster), out) as client:
+            yield client
+        return
     if scheduler:
+        check_address(scheduler, security)
         try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as err:
-            raise SpecError("scheduler", scheduler, "the address of a running Dask scheduler "
-                            "(tcp://host:8786 or tls://...)",
-                            hint=f"{type(err).__name__}: {err}") from None
+            client = Client(scheduler, security=security, timeout="20s")
+        except Exception as err:  # refused, unreachable, TLS handshake failed, ...
+            tls = scheduler.startswith("tls://")
+            hint = f"{type(err).__name__}: {err}".strip()
+            if tls:
+                hint += ("; with TLS, the scheduler refuses a client whose certificate is "
+                         "not signed by its CA, and this client refuses a scheduler whose "
+                         "certificate is not signed by --tls-ca-file")
+            raise SpecError("scheduler", scheduler, "the address of a running Dask "
+                            "scheduler (tcp://host:8786 or tls://...)", hint=hint) from None
         out.write(f"mimflow: scheduler {scheduler}, dashboard {client.dashboard_link}\n")
         try:
             yield client
@@ -232,21 +347,27 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
             client.close()
         return
     n = workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                           silence_logs=logging.ERROR)
-    client = Client(cluster)
+    # Loopback only: nothing outside this machine can submit code to these workers.
+    cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                            silence_logs=logging.ERROR)
+    client = Client(cluster_)
     out.write(f"mimflow: local cluster of {n} worker processes (1 thread each) at "
-              f"{cluster.scheduler_address}, dashboard {cluster.dashboard_link}\n")
+              f"{cluster_.scheduler_address}, dashboard {cluster_.dashboard_link}\n")
     try:
         yield client
     finally:
         client.close()
-        cluster.close()
+        cluster_.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # The driver.
+
+#: Automatic re-runs of a block that raised, before it is reported as failed (Dask's task
+#: ``retries``; a worker that dies is handled separately: its tasks are re-run elsewhere,
+#: up to ``distributed.scheduler.allowed-failures`` deaths).
+DEFAULT_RETRIES = 2
 
 
 @dataclass
@@ -264,11 +385,12 @@ class RunReport:
     warnings: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     interrupted: bool = False
+    lock_lost: bool = False
 
     @property
     def ok(self) -> bool:
         """True when every block of the sweep is in the store."""
-        return not self.missing and not self.interrupted
+        return not self.missing and not self.interrupted and not self.lock_lost
 
 
 def new_run_id() -> str:
@@ -277,14 +399,19 @@ def new_run_id() -> str:
 
 
 def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | None = None,
-              workers: int | None = None, overwrite: bool = False,
-              storage_options: dict | None = None, out: TextIO | None = None) -> RunReport:
+              workers: int | None = None, cluster: str | os.PathLike | None = None,
+              security: Any = None, retries: int = DEFAULT_RETRIES, overwrite: bool = False,
+              storage_options: dict | None = None, out: TextIO | None = None,
+              lock_ttl: float = DEFAULT_TTL) -> RunReport:
     """Run (or resume) ``spec`` into ``store``; see the module docstring.
 
-    ``client`` (an existing ``distributed.Client``) takes precedence over ``scheduler``
-    (an address), which takes precedence over an embedded ``LocalCluster`` of ``workers``
-    processes. Raises :class:`SpecError` for a store that may not be used; block failures do
-    not raise: they are reported, and listed in ``RunReport.missing``.
+    ``client`` (an existing ``distributed.Client``) takes precedence over ``cluster`` (a
+    cluster configuration file) and ``scheduler`` (an address, with ``security`` for
+    ``tls://``), which take precedence over an embedded ``LocalCluster`` of ``workers``
+    processes. A block that raises is run again up to ``retries`` times, then reported.
+    Raises :class:`SpecError` for a store that may not be used and
+    :class:`~pipeline.lock.StoreLocked` when another live run holds the store's lock;
+    block failures do not raise: they are reported, and listed in ``RunReport.missing``.
 
     Worker processes are spawned, so a script that calls this with the embedded cluster needs
     the usual ``if __name__ == "__main__":`` guard. With a remote scheduler, a local store
@@ -292,16 +419,31 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     """
     out = out if out is not None else sys.stderr
     ref = StoreRef.parse(store, storage_options)
-    action = check_store(spec, ref, overwrite=overwrite)
+    # Before anything is started or written: a foreign store or another spec's is refused.
+    check_store(spec, ref, overwrite=overwrite)
     run_id = new_run_id()
-    report = RunReport(run_id, ref.url, len(spec.blocks))
     out.write(f"mimflow: sweep {spec.name!r} from {spec.source}: {len(spec.points)} points x "
               f"{spec.seeds} seeds = {spec.n_trajectories} trajectories in "
               f"{len(spec.blocks)} blocks\n")
     for w in spec.warnings:
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
+    with _maybe_client(client, cluster, scheduler, security, workers, out) as cl:
+        # The lock is taken once the cluster is up (a cluster that cannot start leaves no
+        # trace in the store) and before anything is written.
+        with RunLock(ref, run_id, ttl=lock_ttl) as lock:
+            if lock.took_over is not None:
+                out.write("mimflow: took over the lock of a run that is no longer alive: "
+                          f"{describe_holder(lock.took_over)}\n")
+            return _run_locked(spec, ref, cl, run_id, lock, overwrite, retries, out)
 
+
+def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLock,
+                overwrite: bool, retries: int, out: TextIO) -> RunReport:
+    # Decided again under the lock: another run may have created or replaced the store
+    # between the first look and now.
+    action = check_store(spec, ref, overwrite=overwrite)
+    report = RunReport(run_id, ref.url, len(spec.blocks))
     done = ledger.done_ids(ref) if action == "resume" else set()
     report.already_done = sum(b.id in done for b in spec.blocks)
     pending = len(spec.blocks) - report.already_done
@@ -315,18 +457,27 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
         zstore.consolidate(ref)
         out.write("mimflow: nothing to do, every block is in the store\n")
         return report
-
-    with _maybe_client(client, scheduler, workers, out) as cl:
-        if action == "create":
-            layout = zstore.create(ref, spec, store_attrs(spec))
-        else:
-            layout = zstore.Layout.for_spec(spec)
-        tasks = tasks_for(spec, ref, layout, run_id, skip=done)
-        try:
-            _execute(cl, tasks, report, out)
-        except KeyboardInterrupt:
-            report.interrupted = True
-            out.write("\nmimflow: interrupted; finished blocks are kept\n")
+    advice = memory_advice(spec, _worker_memory(client), "of this cluster's workers")
+    if advice:
+        out.write(f"mimflow: warning (memory): {advice}\n")
+    if action == "create":
+        layout = zstore.create(ref, spec, store_attrs(spec))
+    else:
+        layout = zstore.Layout.for_spec(spec)
+    store_id = (ledger.get_json(ref, ledger.INITIALIZED) or {}).get("store_id")
+    tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id)
+    try:
+        _execute(client, tasks, report, out, retries=retries, lock=lock)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        out.write("\nmimflow: interrupted; finished blocks are kept\n")
+    if report.lock_lost:
+        # Another run has the store now: leave metadata and run records to it.
+        out.write("mimflow: this run lost the store's lock (its heartbeat stopped for longer "
+                  "than the lease, and another run took the store over); stopped; finished "
+                  "blocks are kept\n")
+        report.missing = [b.id for b in spec.blocks if b.id not in ledger.done_ids(ref)]
+        return report
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
     finished = ledger.done_ids(ref)
@@ -337,26 +488,43 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
         "seconds": round(report.seconds, 3), "computed": report.computed,
         "failed": report.failed, "missing": len(report.missing),
         "status_counts": dict(report.status_counts), "warnings": dict(report.warnings),
-        "interrupted": report.interrupted,
+        "interrupted": report.interrupted, "retries": retries,
     })
     return report
 
 
+def _worker_memory(client: Any) -> int | None:
+    """The smallest memory limit among the cluster's workers now (``None``: no workers
+    yet, e.g. an adaptive cluster, or no limits)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # older distributed: no n_workers argument
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # the check is advice; never fail a run over it
+        return None
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else None
+
+
 @contextmanager
-def _maybe_client(client: Any, scheduler: str | None, workers: int | None,
-                  out: TextIO) -> Iterator[Any]:
+def _maybe_client(client: Any, cluster: str | os.PathLike | None, scheduler: str | None,
+                  security: Any, workers: int | None, out: TextIO) -> Iterator[Any]:
     if client is not None:
         yield client
     else:
-        with open_client(scheduler, workers, out) as cl:
+        with open_client(scheduler, workers, out, security=security, cluster=cluster) as cl:
             yield cl
 
 
-def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO) -> None:
+def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO, *,
+             retries: int = DEFAULT_RETRIES, lock: RunLock | None = None) -> None:
     from distributed import as_completed
 
     keys = [f"mimflow-{t.block_id}-{t.run_id}" for t in tasks]
-    futures = client.map(run_block, tasks, key=keys, pure=False)
+    # retries: a block that raised is run again (on any worker) before it counts as failed;
+    # re-running is harmless (see run_block).
+    futures = client.map(run_block, tasks, key=keys, pure=False, retries=retries)
     task_of = {f.key: (f, t) for f, t in zip(futures, tasks, strict=True)}
     progress = Progress(len(tasks), out)
     # Results (small records) come back in batches, errors as values: one bad block must not
@@ -375,8 +543,11 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
                 progress.advance()
             else:
                 err = fut.exception()  # (rare) one more round trip for the exception itself
-                message = str(err) if isinstance(err, BlockError) else \
-                    f"{task.label} failed: {type(err).__name__}: {err}"
+                attempts = f" after {retries + 1} attempts" if retries else ""
+                if isinstance(err, BlockError):
+                    message = str(err).replace(" failed: ", f" failed{attempts}: ", 1)
+                else:  # e.g. KilledWorker: its workers kept dying while running it
+                    message = f"{task.label} failed: {type(err).__name__}: {err}"
                 details = err.details if isinstance(err, BlockError) else ""
                 report.failed.append({"block": task.block_id, "point": task.point_index,
                                       "params": task.where,
@@ -385,12 +556,18 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
                 progress.advance(failed=True)
                 progress.note(f"mimflow: FAILED {message}")
             fut.release()
+            if lock is not None and lock.lost:
+                report.lock_lost = True
+                break
     except BaseException:
         pending.clear()
         client.cancel([f for f, _ in task_of.values()])
         raise
     finally:
         progress.close()
+    if report.lock_lost:
+        pending.clear()
+        client.cancel([f for f, _ in task_of.values()])
 
 
 def _summarize(spec: Spec, report: RunReport, out: TextIO) -> None:

@@ -98,13 +98,14 @@ def block_id(point_index: int, start: int) -> str:
     return f"{point_index:06d}-{start:010d}"
 
 
-def _marker(block_id: str) -> str:
+def marker(block_id: str) -> str:
+    """Key of block ``block_id``'s completion marker inside the store."""
     return f"{LEDGER}/{block_id}.json"
 
 
 def mark_done(ref: StoreRef, block_id: str, record: dict[str, Any]) -> None:
     """Record that block ``block_id`` is complete. Call only after its data is written."""
-    put_json(ref, _marker(block_id), {"block": block_id, **record})
+    put_json(ref, marker(block_id), {"block": block_id, **record})
 
 
 def done_ids(ref: StoreRef) -> set[str]:
@@ -130,7 +131,7 @@ def done_records(ref: StoreRef) -> dict[str, dict[str, Any]]:
     ids = sorted(done_ids(ref))
     if not ids:
         return {}
-    paths = [ref.path(_marker(i)) for i in ids]
+    paths = [ref.path(marker(i)) for i in ids]
     contents = fs.cat(paths, on_error="omit")
     out = {}
     for block_id, path in zip(ids, paths, strict=True):

@@ -19,8 +19,11 @@ The variables a point may produce are declared in :data:`VARIABLES`; optional on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
 from .ledger import INITIALIZED, StoreRef, put_json
+from .lock import LOCK
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
@@ -220,31 +224,58 @@ def _encoding(layout: Layout) -> dict[str, dict[str, Any]]:
 def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
     """Write the store's metadata, coordinates, masks and attributes (no block data).
 
-    Replaces whatever is at ``ref`` (the caller decides whether that is allowed). The
-    marker :data:`~pipeline.ledger.INITIALIZED` is written last: a store without it was
-    interrupted while being created and is created again.
+    Replaces whatever is at ``ref`` (the caller decides whether that is allowed), except the
+    run lock (:data:`~pipeline.lock.LOCK`), which belongs to the run that calls this. The
+    marker :data:`~pipeline.ledger.INITIALIZED` is written last, with a new ``store_id``: a
+    store without it was interrupted while being created and is created again, and a block
+    of an older incarnation of the store (a run replaced by ``--overwrite``) recognizes that
+    the store is no longer its own.
     """
     layout = Layout.for_spec(spec)
-    remove(ref)
+    remove(ref, keep=(LOCK,))
     ds = template(spec, layout, attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # zarr's v3-spec notices
         # compute=False: the dask-backed data variables are not written at all, everything
-        # else (metadata, coordinates, masks) is, once, from this one process.
-        ds.to_zarr(_target(ref), mode="w", compute=False, consolidated=False, zarr_format=3,
+        # else (metadata, coordinates, masks) is, once, from this one process. mode="a", not
+        # "w": the location is empty but for the lock, which "w" would delete.
+        ds.to_zarr(_target(ref), mode="a", compute=False, consolidated=False, zarr_format=3,
                    encoding=_encoding(layout))
-    put_json(ref, INITIALIZED, {"spec_hash": spec.hash, "layout_version": LAYOUT_VERSION})
+    put_json(ref, INITIALIZED, {"spec_hash": spec.hash, "layout_version": LAYOUT_VERSION,
+                                "store_id": uuid.uuid4().hex})
     return layout
 
 
-def remove(ref: StoreRef) -> None:
-    """Delete the store at ``ref`` (nothing if it is absent)."""
-    if ref.is_local:
-        shutil.rmtree(ref.url, ignore_errors=True)
+def remove(ref: StoreRef, *, keep: Sequence[str] = ()) -> None:
+    """Delete the store at ``ref`` (nothing if it is absent), except the keys in ``keep``
+    (paths relative to the store, e.g. the run lock)."""
+    if not keep:
+        if ref.is_local:
+            shutil.rmtree(ref.url, ignore_errors=True)
+            return
+        fs, root = ref.fs()
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
         return
     fs, root = ref.fs()
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
+    root = root.rstrip("/")
+    kept = {f"{root}/{k}" for k in keep}
+    if ref.is_local:
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if path not in kept:
+                    os.unlink(path)
+            for name in dirnames:
+                with contextlib.suppress(OSError):  # not empty: it holds a kept file
+                    os.rmdir(os.path.join(dirpath, name))
+        return
+    try:
+        files = [f for f in fs.find(root) if f.rstrip("/") not in kept]
+    except FileNotFoundError:
+        return
+    if files:
+        fs.rm(files)
 
 
 def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
