@@ -121,6 +121,9 @@ def run_block(task: BlockTask) -> dict[str, Any]:
             times = task.layout.times
             ds = simulate(task.params, range(task.start, task.stop), root_seed=task.root_seed,
                           snapshots=None if times is None else list(times), threads=1)
+        # Checked again just before writing: a replacement of the store (--overwrite by a
+        # later run) while this block computed must not receive this block's chunks.
+        _check_store_id(task)
         zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
                            ds)
         _testhooks.after_write(task.block_id)
@@ -134,7 +137,7 @@ def run_block(task: BlockTask) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
         }
-        _check_store_id(task)  # (replaced while this block computed: no marker either)
+        _check_store_id(task)  # (replaced while this block wrote: no marker either)
         ledger.mark_done(task.store, task.block_id, record)
     except Exception as err:
         raise BlockError(f"{task.label} failed: {type(err).__name__}: {err}",
