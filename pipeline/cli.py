@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                "  mimflow run sweeps/example.toml --workers 2\n"
                "  mimflow status example.zarr\n"
                "  mimflow query example.zarr --by d --stat median\n\n"
-               "exit codes: 0 ok, 1 blocks missing after a run, 2 bad input, 130 interrupted")
+               "exit codes: 0 ok, 1 blocks missing after a run, 2 bad input, 3 store in "
+               "use by another run, 130 interrupted")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a sweep into a store",

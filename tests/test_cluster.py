@@ -342,8 +342,9 @@ def test_killed_driver_resumes_identically_and_its_orphans_are_harmless(cluster,
             # resume while the orphaned tasks of the dead driver still hold the workers
             second = run_proc(procs, "second", str(spec_file), "--store", str(store),
                               "--scheduler", cluster.address)
-            wait_for(lambda: (read_lock(ref) or {}).get("pid") == second.pid,
-                     "the second run to take the lock", proc=second)
+            wait_for(lambda: "resuming" in log_of(second), "the second run to resume",
+                     proc=second)
+            assert read_lock(ref)["pid"] == second.pid
         # the gate opens: the orphans finish their blocks (they may race the second run's
         # own tasks for the same blocks: both write the same bytes)
         assert second.wait(timeout=WAIT) == 0, log_of(second)
@@ -371,8 +372,17 @@ def test_a_second_driver_on_the_same_store_is_refused(cluster, reference, spec_f
             wait_for(lambda: list(held.glob("0*")), "a held block", proc=first)
 
             def files() -> dict[str, int]:
-                return {str(p): p.stat().st_mtime_ns for p in store.rglob("*")
-                        if p.is_file() and p.name != "lock.json"}
+                # all but the lock, which the first run's heartbeat renews (and its temp file)
+                out = {}
+                for p in store.rglob("*"):
+                    if p.name == "lock.json" or p.name.startswith("."):
+                        continue
+                    try:
+                        if p.is_file():
+                            out[str(p)] = p.stat().st_mtime_ns
+                    except FileNotFoundError:
+                        continue
+                return out
 
             before = files()
             for extra in ([], ["--overwrite"]):
@@ -461,15 +471,20 @@ def test_the_embedded_cluster_listens_on_loopback_only(warm_numba):
 
     from pipeline.execute import open_client
 
+    me = psutil.Process()
+
+    def listening() -> set[tuple[int, Any]]:
+        return {(p.pid, c.laddr) for p in [me, *me.children(recursive=True)]
+                for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listening()  # other fixtures' servers are not this test's business
     out = io.StringIO()
     with open_client(None, 1, out) as client:
         assert client.submit(pipeline.simulate, {"teacher": "h3", "k": 2, "d": 100, "n": 1},
                              1, threads=1).result().sizes["seed"] == 1
-        me = psutil.Process()
-        listening = [(p.pid, c.laddr) for p in [me, *me.children(recursive=True)]
-                     for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-    assert len(listening) >= 4  # scheduler, its dashboard, nanny, worker
-    assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening
+        new = listening() - before
+    assert len(new) >= 4  # scheduler, its dashboard, the nanny, the worker
+    assert all(addr.ip == "127.0.0.1" for _, addr in new), new
     assert "dashboard http://127.0.0.1:" in out.getvalue()
 
 
@@ -573,10 +588,9 @@ def test_a_tls_scheduler_refuses_clients_without_a_trusted_certificate(tls_clust
         except (ssl.SSLError, ConnectionError):
             refused = True
     assert refused
-    log = log_of(tls_cluster.scheduler)
     wait_for(lambda: "peer did not return a certificate" in log_of(tls_cluster.scheduler),
              "the scheduler to log the refusal", timeout=30)
-    assert "TLS handshake failed" in log
+    assert "TLS handshake failed" in log_of(tls_cluster.scheduler)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,6 +717,40 @@ def test_slurm_configuration_runs_a_sweep_through_sbatch(reference, spec_file, t
     finally:  # whatever happened, no job outlives the test
         for job in (jobs.read_text().split() if jobs.exists() else []):
             kill_group(int(job))
+
+
+def test_cluster_arguments_are_checked_before_anything_starts(spec_file, certs, tmp_path):
+    from pipeline.cli import storage_options
+    from pipeline.errors import SpecError
+
+    store = tmp_path / "never.zarr"
+
+    def refused(*argv: str) -> str:
+        try:
+            code, err = call("run", str(spec_file), "--store", str(store), *argv)
+        except SystemExit as exc:  # argparse usage errors
+            code, err = exc.code, ""
+        assert code == 2, err
+        return err
+
+    tls = client_tls(certs)
+    assert "tls://" in refused(*tls)  # certificates without a TLS scheduler
+    assert "tls://host:port" in refused("--scheduler", "tcp://127.0.0.1:1", *tls)
+    assert "--tls-key" in refused("--scheduler", "tls://127.0.0.1:1", *tls[:4])
+    assert "an existing PEM file" in refused("--scheduler", "tls://127.0.0.1:1",
+                                             *tls[:5], str(tmp_path / "missing.pem"))
+    refused("--scheduler", "tcp://127.0.0.1:1", "--cluster", str(CLUSTER / "slurm.yaml"))
+    assert "--workers" in refused("--cluster", str(CLUSTER / "slurm.yaml"), "--workers", "2")
+    refused("--retries", "-1")
+    assert "KEY=VALUE" in refused("--storage-option", "endpoint_url")
+    assert not store.exists()
+    assert storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false",
+                            "client_kwargs.region_name=eu-west-1", "config_kwargs={\"a\": 1}"]
+                           ) == {"endpoint_url": "http://127.0.0.1:9000", "anon": False,
+                                 "client_kwargs": {"region_name": "eu-west-1"},
+                                 "config_kwargs": {"a": 1}}
+    with pytest.raises(SpecError):
+        storage_options(["a=1", "a.b=2"])
 
 
 def test_cluster_files_are_data_never_executed(tmp_path):
