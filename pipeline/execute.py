@@ -1,9 +1,13 @@
 """Running a sweep: blocks become Dask tasks that simulate and write their own store region.
 
-The driver (this module's :func:`run_sweep`) validates, prepares the store (metadata once),
-submits one task per block that is not in the ledger, shows progress, reports failures with
-the failing point's parameters and seeds, and consolidates the metadata at the end. Results
-never travel through the driver: a task returns a small summary (status counts, warnings).
+The driver (this module's :func:`run_sweep`) validates, takes the store's run lock
+(:mod:`pipeline.lock`: one live driver per store), prepares the store (metadata once),
+submits one task per block that is not in the ledger (with Dask ``retries`` for blocks that
+raise), shows progress, reports failures with the failing point's parameters and seeds, and
+consolidates the metadata at the end. Results never travel through the driver: a task returns
+a small summary (status counts, warnings). Re-running a block, by Dask after a worker died or
+by a later driver, is harmless (see :func:`run_block`), which is what makes a killed worker or
+a killed driver lose nothing.
 """
 
 from __future__ import annotations
