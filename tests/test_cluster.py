@@ -474,8 +474,11 @@ def test_the_embedded_cluster_listens_on_loopback_only(warm_numba):
     me = psutil.Process()
 
     def listening() -> set[tuple[int, Any]]:
-        return {(p.pid, c.laddr) for p in [me, *me.children(recursive=True)]
-                for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        procs = [me, *me.children(recursive=True)]
+        # net_connections since psutil 6, connections before
+        return {(p.pid, c.laddr) for p in procs
+                for c in getattr(p, "net_connections", p.connections)(kind="inet")
+                if c.status == psutil.CONN_LISTEN}
 
     before = listening()  # other fixtures' servers are not this test's business
     out = io.StringIO()
