@@ -29,3 +29,20 @@ def uniform_sphere(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
     """n explicit points uniform on S^{d-1} (rows)."""
     g = rng.standard_normal((n, d))
     return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def tiny_spec(name: str, *, seeds: int = 10, block_seeds: int = 4,
+              description: str | None = None, observe: str | None = "t_max = 1e6") -> str:
+    """The small sweep the pipeline tests share: h3, d in {100, 1000}, (k, gamma) zipped.
+
+    Four points, cheap to simulate; tests edit it with ``str.replace`` on its lines.
+    """
+    text = f'\nname = "{name}"\n'
+    if description is not None:
+        text += f'description = "{description}"\n'
+    text += (f"seeds = {seeds}\nblock_seeds = {block_seeds}\n"
+             '[params]\nteacher = "h3"\n[grid]\nd = [100, 1000]\n'
+             "[[zip]]\nk = [2, 3]\ngamma = [1.0, 1.5]\n")
+    if observe is not None:
+        text += f"[observe]\n{observe}\n"
+    return text

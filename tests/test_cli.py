@@ -20,21 +20,9 @@ from distributed import LocalCluster
 from pipeline.cli import main
 from pipeline.store import open_results
 
-SPEC = """
-name = "cli-test"
-description = "tiny sweep for the CLI tests"
-seeds = 10
-block_seeds = 4
-[params]
-teacher = "h3"
-[grid]
-d = [100, 1000]
-[[zip]]
-k = [2, 3]
-gamma = [1.0, 1.5]
-[observe]
-t_max = 1e6
-"""
+from conftest import tiny_spec
+
+SPEC = tiny_spec("cli-test", description="tiny sweep for the CLI tests")
 
 
 def call(*argv: str) -> tuple[int, str, str]:

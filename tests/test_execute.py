@@ -24,21 +24,9 @@ from pipeline.progress import Progress, render
 from pipeline.store import open_results
 from sweeps.spec import load_spec, parse_spec
 
-SPEC = """
-name = "exec-test"
-seeds = 10
-block_seeds = 4
-[params]
-teacher = "h3"
-[grid]
-d = [100, 1000]
-[[zip]]
-k = [2, 3]
-gamma = [1.0, 1.5]
-[observe]
-t_max = 1e6
-snapshots = [0.5, 5.0, 50.0]
-"""
+from conftest import tiny_spec
+
+SPEC = tiny_spec("exec-test", observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]")
 
 # 4 points x 12 blocks of 500 seeds: long enough to be killed part-way.
 KILL_SPEC = """

@@ -13,18 +13,9 @@ from pipeline.params import resolve_point
 from sweeps.spec import load_spec, parse_spec
 from sweeps.values import expand_helper
 
-BASE = """
-name = "t"
-seeds = 10
-block_seeds = 4
-[params]
-teacher = "h3"
-[grid]
-d = [100, 1000]
-[[zip]]
-k = [2, 3]
-gamma = [1.0, 1.5]
-"""
+from conftest import tiny_spec
+
+BASE = tiny_spec("t", observe=None)
 
 
 def test_expansion_order_labels_and_blocks():

@@ -17,21 +17,9 @@ from pipeline.execute import check_store, store_attrs
 from pipeline.ledger import StoreRef
 from sweeps.spec import parse_spec
 
-SPEC = """
-name = "store-test"
-seeds = 6
-block_seeds = 4
-[params]
-teacher = "h3"
-[grid]
-d = [100, 1000]
-[[zip]]
-k = [2, 3]
-gamma = [1.0, 1.5]
-[observe]
-t_max = 1e6
-snapshots = [0.5, 5.0, 50.0]
-"""
+from conftest import tiny_spec
+
+SPEC = tiny_spec("store-test", seeds=6, observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]")
 
 
 @pytest.fixture(scope="module")
