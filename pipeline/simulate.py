@@ -113,42 +113,10 @@ def simulate(
     A = p.gram_matrix
     issues = check_assumptions(student.coefficients, teacher.coefficients, A)
     warn_assumptions(issues, stacklevel=2)
-    c = dual_coefficients(student.coefficients, teacher.coefficients)
 
     key = content_hash(p.initial_key())
-    S, n, k = seed_idx.size, p.n, p.k
-    draw = sample_initial_batch(seed_rngs(root_seed, key, seed_idx), n, p.d, A, p.init)
-    u0 = draw.u
-    mse_loss = p.loss == "mse"
-    if mse_loss:
-        # The perp parts' Gram, from its own sub-stream: u0 stays the correlation point's.
-        Z0 = sample_orthogonal_factor(seed_rngs(root_seed, key, seed_idx, STREAM_ORTHOGONAL),
-                                      draw.r, p.d, k)
-        a, b = student.coefficients, teacher.coefficients
-        if p.backend == "reduced":
-            m = orthogonal_rank(n, p.d, k)
-            model, args = dynamics.MSE_REDUCED, mse.reduced_args(A, a, b, n, m)
-            y0 = mse.pack_reduced(u0, Z0)
-        else:
-            V = explicit_frame(A, p.d)
-            model, args = dynamics.MSE_FULL, mse.full_args(V, a, b, n)
-            y0 = np.stack([
-                explicit_coupled_weights(draw.z[i], draw.chi2[i], Z0[i], p.d, rng).ravel()
-                for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
-            ])
-            u0 = np.einsum("sid,dj->sij", y0.reshape(S, n, p.d), V)
-    elif p.backend == "reduced":
-        model, args = dynamics.REDUCED, dynamics.reduced_args(A, c)
-        y0 = np.concatenate([u0, draw.r[..., None]], axis=-1).reshape(S * n, k + 1)
-    else:
-        V = explicit_frame(A, p.d)
-        model, args = dynamics.FULL, dynamics.full_args(V, c)
-        y0 = np.concatenate([
-            explicit_weights(draw.z[i], draw.chi2[i], p.d, rng)
-            for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
-        ])
-        u0 = (y0 @ V).reshape(S, n, k)
-
+    model, args, y0, u0 = _initial_state(p, A, student.coefficients, teacher.coefficients,
+                                         root_seed, key, seed_idx)
     res = solve(
         model, y0, args, method=p.method, lr=p.lr,
         tolerances=Tolerances(p.rtol, p.atol),
@@ -156,48 +124,108 @@ def simulate(
         observe=Observation(p.escape_threshold, times),
         threads=threads,
     )
+    out = _outputs(p, res, args, A, student.coefficients, teacher.coefficients, seed_idx.size,
+                   times)
+    ds = _dataset(p, u0, out, seed_idx, times)
+    ds.attrs.update({
+        "point": json.dumps(p.canonical(), sort_keys=True),
+        "point_hash": p.hash,
+        "initial_key": key,
+        "root_seed": root_seed,
+        "p_star": information_exponent(teacher.coefficients) or 0,
+        "c_p": [float(x) for x in dual_coefficients(student.coefficients,
+                                                    teacher.coefficients)],
+        "hermite_degree": p.degree,
+        "teacher_relative_tail": teacher.relative_tail,
+        "student_relative_tail": student.relative_tail,
+        "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
+    })
+    return ds
+
+
+def _initial_state(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
+                   key: str, seed_idx: np.ndarray) -> tuple[int, tuple, np.ndarray, np.ndarray]:
+    """The model, its kernel arguments, the initial states and the initial overlaps ``u0``."""
+    S, n, k = seed_idx.size, p.n, p.k
+    draw = sample_initial_batch(seed_rngs(root_seed, key, seed_idx), n, p.d, A, p.init)
+    u0 = draw.u
+    if p.loss == "mse":
+        # The perp parts' Gram, from its own sub-stream: u0 stays the correlation point's.
+        Z0 = sample_orthogonal_factor(seed_rngs(root_seed, key, seed_idx, STREAM_ORTHOGONAL),
+                                      draw.r, p.d, k)
+        if p.backend == "reduced":
+            m = orthogonal_rank(n, p.d, k)
+            return dynamics.MSE_REDUCED, mse.reduced_args(A, a, b, n, m), \
+                mse.pack_reduced(u0, Z0), u0
+        V = explicit_frame(A, p.d)
+        y0 = np.stack([
+            explicit_coupled_weights(draw.z[i], draw.chi2[i], Z0[i], p.d, rng).ravel()
+            for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
+        ])
+        u0 = np.einsum("sid,dj->sij", y0.reshape(S, n, p.d), V)
+        return dynamics.MSE_FULL, mse.full_args(V, a, b, n), y0, u0
+    c = dual_coefficients(a, b)
+    if p.backend == "reduced":
+        y0 = np.concatenate([u0, draw.r[..., None]], axis=-1).reshape(S * n, k + 1)
+        return dynamics.REDUCED, dynamics.reduced_args(A, c), y0, u0
+    V = explicit_frame(A, p.d)
+    y0 = np.concatenate([
+        explicit_weights(draw.z[i], draw.chi2[i], p.d, rng)
+        for i, rng in enumerate(seed_rngs(root_seed, key, seed_idx, STREAM_FULL))
+    ])
+    return dynamics.FULL, dynamics.full_args(V, c), y0, (y0 @ V).reshape(S, n, k)
+
+
+def _outputs(p: Point, res, args: tuple, A: np.ndarray, a: np.ndarray, b: np.ndarray, S: int,
+             times: np.ndarray | None) -> dict[str, Any]:
+    """Per-(seed, neuron) arrays from the batch result (and ``q``, ``loss_t`` for MSE)."""
+    n, k = p.n, p.k
     shape = (S, n)
-    if mse_loss:
+    if p.loss == "mse":
         if p.backend == "reduced":
             q, u = mse.gram_from_reduced(res.y, A, n)
         else:
             W = res.y.reshape(S, n, p.d)
             q, u = W @ np.swapaxes(W, 1, 2), W @ args[0]
-        loss = mse.loss_from_overlaps(q, u, A, student.coefficients, teacher.coefficients)
+        loss = mse.loss_from_overlaps(q, u, A, a, b)
         # Per-seed quantities of the coupled trajectory, repeated over its neurons.
         per_seed = lambda x: np.repeat(np.asarray(x)[:, None], n, axis=1)  # noqa: E731
         t_final, steps, status, loss = (per_seed(x) for x in
                                         (res.t_final, res.steps, res.status, loss))
-        escape_time = res.escape_time
         u_t = (None if times is None
                else np.swapaxes(res.u_t.reshape(S, times.size, n, k), 1, 2))
-    else:
-        u = (res.y[:, :k] if p.backend == "reduced" else res.y @ args[0]).reshape(S, n, k)
-        g = dual_activation(student.coefficients, teacher.coefficients)
-        loss = -g(u).sum(axis=-1).reshape(shape)
-        t_final, steps, status = (x.reshape(shape) for x in
-                                  (res.t_final, res.steps, res.status))
-        escape_time = res.escape_time[:, 0].reshape(shape)
-        u_t = None if times is None else res.u_t.reshape(S, n, times.size, k)
+        return {"u": u, "loss": loss, "t_final": t_final, "steps": steps, "status": status,
+                "escape_time": res.escape_time, "u_t": u_t, "q": q, "loss_t": res.loss_t}
+    u = (res.y[:, :k] if p.backend == "reduced" else res.y @ args[0]).reshape(S, n, k)
+    loss = -dual_activation(a, b)(u).sum(axis=-1).reshape(shape)
+    t_final, steps, status = (x.reshape(shape) for x in (res.t_final, res.steps, res.status))
+    u_t = None if times is None else res.u_t.reshape(S, n, times.size, k)
+    return {"u": u, "loss": loss, "t_final": t_final, "steps": steps, "status": status,
+            "escape_time": res.escape_time[:, 0].reshape(shape), "u_t": u_t}
 
+
+def _dataset(p: Point, u0: np.ndarray, out: dict[str, Any], seed_idx: np.ndarray,
+             times: np.ndarray | None) -> xr.Dataset:
+    """The labeled dataset of one point, with the variables' attributes."""
+    mse_loss = p.loss == "mse"
     data = {
         "u0": (("seed", "neuron", "index"), u0),
-        "u": (("seed", "neuron", "index"), u),
-        "escape_time": (("seed", "neuron"), escape_time),
-        "t_final": (("seed", "neuron"), t_final),
-        "steps": (("seed", "neuron"), steps),
-        "status": (("seed", "neuron"), status),
-        "loss": (("seed", "neuron"), loss),
+        "u": (("seed", "neuron", "index"), out["u"]),
+        "escape_time": (("seed", "neuron"), out["escape_time"]),
+        "t_final": (("seed", "neuron"), out["t_final"]),
+        "steps": (("seed", "neuron"), out["steps"]),
+        "status": (("seed", "neuron"), out["status"]),
+        "loss": (("seed", "neuron"), out["loss"]),
     }
-    coords = {"seed": seed_idx, "neuron": np.arange(n), "index": np.arange(k)}
+    coords = {"seed": seed_idx, "neuron": np.arange(p.n), "index": np.arange(p.k)}
     if mse_loss:
-        data["q"] = (("seed", "neuron", "neuron2"), q)
-        coords["neuron2"] = np.arange(n)
+        data["q"] = (("seed", "neuron", "neuron2"), out["q"])
+        coords["neuron2"] = np.arange(p.n)
     if times is not None:
-        data["u_t"] = (("seed", "neuron", "time", "index"), u_t)
+        data["u_t"] = (("seed", "neuron", "time", "index"), out["u_t"])
         coords["time"] = times
         if mse_loss:
-            data["loss_t"] = (("seed", "time"), res.loss_t)
+            data["loss_t"] = (("seed", "time"), out["loss_t"])
     ds = xr.Dataset(data, coords=coords)
     ds["status"].attrs["flag_meanings"] = " ".join(STATUS_NAMES[i] for i in sorted(STATUS_NAMES))
     ds["status"].attrs["flag_values"] = sorted(STATUS_NAMES)
@@ -214,17 +242,4 @@ def simulate(
         ds["loss"].attrs["long_name"] = "correlation loss -E[sigma(w.x) f*(x)] (C = 0)"
     ds["escape_time"].attrs["long_name"] = (
         f"first t with ||u||_2 >= {p.escape_threshold:g} (NaN: never)")
-    ds.attrs.update({
-        "point": json.dumps(p.canonical(), sort_keys=True),
-        "point_hash": p.hash,
-        "initial_key": key,
-        "root_seed": root_seed,
-        "p_star": information_exponent(teacher.coefficients) or 0,
-        "c_p": [float(x) for x in c],
-        "hermite_degree": p.degree,
-        "teacher_relative_tail": teacher.relative_tail,
-        "student_relative_tail": student.relative_tail,
-        "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
-    })
     return ds
-
