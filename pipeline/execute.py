@@ -401,8 +401,14 @@ class RunReport:
 
 
 def new_run_id() -> str:
-    """A sortable, unique run id (UTC time and a random suffix)."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    """A sortable, unique run id: UTC time to the nanosecond, then a random suffix.
+
+    The sub-second part matters: two runs in the same second (a quick resume) must still
+    sort in the order they started, since ``ledger.runs`` lists records oldest first by id.
+    """
+    ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 1_000_000_000))
+    return f"{stamp}.{ns % 1_000_000_000:09d}Z-{uuid.uuid4().hex[:6]}"
 
 
 def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | None = None,

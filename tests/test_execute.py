@@ -199,3 +199,9 @@ def test_progress_bar_text():
     lines = out.getvalue().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("[" + "#" * 30 + "] 20/20")
     assert np.all(np.diff([int(x.split("] ")[1].split("/")[0]) for x in lines]) > 0)
+
+
+def test_run_ids_sort_in_start_order():
+    # ledger.runs lists records by id: runs started within one second must keep their order.
+    ids = [execute.new_run_id() for _ in range(200)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
