@@ -231,18 +231,31 @@ def vector_field(model, y, args, work, dy):
 
 
 @njit
-def _reduced_grad_norm2(y, args, work, ua):
-    """``||g||^2 = du^T A^-1 du + (u.a)^2 r^2`` given ``du`` in ``work[2k:3k]``."""
-    Ainv = args[1]
+def _ainv_quadratic(Ainv, x):
+    """``x^T A^-1 x`` over the first k entries of ``x`` (>= 0: A^-1 is positive definite)."""
     k = Ainv.shape[0]
-    du = work[2 * k:3 * k]
     acc = 0.0
     for i in range(k):
         row = 0.0
         for j in range(k):
-            row += Ainv[i, j] * du[j]
-        acc += du[i] * row
-    return max(acc, 0.0) + (ua * y[k]) ** 2
+            row += Ainv[i, j] * x[j]
+        acc += x[i] * row
+    return max(acc, 0.0)
+
+
+@njit
+def _sum_of_squares(x):
+    acc = 0.0
+    for i in range(x.size):
+        acc += x[i] * x[i]
+    return acc
+
+
+@njit
+def _reduced_grad_norm2(y, args, work, ua):
+    """``||g||^2 = du^T A^-1 du + (u.a)^2 r^2`` given ``du`` in ``work[2k:3k]``."""
+    k = args[1].shape[0]
+    return _ainv_quadratic(args[1], work[2 * k:3 * k]) + (ua * y[k]) ** 2
 
 
 @njit
@@ -253,13 +266,9 @@ def grad_norm(model, y, args, work):
     if model == REDUCED:
         ua = _reduced_direction(y, args, work)
         return math.sqrt(_reduced_grad_norm2(y, args, work, ua))
-    d = y.size
-    dw = np.empty(d)
+    dw = np.empty(y.size)
     _full_direction(y, args, work, dw)
-    acc = 0.0
-    for i in range(d):
-        acc += dw[i] * dw[i]
-    return math.sqrt(acc)
+    return math.sqrt(_sum_of_squares(dw))
 
 
 @njit
@@ -273,19 +282,9 @@ def grad_norm_given(model, y, dy, args, work):
     if model >= MSE_REDUCED:
         return mse_speed(model, y, dy, args)
     if model == REDUCED:
-        Ainv = args[1]
-        k = Ainv.shape[0]
-        acc = 0.0
-        for i in range(k):
-            row = 0.0
-            for j in range(k):
-                row += Ainv[i, j] * dy[j]
-            acc += dy[i] * row
-        return math.sqrt(max(acc, 0.0) + dy[k] * dy[k])
-    acc = 0.0
-    for i in range(dy.size):
-        acc += dy[i] * dy[i]
-    return math.sqrt(acc)
+        k = args[1].shape[0]
+        return math.sqrt(_ainv_quadratic(args[1], dy) + dy[k] * dy[k])
+    return math.sqrt(_sum_of_squares(dy))
 
 
 @njit
