@@ -181,6 +181,19 @@ def content_hash(obj: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+def json_plain(obj: Any) -> Any:
+    """``obj`` with mapping keys as strings and tuples as lists, ready for ``json.dumps``.
+
+    Parameter tables such as ``{3: 1.0}`` (a Hermite mixture) then serialize the same way
+    wherever they are written: spec identities, store coordinates, hashes.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): json_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_plain(v) for v in obj]
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)

@@ -38,6 +38,7 @@ from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
 from .ledger import INITIALIZED, StoreRef, put_json
 from .lock import LOCK
+from .params import json_plain
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
@@ -154,16 +155,8 @@ def _coordinate(values: Sequence[Any]) -> np.ndarray:
         return np.asarray(values, dtype=np.int64)
     if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.float64)
-    text = [v if isinstance(v, str) else json.dumps(_plain(v), sort_keys=True) for v in values]
+    text = [v if isinstance(v, str) else json.dumps(json_plain(v), sort_keys=True) for v in values]
     return np.asarray(text, dtype=object)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
@@ -192,7 +185,7 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
         "neuron": np.arange(layout.n_max, dtype=np.int64),
         "index": np.arange(layout.k_max, dtype=np.int64),
         "point_hash": ("point", np.array([p.point.hash for p in spec.points], dtype=object)),
-        "point_params": ("point", np.array([json.dumps(_plain(p.point.canonical()),
+        "point_params": ("point", np.array([json.dumps(json_plain(p.point.canonical()),
                                                        sort_keys=True)
                                             for p in spec.points], dtype=object)),
     }

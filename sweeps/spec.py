@@ -20,7 +20,6 @@ import math
 import re
 import tomllib
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from pipeline.activations import check_assumptions, get_activation
 from pipeline.errors import SpecError
 from pipeline.ledger import block_id
-from pipeline.params import VOCABULARY, Point, content_hash, resolve_point
+from pipeline.params import VOCABULARY, Point, content_hash, json_plain, resolve_point
 from pipeline.seeding import validate_root_seed
 from pipeline.simulate import default_snapshot_times, validate_snapshots
 
@@ -159,7 +158,7 @@ class Spec:
             "name": self.name, "seeds": self.seeds, "root_seed": self.root_seed,
             "block_seeds": self.block_seeds, "swept": list(self.swept),
             "snapshots": None if self.snapshots is None else self.snapshots.tolist(),
-            "points": [[_jsonable(p.labels), p.point.hash] for p in self.points],
+            "points": [[json_plain(p.labels), p.point.hash] for p in self.points],
         })
 
     def describe_point(self, index: int) -> str:
@@ -171,15 +170,7 @@ class Spec:
 
 
 def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_jsonable(value))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
+    return value if isinstance(value, str) else json.dumps(json_plain(value))
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -351,7 +342,7 @@ def _values(field: str, name: str, value: Any, *, distinct: bool = True) -> list
                         hint=f"a fixed {name} goes in [params]")
     if not values:
         raise SpecError(field, value, "a non-empty list of values")
-    keys = [json.dumps(_jsonable(v), sort_keys=True) for v in values]
+    keys = [json.dumps(json_plain(v), sort_keys=True) for v in values]
     if distinct and len(set(keys)) != len(keys):
         dup = next(v for v, key in zip(values, keys, strict=True) if keys.count(key) > 1)
         extra = " after rounding to integers" if name in INTEGER_PARAMS and is_helper(value) \
@@ -378,7 +369,7 @@ def _zip_axis(g: int, group: dict) -> tuple[tuple[str, ...], list[tuple]]:
     if len(set(lengths.values())) > 1:
         raise SpecError(f"zip[{g}]", lengths, "lists of equal length (values varied together)")
     rows = list(zip(*columns.values(), strict=True))
-    keys = [json.dumps(_jsonable(list(r)), sort_keys=True) for r in rows]
+    keys = [json.dumps(json_plain(list(r)), sort_keys=True) for r in rows]
     if len(set(keys)) != len(keys):
         dup = next(r for r, key in zip(rows, keys, strict=True) if keys.count(key) > 1)
         raise SpecError(f"zip[{g}]", dict(zip(columns, dup, strict=True)),
@@ -391,7 +382,7 @@ def _index(axes: list[tuple[tuple[str, ...], list[tuple]]], points: list[SweepPo
     """The parameters that label points uniquely; refuse two points with the same labels
     (``d = [100, 100.0]`` gives two points with d = 100)."""
     def key_of(p: SweepPoint, names: list[str]) -> str:
-        return json.dumps([_jsonable(p.labels[n]) for n in names], sort_keys=True)
+        return json.dumps([json_plain(p.labels[n]) for n in names], sort_keys=True)
 
     index: list[str] = []
     for names, rows in axes:
