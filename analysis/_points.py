@@ -65,10 +65,14 @@ def dual_c(params: dict[str, Any]) -> np.ndarray:
                              coefficients(params["teacher"], params["degree"], "teacher"))
 
 
-def iter_points(ds: xr.Dataset) -> Iterator[tuple[dict[str, Any], xr.Dataset]]:
-    """Yield ``(params, data)`` per point, ``data`` trimmed to the point's real n and k."""
+def iter_points(ds: xr.Dataset, table: pd.DataFrame | None = None
+                ) -> Iterator[tuple[dict[str, Any], xr.Dataset]]:
+    """Yield ``(params, data)`` per point, ``data`` trimmed to the point's real n and k.
+
+    ``table`` is ``point_params(ds)`` when the caller already has it (it is not re-parsed).
+    """
     ds = as_points(ds)
-    table = point_params(ds)
+    table = point_params(ds) if table is None else table
     for i, params in enumerate(table.to_dict("records")):
         sub = ds.isel(point=i)
         sub = sub.isel(neuron=slice(0, int(params["n"])), index=slice(0, int(params["k"])))

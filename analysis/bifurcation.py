@@ -57,7 +57,7 @@ class BifurcationPoint:
         """Estimate from a results dataset whose points sweep ``beta``."""
         table = point_params(ds)
         rows = []
-        for params, sub in iter_points(ds):
+        for params, sub in iter_points(ds, table):
             u = np.asarray(sub["u"].values, dtype=float)
             hits = at_average(u, np.asarray(sub["status"].values), self.tol)
             ci = binomtest(int(hits.sum()), hits.size).proportion_ci(self.confidence, "wilson")

@@ -53,7 +53,7 @@ class EscapeScaling:
         stat = _STATS[self.statistic]
         table = point_params(ds)
         samples, rows = [], []
-        for params, sub in iter_points(ds):
+        for params, sub in iter_points(ds, table):
             t = np.asarray(sub["escape_time"].values, dtype=float).ravel()
             escaped = np.isfinite(t)
             t = t[escaped]

@@ -46,12 +46,6 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _points(ds: xr.Dataset, **match) -> list[tuple[dict, xr.Dataset]]:
-    """Points whose parameters equal ``match`` (in sweep order)."""
-    return [(p, sub) for p, sub in iter_points(ds)
-            if all(p.get(key) == value for key, value in match.items())]
-
-
 def figure1(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
     """Figure 1: overlaps during projected GD (n = 1, k = 2), one panel per p*."""
     pts = sorted(iter_points(ds), key=lambda item: item[0]["p_star"])
