@@ -369,7 +369,9 @@ def test_a_second_driver_on_the_same_store_is_refused(cluster, reference, spec_f
         with cluster.closed_gate() as held:
             first = run_proc(procs, "first", str(spec_file), "--store", str(store),
                              "--scheduler", cluster.address)
-            wait_for(lambda: list(held.glob("0*")), "a held block", proc=first)
+            # both workers at the gate: until then the second one may still be writing a
+            # block's chunks, which are the first run's writes, not the refused runs'
+            wait_for(lambda: len(list(held.glob("0*"))) == 2, "two held blocks", proc=first)
 
             def files() -> dict[str, int]:
                 # all but the lock, which the first run's heartbeat renews (and its temp file)
