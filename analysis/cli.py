@@ -35,6 +35,8 @@ COMMANDS = ("analyze", "figures", "reproduce")
 
 def add_commands(sub, positive, fmt) -> None:
     """Add the analysis subcommands to the ``mimflow`` subparsers ``sub``."""
+    from pipeline.cli import add_storage_option
+
     an = sub.add_parser("analyze", help="estimates from a store, as tables",
                         description="Run every estimator that applies to a store (escape-time "
                                     "scaling if d varies, beta_f if beta varies, coupon "
@@ -43,6 +45,7 @@ def add_commands(sub, positive, fmt) -> None:
                         epilog=_ANALYZE_EXAMPLES, formatter_class=fmt)
     an.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     an.add_argument("--out", metavar="DIR", help="also write each table as DIR/<name>.csv")
+    add_storage_option(an)
 
     fg = sub.add_parser("figures", help="draw the figures of existing stores",
                         description="Draw the paper's figures (and the extensions) from stores "
@@ -53,6 +56,7 @@ def add_commands(sub, positive, fmt) -> None:
                     help="stores to draw (default: every *.zarr under results/stores)")
     fg.add_argument("--out", metavar="DIR", default="results/figures",
                     help="output folder (default: results/figures)")
+    add_storage_option(fg, "The same options serve every --store")
 
     rp = sub.add_parser("reproduce", help="the main job: every paper sweep, tables, figures, "
                                           "report",
@@ -78,11 +82,12 @@ def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _analyze(args: argparse.Namespace, out: TextIO) -> int:
+    from pipeline.cli import storage_options
     from pipeline.store import open_results
 
     from .reproduce import analyze
 
-    ds = open_results(args.store).load()
+    ds = open_results(args.store, storage_options=storage_options(args.storage_option)).load()
     tables = analyze(ds)
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_rows", 500):
@@ -98,16 +103,18 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _figures(args: argparse.Namespace, out: TextIO) -> int:
+    from pipeline.cli import storage_options
     from pipeline.store import open_results
 
     from . import figures as F
     from .reproduce import FIGURES, spec_name
 
+    options = storage_options(args.storage_option)
     paths = args.store or sorted(str(p) for p in Path("results/stores").glob("*.zarr"))
     folder = Path(args.out)
     written = []
     for path in paths:
-        ds = open_results(path)
+        ds = open_results(path, storage_options=options)
         name = spec_name(ds)
         if name not in FIGURES:
             out.write(f"{path}: sweep {name!r} has no figure builder (known: "

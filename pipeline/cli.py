@@ -21,6 +21,7 @@ from .errors import SpecError
 from .lock import StoreLocked
 
 EXIT_OK, EXIT_MISSING, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE
 
 _RUN_EXAMPLES = """\
 examples:
@@ -47,6 +48,7 @@ examples:
 _STATUS_EXAMPLES = """\
 examples:
   mimflow status example.zarr
+  mimflow status s3://bucket/example.zarr --storage-option endpoint_url=http://127.0.0.1:9000
 """
 _QUERY_EXAMPLES = """\
 examples:
@@ -95,11 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retries", metavar="N", type=_count, default=None,
                      help="re-run a block that raised up to N times before reporting it "
                           "(default: 2)")
-    run.add_argument("--storage-option", metavar="KEY=VALUE", action="append", default=[],
-                     help="fsspec option of the store, e.g. endpoint_url=http://host:9000 "
-                          "(repeatable; VALUE is JSON or text; a.b=v sets a nested key). "
-                          "Options travel to the workers with each block: keep secrets "
-                          "in the environment or credential files instead")
+    add_storage_option(run, "Options travel to the workers with each block: keep secrets "
+                            "in the environment or credential files instead")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an existing mimflow store at PATH instead of refusing a "
                           "different spec (or resuming the same one)")
@@ -123,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Blocks done out of total, status counts, provenance.",
                         epilog=_STATUS_EXAMPLES, formatter_class=fmt)
     st.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    add_storage_option(st)
 
     q = sub.add_parser("query", help="summary statistics from a store",
                        description="Reduce one variable over seeds and neurons, per point "
@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "'count' counts the values that remain.",
                        epilog=_QUERY_EXAMPLES, formatter_class=fmt)
     q.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    add_storage_option(q)
     q.add_argument("--where", metavar="PARAM=VALUE", nargs="+", action="extend", default=[],
                    help="keep points with this parameter value (repeatable)")
     q.add_argument("--var", default="escape_time", metavar="NAME",
@@ -146,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub, _positive, fmt)
     return parser
+
+
+def add_storage_option(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """Add the repeatable ``--storage-option KEY=VALUE`` flag (read by
+    :func:`storage_options`) to a command that opens a store."""
+    parser.add_argument("--storage-option", metavar="KEY=VALUE", action="append", default=[],
+                        help="fsspec option of the store, e.g. endpoint_url=http://host:9000 "
+                             "(repeatable; VALUE is JSON or text; a.b=v sets a nested key)"
+                             + (f". {note}" if note else ""))
 
 
 def _positive(text: str) -> int:
@@ -229,6 +239,9 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     except StoreLocked as e:
         err.write(f"mimflow {args.command}: refused: {e}\n")
         return EXIT_LOCKED
+    except BrokenPipeError:  # the reader went away (`mimflow query ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as e:  # an unwritable store, a full disk: say so, without a traceback
         err.write(f"mimflow {args.command}: error: {type(e).__name__}: {e}\n")
         return EXIT_MISSING
@@ -336,23 +349,24 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _open_store(path: str):
+def _open_store(path: str, options: dict | None = None):
     from . import store as zstore
     from .ledger import StoreRef
 
-    ref = StoreRef.parse(path)
+    ref = StoreRef.parse(path, options)
     attrs = zstore.read_attrs(ref)
     if attrs is None or "mimflow_layout" not in attrs:
         raise SpecError("STORE", path, "a mimflow store (created by `mimflow run`)")
     return ref, attrs
 
 
-def status_text(path: str) -> str:
-    """What ``mimflow status`` prints: blocks done/total, status counts, provenance."""
+def status_text(path: str, options: dict | None = None) -> str:
+    """What ``mimflow status`` prints: blocks done/total, status counts, provenance
+    (``options``: fsspec storage options of the store)."""
     from . import ledger
     from .store import STATUS_FLAGS
 
-    ref, attrs = _open_store(path)
+    ref, attrs = _open_store(path, options)
     records = ledger.done_records(ref)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
     ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
@@ -389,7 +403,7 @@ def status_text(path: str) -> str:
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
-    out.write(status_text(args.store))
+    out.write(status_text(args.store, storage_options(args.storage_option)))
     return EXIT_OK
 
 
@@ -399,9 +413,10 @@ def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     where = parse_where(args.where)
     parse_stat(args.stat)  # bad input fails before the store is opened
-    _open_store(args.store)
-    result = query(open_results(args.store), where=where, var=args.var, stat=args.stat,
-                   by=args.by)
+    options = storage_options(args.storage_option)
+    _open_store(args.store, options)
+    result = query(open_results(args.store, storage_options=options), where=where,
+                   var=args.var, stat=args.stat, by=args.by)
     if not result.rows:
         err.write("mimflow query: no point matches the conditions\n")
     out.write(format_result(result, args.format))
