@@ -36,6 +36,7 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
+from .errors import SpecError
 from .ledger import INITIALIZED, StoreRef, put_json
 from .lock import LOCK
 from .params import json_plain
@@ -272,7 +273,11 @@ def remove(ref: StoreRef, *, keep: Sequence[str] = ()) -> None:
 
 
 def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
-    """The root attributes of the zarr group at ``ref``, or ``None`` if there is none."""
+    """The root attributes of the zarr group at ``ref``, or ``None`` if there is none.
+
+    Raises :class:`SpecError` when the location cannot be read at all (no credentials, an
+    unreachable endpoint), so the user hears of it before anything starts.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
@@ -280,6 +285,11 @@ def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
             return dict(group.attrs)
     except (OSError, zarr.errors.GroupNotFoundError, KeyError, ValueError, TypeError):
         return None  # nothing there, or not a zarr group
+    except Exception as e:  # each fsspec backend raises its own types (botocore, gcsfs, ...)
+        raise SpecError("store", ref.url, "a location this machine can read",
+                        hint=f"reading it failed with {type(e).__name__}: {e}. An object "
+                             "store's endpoint and credentials go in --storage-option "
+                             "KEY=VALUE or in the environment") from e
 
 
 def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
@@ -388,9 +398,15 @@ def open_results(path: str, *, storage_options: dict | None = None) -> xr.Datase
     are several), so ``ds.sel(d=1000, k=2)`` selects one point by its parameters and
     ``ds.sel(d=1000)`` all points with d = 1000. The other swept parameters (say ``gamma``,
     zipped with ``k``) are coordinates along ``point`` too. ``path`` may be a local path or
-    an fsspec URL.
+    an fsspec URL. A location that holds no mimflow store, or cannot be read, raises
+    :class:`SpecError` naming it.
     """
     ref = StoreRef.parse(path, storage_options)
+    attrs = read_attrs(ref)
+    if attrs is None or "mimflow_layout" not in attrs:
+        raise SpecError("store", ref.url, "a mimflow store (created by `mimflow run`)",
+                        hint="Nothing is there" if attrs is None else
+                        "A zarr group not written by mimflow is there")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         # a store whose run was interrupted is not consolidated yet: reading it is fine

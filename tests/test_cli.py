@@ -169,6 +169,21 @@ def test_bad_arguments_exit_2(made, tmp_path):
     assert call("query", str(store), "--by", "seed")[0] == 2
     assert call("query", str(store), "--format", "xml")[0] == 2
     assert call("frobnicate")[0] == 2
+    # the reading commands name what is wrong with the store or its options
+    for command in ("status", "query", "analyze"):
+        code, _, err = call(command, str(tmp_path / "nothing.zarr"))
+        assert code == 2 and "store" in err and "nothing.zarr" in err, (command, err)
+        code, _, err = call(command, str(store), "--storage-option", "endpoint_url")
+        assert code == 2 and "--storage-option = 'endpoint_url'" in err, (command, err)
+        assert "KEY=VALUE" in err
+    code, _, err = call("figures", "--store", str(store), "--storage-option", "x",
+                        "--out", str(tmp_path / "figs"))
+    assert code == 2 and "--storage-option" in err and not (tmp_path / "figs").exists()
+    shutil.copytree(store, tmp_path / "foreign.zarr")
+    (tmp_path / "foreign.zarr" / "zarr.json").write_text(
+        '{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    code, _, err = call("analyze", str(tmp_path / "foreign.zarr"))
+    assert code == 2 and "not written by mimflow" in err, err
 
 
 def test_status(made, tmp_path):

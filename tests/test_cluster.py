@@ -654,6 +654,18 @@ def test_store_on_s3_through_fsspec(cluster, reference, spec_file, s3_server):
     code, err = call("run", str(spec_file), "--store", url, "--scheduler", cluster.address,
                      *flags)
     assert code == 0 and "nothing to do" in err, err
+    # and the reading commands reach the same store with the same options
+    code, text = call("status", url, *flags)
+    assert code == 0 and f"blocks:    {N_BLOCKS} of {N_BLOCKS} done" in text, text
+    code, text = call("query", url, *flags, "--var", "status", "--stat", "count", "--format",
+                      "json")
+    assert code == 0, text
+    counts = {row["d"]: row["count(status)"] for row in json.loads(text)}
+    assert counts == {100: 24, 1000: 24}, text  # n = 1: one neuron per seed
+    code, text = call("analyze", url, *flags)
+    assert code == 0 and "== status ==" in text and "== escape_summary ==" in text, text
+    code, text = call("status", url)  # without the endpoint: a clear error, no traceback
+    assert code in (1, 2) and "mimflow status: error" in text, text
 
 
 # ---------------------------------------------------------------------------------------------
