@@ -414,7 +414,6 @@ def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     where = parse_where(args.where)
     parse_stat(args.stat)  # bad input fails before the store is opened
     options = storage_options(args.storage_option)
-    _open_store(args.store, options)
     result = query(open_results(args.store, storage_options=options), where=where,
                    var=args.var, stat=args.stat, by=args.by)
     if not result.rows:
