@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
+
+from pipeline.store import open_results
 
 
 @pytest.fixture
@@ -46,3 +50,12 @@ def tiny_spec(name: str, *, seeds: int = 10, block_seeds: int = 4,
     if observe is not None:
         text += f"[observe]\n{observe}\n"
     return text
+
+
+def data_bytes(path: str | Path, storage_options: dict | None = None) -> dict[str, bytes]:
+    """Every per-trajectory data variable of a store, as raw bytes (bit-identity)."""
+    ds = open_results(str(path), storage_options=storage_options)
+    out = {name: ds[name].values.tobytes() for name in ds.data_vars
+           if ds[name].dims[:2] == ("point", "seed")}
+    assert set(out) >= {"u0", "u", "escape_time", "status"}
+    return out

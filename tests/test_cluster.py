@@ -37,6 +37,8 @@ from pipeline.lock import RunLock, StoreLocked, read_lock
 from pipeline.store import open_results
 from sweeps.spec import parse_spec
 
+from conftest import data_bytes
+
 REPO = Path(__file__).parents[1]
 CLUSTER = REPO / "cluster"
 
@@ -175,15 +177,6 @@ def call(*argv: str) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), out=out, err=err)
     return code, err.getvalue() + out.getvalue()
-
-
-def data_bytes(path: str | Path, storage_options: dict | None = None) -> dict[str, bytes]:
-    """Every per-trajectory data variable of a store, as raw bytes (bit-identity)."""
-    ds = open_results(str(path), storage_options=storage_options)
-    out = {name: ds[name].values.tobytes() for name in ds.data_vars
-           if ds[name].dims[:2] == ("point", "seed")}
-    assert set(out) >= {"u0", "u", "escape_time", "status"}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from pipeline.progress import Progress, render
 from pipeline.store import open_results
 from sweeps.spec import load_spec, parse_spec
 
-from conftest import tiny_spec
+from conftest import data_bytes, tiny_spec
 
 SPEC = tiny_spec("exec-test", observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]")
 
@@ -42,34 +43,27 @@ k = [2, 3]
 """
 
 
-def _cluster(n: int):
+def _client(n: int) -> Iterator[Client]:
+    """A LocalCluster of ``n`` one-thread worker processes, closed when the fixture ends."""
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=":0",
                            silence_logs=logging.ERROR)
-    return cluster, Client(cluster)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
 
 @pytest.fixture(scope="module")
 def client2():
-    cluster, client = _cluster(2)
-    yield client
-    client.close()
-    cluster.close()
+    yield from _client(2)
 
 
 @pytest.fixture(scope="module")
 def client1():
-    cluster, client = _cluster(1)
-    yield client
-    client.close()
-    cluster.close()
-
-
-def data_bytes(path) -> dict[str, bytes]:
-    """Every per-trajectory data variable of a store, as raw bytes (bit-identity)."""
-    ds = open_results(str(path))
-    return {name: ds[name].values.tobytes() for name in ds.data_vars
-            if ds[name].dims[:2] == ("point", "seed")}
+    yield from _client(1)
 
 
 def test_same_bits_for_any_worker_count_and_block_size(tmp_path, client1, client2):
