@@ -139,7 +139,8 @@ def _raw_draw(rng, n, d, L, init, beta):
         return rng.standard_normal((n, k)), None, _chi2(rng, d, k, n)
     if init == "positive" and beta == 0.0:
         return np.abs(rng.standard_normal((n, k))), None, _chi2(rng, d, k, n)
-    if init == "positive" and beta is not None:
+    if init == "positive" and beta is not None and beta > 0.0:
+        # the g-mixture needs beta > 0; equal negative overlaps go to rejection below
         c = math.sqrt(beta / (1.0 - beta))
         g = _sample_equiangular_g(rng, n, k, c)
         lower = np.repeat((-c * g)[:, None], k, axis=1)

@@ -73,8 +73,13 @@ def test_ks_has_power(rng):
     assert _ks(np.linalg.norm(wrong, axis=1), np.linalg.norm(ref, axis=1)) < ALPHA
 
 
-def test_general_gram_positive_matches_explicit(rng):
-    gram = np.array([[1.0, 0.2, 0.0], [0.2, 1.0, 0.4], [0.0, 0.4, 1.0]])
+@pytest.mark.parametrize("gram", [
+    [[1.0, 0.2, 0.0], [0.2, 1.0, 0.4], [0.0, 0.4, 1.0]],
+    # equal negative off-diagonals: equiangular in shape but outside the beta-mixture sampler
+    [[1.0, -0.3, -0.3], [-0.3, 1.0, -0.3], [-0.3, -0.3, 1.0]],
+])
+def test_general_gram_positive_matches_explicit(gram, rng):
+    gram = np.array(gram)
     draw = sample_initial(rng, N, 40, gram, "positive")
     ref = _explicit(gram, 40, "positive", rng)
     assert np.all(draw.u > 0)
