@@ -44,6 +44,7 @@ from ._jit import jit as njit
 from .mse import (
     MSE_FULL,
     MSE_REDUCED,
+    _trim,
     mse_gd_map,
     mse_grad_norm,
     mse_n_neurons,
@@ -324,10 +325,3 @@ def full_args(V: np.ndarray, c: np.ndarray) -> tuple:
     """Kernel arguments of the full-d model for an explicit frame ``V`` (d x k)."""
     return (np.ascontiguousarray(V, dtype=np.float64), np.zeros((1, 1)), _trim(c),
             np.zeros((1, 1)))
-
-
-def _trim(c: np.ndarray) -> np.ndarray:
-    # Drop trailing zeros so the power loop in `_ascent` stops at the last live degree.
-    c = np.asarray(c, dtype=np.float64)
-    nz = np.flatnonzero(c)
-    return np.ascontiguousarray(c[: (nz[-1] + 1) if nz.size else 1])

@@ -500,7 +500,8 @@ def mse_observe(model, y, args, out):
 
 
 def _trim(c: np.ndarray) -> np.ndarray:
-    # Drop trailing zeros so the Horner loops stop at the last live degree.
+    # Drop trailing zeros so the kernels' power and Horner loops stop at the last live degree
+    # (dynamics.py uses it too).
     c = np.asarray(c, dtype=np.float64)
     nz = np.flatnonzero(c)
     return np.ascontiguousarray(c[: (nz[-1] + 1) if nz.size else 1])

@@ -60,7 +60,7 @@ class SeedStreams(Sequence):
 
     def __init__(self, root_seed: int, key: str, seeds: Iterable[int],
                  stream: int = STREAM_INITIAL) -> None:
-        self._entropy = [root_seed, int(key, 16)]
+        self._root_seed, self._key = root_seed, key
         self._seeds = [int(s) for s in seeds]
         self._stream = stream
 
@@ -70,9 +70,7 @@ class SeedStreams(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             raise TypeError("SeedStreams does not support slicing")
-        ss = np.random.SeedSequence(entropy=self._entropy,
-                                    spawn_key=(self._seeds[i], self._stream))
-        return np.random.Generator(np.random.PCG64(ss))
+        return seed_rng(self._root_seed, self._key, self._seeds[i], self._stream)
 
 
 def seed_rngs(root_seed: int, key: str, seeds: Iterable[int], stream: int = STREAM_INITIAL
