@@ -349,24 +349,13 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _open_store(path: str, options: dict | None = None):
-    from . import store as zstore
-    from .ledger import StoreRef
-
-    ref = StoreRef.parse(path, options)
-    attrs = zstore.read_attrs(ref)
-    if attrs is None or "mimflow_layout" not in attrs:
-        raise SpecError("STORE", path, "a mimflow store (created by `mimflow run`)")
-    return ref, attrs
-
-
 def status_text(path: str, options: dict | None = None) -> str:
     """What ``mimflow status`` prints: blocks done/total, status counts, provenance
     (``options``: fsspec storage options of the store)."""
     from . import ledger
-    from .store import STATUS_FLAGS
+    from .store import STATUS_FLAGS, open_store
 
-    ref, attrs = _open_store(path, options)
+    ref, attrs = open_store(path, options)
     records = ledger.done_records(ref)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
     ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]

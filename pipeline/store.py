@@ -390,6 +390,19 @@ def _target(ref: StoreRef) -> Any:
     return zarr.storage.FsspecStore.from_url(ref.url, storage_options=ref.storage_options)
 
 
+def open_store(path: str, storage_options: dict | None = None
+               ) -> tuple[StoreRef, dict[str, Any]]:
+    """The location of the mimflow store at ``path`` and its root attributes; a location that
+    holds no mimflow store, or cannot be read, raises :class:`SpecError` naming it."""
+    ref = StoreRef.parse(path, storage_options)
+    attrs = read_attrs(ref)
+    if attrs is None or "mimflow_layout" not in attrs:
+        raise SpecError("store", ref.url, "a mimflow store (created by `mimflow run`)",
+                        hint="Nothing is there" if attrs is None else
+                        "A zarr group not written by mimflow is there")
+    return ref, attrs
+
+
 def open_results(path: str, *, storage_options: dict | None = None) -> xr.Dataset:
     """Open a results store as a lazy (dask-backed) dataset.
 
@@ -401,12 +414,7 @@ def open_results(path: str, *, storage_options: dict | None = None) -> xr.Datase
     an fsspec URL. A location that holds no mimflow store, or cannot be read, raises
     :class:`SpecError` naming it.
     """
-    ref = StoreRef.parse(path, storage_options)
-    attrs = read_attrs(ref)
-    if attrs is None or "mimflow_layout" not in attrs:
-        raise SpecError("store", ref.url, "a mimflow store (created by `mimflow run`)",
-                        hint="Nothing is there" if attrs is None else
-                        "A zarr group not written by mimflow is there")
+    ref, _ = open_store(path, storage_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         # a store whose run was interrupted is not consolidated yet: reading it is fine
