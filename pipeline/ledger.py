@@ -55,9 +55,11 @@ class StoreRef:
         """The fsspec file system and the store's root path within it."""
         return fsspec.core.url_to_fs(self.url, **self.storage_options)
 
-    def path(self, key: str) -> str:
-        """Path of ``key`` (``"_mimflow/ledger"``) inside the store, for :meth:`fs`."""
-        _, root = self.fs()
+    def path(self, key: str, root: str | None = None) -> str:
+        """Path of ``key`` (``"_mimflow/ledger"``) inside the store, for :meth:`fs`;
+        ``root``, the root :meth:`fs` returned, spares resolving the file system again."""
+        if root is None:
+            _, root = self.fs()
         return f"{root.rstrip('/')}/{key}"
 
     def exists(self) -> bool:
@@ -80,15 +82,15 @@ def put_json(ref: StoreRef, key: str, record: dict[str, Any]) -> None:
             fh.write(data)
         os.replace(tmp, path)  # a killed writer leaves a temp file, never half a marker
     else:
-        fs, _ = ref.fs()
-        fs.pipe_file(ref.path(key), data)  # object stores publish a put atomically
+        fs, root = ref.fs()
+        fs.pipe_file(ref.path(key, root), data)  # object stores publish a put atomically
 
 
 def get_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
     """The JSON object at ``key``, or ``None`` if it is missing or unreadable."""
-    fs, _ = ref.fs()
+    fs, root = ref.fs()
     try:
-        return json.loads(fs.cat_file(ref.path(key)))
+        return json.loads(fs.cat_file(ref.path(key, root)))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
@@ -110,8 +112,11 @@ def mark_done(ref: StoreRef, block_id: str, record: dict[str, Any]) -> None:
 
 def done_ids(ref: StoreRef) -> set[str]:
     """Ids of the blocks recorded as complete (a listing; no marker is read)."""
-    fs, _ = ref.fs()
-    folder = ref.path(LEDGER)
+    return _done_ids(ref, *ref.fs())
+
+
+def _done_ids(ref: StoreRef, fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
+    folder = ref.path(LEDGER, root)
     fs.invalidate_cache(folder)  # object-store listings are cached; workers added markers
     try:
         names = fs.ls(folder, detail=False)
@@ -127,11 +132,11 @@ def done_ids(ref: StoreRef) -> set[str]:
 
 def done_records(ref: StoreRef) -> dict[str, dict[str, Any]]:
     """Every completion marker, by block id (markers that cannot be read are skipped)."""
-    fs, _ = ref.fs()
-    ids = sorted(done_ids(ref))
+    fs, root = ref.fs()
+    ids = sorted(_done_ids(ref, fs, root))
     if not ids:
         return {}
-    paths = [ref.path(marker(i)) for i in ids]
+    paths = [ref.path(marker(i), root) for i in ids]
     contents = fs.cat(paths, on_error="omit")
     out = {}
     for block_id, path in zip(ids, paths, strict=True):
@@ -152,9 +157,9 @@ def write_run(ref: StoreRef, run_id: str, record: dict[str, Any]) -> None:
 
 def runs(ref: StoreRef) -> list[dict[str, Any]]:
     """Records of the runs on this store, oldest first."""
-    fs, _ = ref.fs()
+    fs, root = ref.fs()
     try:
-        names = sorted(fs.ls(ref.path(RUNS), detail=False))
+        names = sorted(fs.ls(ref.path(RUNS, root), detail=False))
     except FileNotFoundError:
         return []
     out = []

@@ -40,7 +40,7 @@ import time
 import uuid
 from typing import Any
 
-from .ledger import BOOK, StoreRef
+from .ledger import BOOK, StoreRef, get_json
 from .provenance import utc_now
 
 LOCK = f"{BOOK}/lock.json"
@@ -106,8 +106,8 @@ class RunLock:
         self._started: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._fs, _ = ref.fs()
-        self._path = ref.path(LOCK)
+        self._fs, root = ref.fs()
+        self._path = ref.path(LOCK, root)
 
     # -- the record ----------------------------------------------------------------------
 
@@ -271,14 +271,6 @@ class RunLock:
             except OSError:
                 continue  # a transient storage error: the lease has ttl to spare
 
-    def refresh(self) -> None:
-        """Write a heartbeat now (the thread does this every ``ttl / 6`` seconds)."""
-        holder, _ = self._read()
-        if (holder or {}).get("token") != self.token:
-            self.lost = True
-            return
-        self._write(self._encode())
-
     def release(self) -> None:
         """Stop the heartbeat and delete the lock if it is still this run's."""
         self._stop.set()
@@ -300,9 +292,5 @@ class RunLock:
 
 def read_lock(ref: StoreRef) -> dict[str, Any] | None:
     """The record of the run that holds (or held, if it died) the store's lock, if any."""
-    fs, _ = ref.fs()
-    try:
-        record = json.loads(fs.cat_file(ref.path(LOCK)))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    record = get_json(ref, LOCK)
     return record if isinstance(record, dict) else None
