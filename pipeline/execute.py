@@ -489,12 +489,11 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         out.write("mimflow: this run lost the store's lock (its heartbeat stopped for longer "
                   "than the lease, and another run took the store over); stopped; finished "
                   "blocks are kept\n")
-        report.missing = [b.id for b in spec.blocks if b.id not in ledger.done_ids(ref)]
+        report.missing = _missing(spec, ref)
         return report
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
-    finished = ledger.done_ids(ref)
-    report.missing = [b.id for b in spec.blocks if b.id not in finished]
+    report.missing = _missing(spec, ref)
     _summarize(spec, report, out)
     ledger.write_run(ref, run_id, {
         "run": run_id, "spec_hash": spec.hash, "finished": utc_now(),
@@ -504,6 +503,12 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         "interrupted": report.interrupted, "retries": retries,
     })
     return report
+
+
+def _missing(spec: Spec, ref: StoreRef) -> list[str]:
+    """Ids of the blocks of ``spec`` that have no completion marker (one ledger listing)."""
+    finished = ledger.done_ids(ref)
+    return [b.id for b in spec.blocks if b.id not in finished]
 
 
 def _worker_memory(client: Any) -> int | None:
@@ -544,6 +549,7 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
     # stop the loop.
     pending = as_completed(futures, with_results=True, raise_errors=False)
     del futures  # as_completed holds them; each is released once handled
+    handled_all = False
     try:
         for fut, result in pending:
             _, task = task_of.pop(fut.key)
@@ -559,9 +565,10 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
                 attempts = f" after {retries + 1} attempts" if retries else ""
                 if isinstance(err, BlockError):
                     message = str(err).replace(" failed: ", f" failed{attempts}: ", 1)
+                    details = err.details
                 else:  # e.g. KilledWorker: its workers kept dying while running it
                     message = f"{task.label} failed: {type(err).__name__}: {err}"
-                details = err.details if isinstance(err, BlockError) else ""
+                    details = ""
                 report.failed.append({"block": task.block_id, "point": task.point_index,
                                       "params": task.where,
                                       "seeds": [task.start, task.stop],
@@ -572,15 +579,15 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
             if lock is not None and lock.lost:
                 report.lock_lost = True
                 break
-    except BaseException:
-        pending.clear()
-        client.cancel([f for f, _ in task_of.values()])
-        raise
+        else:
+            handled_all = True
     finally:
-        progress.close()
-    if report.lock_lost:
-        pending.clear()
-        client.cancel([f for f, _ in task_of.values()])
+        try:
+            if not handled_all:  # an error, Ctrl-C or the lock lost: drop what is left
+                pending.clear()
+                client.cancel([f for f, _ in task_of.values()])
+        finally:
+            progress.close()
 
 
 def _summarize(spec: Spec, report: RunReport, out: TextIO) -> None:
