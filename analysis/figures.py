@@ -5,6 +5,11 @@ Every builder takes a results dataset (a store opened with ``pipeline.open_resul
 (labeled axes, legends, theory lines), writes ``<name>.png`` and ``<name>.pdf`` and returns
 the two paths. Figure 6 and the Hessian figure are computed from the dynamics themselves and
 need no store.
+
+Every store builder also takes ``tables``, the output of ``analysis.reproduce.analyze`` for the
+same dataset: a builder that draws an estimator's result reads it from there instead of
+fitting the estimator again (same default settings, so the same numbers); without it, or when
+the table it needs is missing, the builder fits the estimator itself.
 """
 
 from __future__ import annotations
@@ -17,9 +22,14 @@ matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from pipeline.activations import dual_coefficients, get_activation  # noqa: E402
+from pipeline.activations import (  # noqa: E402
+    dual_coefficients,
+    get_activation,
+    information_exponent,
+)
 from pipeline.frames import equiangular_gram  # noqa: E402
 
 from ._points import dual_c, iter_points  # noqa: E402
@@ -46,7 +56,16 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def figure1(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
+#: What ``analysis.reproduce.analyze`` returns: tables by name.
+Tables = dict[str, pd.DataFrame]
+
+
+def _have(tables: Tables | None, *keys: str) -> bool:
+    return tables is not None and all(k in tables for k in keys)
+
+
+def figure1(ds: xr.Dataset, out: Path, seed: int = 0, tables: Tables | None = None
+            ) -> list[Path]:
     """Figure 1: overlaps during projected GD (n = 1, k = 2), one panel per p*."""
     pts = sorted(iter_points(ds), key=lambda item: item[0]["p_star"])
     fig, axes = plt.subplots(1, len(pts), figsize=(4.2 * len(pts), 3.4),
@@ -68,20 +87,24 @@ def figure1(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
     return _save(fig, out, "figure1")
 
 
-def figure2(ds: xr.Dataset, out: Path) -> list[Path]:
+def figure2(ds: xr.Dataset, out: Path, tables: Tables | None = None) -> list[Path]:
     """Figure 2: bifurcation diagram over beta (k = 2), final overlaps, beta_c and beta_f."""
-    est = BifurcationPoint().fit(ds)
+    if _have(tables, "beta_f", "beta_f_fractions"):
+        summary, fractions = tables["beta_f"], tables["beta_f_fractions"]
+    else:
+        est = BifurcationPoint().fit(ds)
+        summary, fractions = est.summary_, est.fractions_
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for params, sub in iter_points(ds):
         u = sub["u"].values.reshape(-1, int(params["k"]))
         b = np.full(u.shape[0], params["beta"])
         ax.scatter(b, u.max(axis=1), s=6, color="C0", alpha=0.5)
         ax.scatter(b, u.min(axis=1), s=6, color="C1", alpha=0.5)
-    betas = np.linspace(0, float(est.fractions_["beta"].max()), 200)
-    k = int(est.fractions_["k"].iloc[0])
+    betas = np.linspace(0, float(fractions["beta"].max()), 200)
+    k = int(fractions["k"].iloc[0])
     ax.plot(betas, [average_overlap(k, b) for b in betas], "k:", lw=1,
             label=r"average point $\bar w\cdot v_j$")
-    row = est.summary_.iloc[0]
+    row = summary.iloc[0]
     ax.axvline(row["beta_c"], color="red", ls="--", label=rf"$\beta_c={row['beta_c']:.3f}$")
     if np.isfinite(row["beta_f_hi"]):
         ax.axvspan(row["beta_f_lo"], row["beta_f_hi"], color="green", alpha=0.2,
@@ -110,7 +133,8 @@ def _trajectories(ax, sub: xr.Dataset, seed: int, title: str) -> None:
     ax.set_title(title)
 
 
-def figure3(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
+def figure3(ds: xr.Dataset, out: Path, seed: int = 0, tables: Tables | None = None
+            ) -> list[Path]:
     """Figure 3: same uncollected initialization, correlation vs MSE (k = 2, n = 10)."""
     pts = {p["loss"]: (p, sub) for p, sub in iter_points(ds)}
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), layout="constrained")
@@ -132,7 +156,8 @@ def _loss_curve(params: dict, sub: xr.Dataset, seed: int) -> np.ndarray:
     return -g(sub["u_t"].isel(seed=seed).values, dual_c(params)).sum(axis=(0, 2))
 
 
-def figure4(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
+def figure4(ds: xr.Dataset, out: Path, seed: int = 0, tables: Tables | None = None
+            ) -> list[Path]:
     """Figure 4: trajectories and loss curves, correlation vs MSE, odd and even activation."""
     pts = sorted(iter_points(ds), key=lambda item: (item[0]["teacher"], item[0]["loss"]))
     teachers = sorted({p["teacher"] for p, _ in pts})
@@ -160,7 +185,7 @@ def figure4(ds: xr.Dataset, out: Path, seed: int = 0) -> list[Path]:
     return _save(fig, out, "figure4")
 
 
-def figure5(ds: xr.Dataset, out: Path) -> list[Path]:
+def figure5(ds: xr.Dataset, out: Path, tables: Tables | None = None) -> list[Path]:
     """Figure 5: largest overlap at convergence against k, one panel per beta."""
     pts = list(iter_points(ds))
     betas = sorted({p["beta"] for p, _ in pts})
@@ -237,11 +262,14 @@ def figure6(out: Path, betas=(0.1, 0.2, 0.4), teacher: str = "h3") -> list[Path]
     return _save(fig, out, "figure6")
 
 
-def figure_escape(ds: xr.Dataset, out: Path) -> list[Path]:
+def figure_escape(ds: xr.Dataset, out: Path, tables: Tables | None = None) -> list[Path]:
     """Escape time against d (log-log), one panel per frame (k, beta), with the fitted
     exponent and the theoretical slope for each teacher."""
-    est = EscapeScaling().fit(ds)
-    summary, per_d = est.summary_, est.per_d_
+    if _have(tables, "escape_summary", "escape_per_d"):
+        summary, per_d = tables["escape_summary"], tables["escape_per_d"]
+    else:
+        est = EscapeScaling().fit(ds)
+        summary, per_d = est.summary_, est.per_d_
     frames = sorted({(r["k"], r.get("beta", 0.0)) for _, r in summary.iterrows()})
     teachers = sorted(summary["teacher"].unique())
     fig, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames), 4.6),
@@ -272,9 +300,9 @@ def figure_escape(ds: xr.Dataset, out: Path) -> list[Path]:
     return _save(fig, out, "escape_time")
 
 
-def figure_coupon(ds: xr.Dataset, out: Path) -> list[Path]:
+def figure_coupon(ds: xr.Dataset, out: Path, tables: Tables | None = None) -> list[Path]:
     """Coupon-collector failure against gamma = n/k, with the exact value and the bounds."""
-    table = CouponCollector().fit(ds).table_
+    table = tables["coupon"] if _have(tables, "coupon") else CouponCollector().fit(ds).table_
     ks = sorted(table["k"].unique())
     fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.6),
                              squeeze=False, layout="constrained")
@@ -298,9 +326,9 @@ def figure_coupon(ds: xr.Dataset, out: Path) -> list[Path]:
     return _save(fig, out, "coupon")
 
 
-def figure_beta_f(ds: xr.Dataset, out: Path) -> list[Path]:
+def figure_beta_f(ds: xr.Dataset, out: Path, tables: Tables | None = None) -> list[Path]:
     """beta_f (grid interval) and beta_c against k, per p*."""
-    s = BifurcationPoint().fit(ds).summary_
+    s = tables["beta_f"] if _have(tables, "beta_f") else BifurcationPoint().fit(ds).summary_
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
     for i, (p_star, grp) in enumerate(s.groupby("p_star")):
         grp = grp.sort_values("k")
@@ -322,12 +350,12 @@ def figure_hessian(out: Path, ks=(2, 3, 5, 10), teacher: str = "h3") -> list[Pat
     """Smallest in-span Hessian eigenvalue at the average point against beta (computed)."""
     a = get_activation(teacher).coefficients
     c = dual_coefficients(a, a)
+    p_star = information_exponent(c)
     betas = np.linspace(0, 0.9, 181)
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
     for i, k in enumerate(ks):
         spec = hessian_spectrum(c, k, betas)
         ax.plot(spec["beta"], spec["in_span"], color=f"C{i}", label=f"k = {k}")
-        p_star = next(p for p in range(1, len(c)) if c[p] != 0)
         ax.axvline(beta_c(p_star, k), color=f"C{i}", ls=":", lw=1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel(r"$\beta$")

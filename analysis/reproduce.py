@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.activations import dual_coefficients, get_activation
+from pipeline.integrate import STATUS_NAMES
 from pipeline.provenance import git_revision, utc_now, versions
 
 from . import figures as F
@@ -30,8 +31,9 @@ from .escape import EscapeScaling
 from .hessian import hessian_critical_beta
 from .theory import average_overlap, beta_c
 
-#: Figure builders by spec name (the `name` field of each sweeps/paper spec).
-FIGURES: dict[str, Callable[[xr.Dataset, Path], list[Path]]] = {
+#: Figure builders by spec name (the `name` field of each sweeps/paper spec). Each is called
+#: as ``builder(ds, out, tables=...)``, ``tables`` being :func:`analyze`'s output or None.
+FIGURES: dict[str, Callable[..., list[Path]]] = {
     "paper-fig1-gd": F.figure1,
     "paper-fig2-bifurcation": F.figure2,
     "paper-fig3-mse-uncollected": F.figure3,
@@ -58,25 +60,27 @@ def spec_name(ds: xr.Dataset) -> str:
 # Tables.
 
 
-def status_table(ds: xr.Dataset) -> pd.DataFrame:
-    """Status counts per point (converged, t_max, max_steps, non_finite)."""
+def status_table(ds: xr.Dataset, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Status counts per point, one column per ``pipeline.integrate.STATUS_NAMES`` entry
+    (converged, t_max, max_steps, non_finite). ``table`` is ``point_params(ds)`` if known."""
     rows = []
-    for params, sub in iter_points(ds):
+    for params, sub in iter_points(ds, table):
         st = np.asarray(sub["status"].values).ravel()
         st = st[st >= 0]
-        counts = np.bincount(st.astype(int), minlength=4)
+        counts = np.bincount(st.astype(int), minlength=max(STATUS_NAMES) + 1)
         rows.append({**{k: params[k] for k in ("teacher", "loss", "d", "k", "n", "beta")
                         if k in params},
-                     "converged": counts[0], "t_max": counts[1], "max_steps": counts[2],
-                     "non_finite": counts[3]})
+                     **{name: counts[code] for code, name in STATUS_NAMES.items()}})
     return pd.DataFrame(rows)
 
 
-def collected_v_last(ds: xr.Dataset, threshold: float = 0.9) -> pd.DataFrame:
+def collected_v_last(ds: xr.Dataset, threshold: float = 0.9,
+                     table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Figure 3's claim: per loss, the fraction of seeds where some neuron ends with overlap
-    above ``threshold`` with the last index vector (which no neuron collected at init)."""
+    above ``threshold`` with the last index vector (which no neuron collected at init).
+    ``table`` is ``point_params(ds)`` if known."""
     rows = []
-    for params, sub in iter_points(ds):
+    for params, sub in iter_points(ds, table):
         u_last = np.asarray(sub["u"].values, dtype=float)[..., -1]   # (seed, neuron)
         u0_last = np.asarray(sub["u0"].values, dtype=float)
         init_collected = (np.argmax(u0_last, axis=-1) == u0_last.shape[-1] - 1).any(axis=-1)
@@ -87,10 +91,12 @@ def collected_v_last(ds: xr.Dataset, threshold: float = 0.9) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def k_table(ds: xr.Dataset, tol: float = 1e-3) -> pd.DataFrame:
-    """Figure 5: largest final overlap against k, next to the average point's overlap."""
+def k_table(ds: xr.Dataset, tol: float = 1e-3, table: pd.DataFrame | None = None
+            ) -> pd.DataFrame:
+    """Figure 5: largest final overlap against k, next to the average point's overlap.
+    ``table`` is ``point_params(ds)`` if known."""
     rows = []
-    for params, sub in iter_points(ds):
+    for params, sub in iter_points(ds, table):
         u = np.asarray(sub["u"].values, dtype=float)
         top = np.nanmax(u, axis=-1).ravel()
         spread = (np.nanmax(u, axis=-1) - np.nanmin(u, axis=-1)).ravel()
@@ -120,7 +126,7 @@ def analyze(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
     """Every estimator that applies to a store, chosen from what the sweep varies."""
     table = point_params(ds)
     varies = {c for c in table.columns if table[c].nunique(dropna=False) > 1}
-    tables: dict[str, pd.DataFrame] = {"status": status_table(ds)}
+    tables: dict[str, pd.DataFrame] = {"status": status_table(ds, table)}
     if "d" in varies:
         est = EscapeScaling().fit(ds)
         tables["escape_summary"], tables["escape_per_d"] = est.summary_, est.per_d_
@@ -130,9 +136,9 @@ def analyze(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
     if varies & {"n", "gamma"} and (table["loss"] == "correlation").all():
         tables["coupon"] = CouponCollector().fit(ds).table_
     if (table["init"] == "uncollected").all() and (table["k"] >= 2).all():
-        tables["v_last_learned"] = collected_v_last(ds)
+        tables["v_last_learned"] = collected_v_last(ds, table=table)
     if "k" in varies and "beta" in varies and (table["n"] == 1).all():
-        tables["k_bifurcation"] = k_table(ds)
+        tables["k_bifurcation"] = k_table(ds, table=table)
     return tables
 
 
@@ -193,8 +199,8 @@ def write_outputs(out: Path, names: list[str], *, timings: dict[str, float] | No
         for key, df in tables.items():
             df.to_csv(tables_dir / f"{name}__{key}.csv", index=False)
         results[name] = tables
-        if name in FIGURES:
-            figures[name] = FIGURES[name](ds, fig_dir)
+        if name in FIGURES:  # the builder reuses the fits in `tables` instead of refitting
+            figures[name] = FIGURES[name](ds, fig_dir, tables=tables)
             stream.write(f"mimflow: figure {figures[name][0]}\n")
     figures["phase-portraits"] = F.figure6(fig_dir)
     figures["hessian"] = F.figure_hessian(fig_dir)
@@ -230,7 +236,7 @@ def _img(figures: dict[str, list[Path]], key: str, out: Path) -> str:
 def _report(results, figures, hess, out: Path, timings: dict[str, float],
             total: float | None) -> str:
     lines = ["# mimflow reproduction report", "",
-             f"Generated {utc_now()} (git {git_revision() or 'unknown'}); "
+             f"Generated {utc_now()} (git {git_revision()}); "
              + ", ".join(f"{k} {v}" for k, v in versions().items()), ""]
     if timings:
         lines += ["## Sweeps", "", "| sweep | seconds |", "|---|---|"]
@@ -311,7 +317,7 @@ def _report(results, figures, hess, out: Path, timings: dict[str, float],
     lines += ["## Trajectory status per sweep", ""]
     for name, tables in results.items():
         st = tables["status"]
-        totals = st[["converged", "t_max", "max_steps", "non_finite"]].sum()
+        totals = st[list(STATUS_NAMES.values())].sum()
         lines.append(f"- {name}: " + ", ".join(f"{k} {int(v)}" for k, v in totals.items()))
     lines.append("")
     return "\n".join(lines)
