@@ -9,15 +9,13 @@ import xarray as xr
 
 import pipeline
 
+from ._points import as_points
+
 
 def simulate_points(points: Iterable[Mapping[str, Any]], seeds, **kwargs) -> xr.Dataset:
     """Concatenate ``simulate`` results along ``point``, padding n and k with NaN.
 
     The result has the ``point_params`` coordinate that the estimators read, like a store.
     """
-    parts = []
-    for point in points:
-        ds = pipeline.simulate(point, seeds, **kwargs)
-        parts.append(ds.expand_dims("point").assign_coords(
-            point_params=("point", [ds.attrs["point"]])))
+    parts = [as_points(pipeline.simulate(point, seeds, **kwargs)) for point in points]
     return xr.concat(parts, dim="point", join="outer", combine_attrs="drop")

@@ -64,7 +64,7 @@ class BifurcationPoint:
             rows.append({**params, "at_average": hits.mean(), "lo": ci.low, "hi": ci.high,
                          "max_overlap": float(np.nanmean(np.nanmax(u, axis=-1)))})
         self.fractions_ = fractions = pd.DataFrame(rows)
-        keys = [c for c in group_columns(table, "beta") if c != "point_hash"]
+        keys = group_columns(table, "beta")
         summary = []
         for key, grp in fractions.groupby(keys, dropna=False, sort=True):
             grp = grp.sort_values("beta")

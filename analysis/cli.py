@@ -30,8 +30,6 @@ Runs every sweep of sweeps/paper/ (resuming stores that exist), then writes
 OUT/tables/*.csv, OUT/figures/*.png|pdf and OUT/report.md.
 """
 
-COMMANDS = ("analyze", "figures", "reproduce")
-
 
 def add_commands(sub, positive, fmt) -> None:
     """Add the analysis subcommands to the ``mimflow`` subparsers ``sub``."""
