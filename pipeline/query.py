@@ -12,6 +12,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,17 +110,23 @@ def select_points(ds: xr.Dataset, where: list[tuple[str, str]]) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def valid_values(ds: xr.Dataset, var: str, points: np.ndarray) -> xr.DataArray:
-    """``var`` at ``points`` with padding and missing entries set to NaN (loaded)."""
+def valid_values(ds: xr.Dataset, var: str, points: np.ndarray,
+                 masks: Mapping[str, xr.DataArray] | None = None) -> xr.DataArray:
+    """``var`` at ``points`` with padding and missing entries set to NaN (loaded).
+
+    ``masks`` holds ``neuron_mask``/``index_mask`` already read (default: read them from ``ds``).
+    """
+    masks = ds if masks is None else masks
     da = ds[var].isel(point=points)
     mask = None
-    for dim, m in (("neuron", "neuron_mask"), ("index", "index_mask")):
-        if dim in da.dims and m in ds:
-            part = ds[m].isel(point=points)
+    # (dimension of var, mask variable, that mask's own dimension): neuron2 reuses neuron_mask.
+    for dim, m, mask_dim in (("neuron", "neuron_mask", "neuron"), ("index", "index_mask", "index"),
+                             ("neuron2", "neuron_mask", "neuron")):
+        if dim in da.dims and m in masks:
+            part = masks[m].isel(point=points)
+            if mask_dim != dim:
+                part = part.rename({mask_dim: dim})
             mask = part if mask is None else mask & part
-    if "neuron2" in da.dims and "neuron_mask" in ds:
-        part = ds["neuron_mask"].isel(point=points).rename(neuron="neuron2")
-        mask = part if mask is None else mask & part
     if da.dtype.kind in "iu":
         # Integer variables mark padding and never-written blocks with -1.
         missing = da != -1
@@ -163,9 +170,12 @@ def query(ds: xr.Dataset, *, where: list[tuple[str, str]] = (), var: str = "esca
         key = tuple(_scalar(label_values[b][i]) for b in by)
         groups.setdefault(key, []).append(int(i))
     column = f"{stat}({var})"
+    # Read the (small) masks once here, not once per group in valid_values: on a remote store
+    # every re-read is another request per group.
+    masks = {m: ds[m].load() for m in ("neuron_mask", "index_mask") if m in ds}
     rows = []
     for key, idx in groups.items():
-        value = statistic(valid_values(ds, var, np.asarray(idx)), name, q)
+        value = statistic(valid_values(ds, var, np.asarray(idx), masks), name, q)
         rows.append({**dict(zip(by, key, strict=True)), "points": len(idx), column: value})
     return Result(tuple(by) + ("points", column), tuple(rows))
 
