@@ -65,6 +65,10 @@ class SweepPoint:
         """Names of the swept parameters, in expansion order."""
         return list(self.labels)
 
+    def describe(self) -> str:
+        """``d=1000, k=2`` for the point (``the single point`` when nothing is swept)."""
+        return ", ".join(f"{k}={_show(v)}" for k, v in self.labels.items()) or "the single point"
+
 
 @dataclass(frozen=True)
 class Block:
@@ -111,7 +115,6 @@ class Spec:
     index: tuple[str, ...]
     """The swept parameters that identify a point: every grid parameter and one key of each
     zip group (the others are determined by it). The store indexes ``point`` by these."""
-    sections: dict[str, str]
     points: tuple[SweepPoint, ...]
     snapshots: np.ndarray | None
     warnings: tuple[SpecWarning, ...] = field(default=())
@@ -162,11 +165,8 @@ class Spec:
         })
 
     def describe_point(self, index: int) -> str:
-        """``d=1000, k=2`` for a point (all fixed parameters when nothing is swept)."""
-        labels = self.points[index].labels
-        if not labels:
-            return "the single point"
-        return ", ".join(f"{k}={_show(v)}" for k, v in labels.items())
+        """``d=1000, k=2`` for a point (``the single point`` when nothing is swept)."""
+        return self.points[index].describe()
 
 
 def _show(value: Any) -> str:
@@ -266,7 +266,7 @@ def _parse(text: str, source: str) -> Spec:
     return Spec(
         source=source, text=text, name=name, description=description, seeds=seeds,
         root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
-        index=index, sections=sections, points=tuple(points), snapshots=snapshots,
+        index=index, points=tuple(points), snapshots=snapshots,
         warnings=tuple(spec_warnings),
     )
 
@@ -291,8 +291,8 @@ def _sections(params: dict, grid: dict, zips: list[dict], observe: dict) -> dict
     named += [(f"zip[{i}]", z) for i, z in enumerate(zips)]
     named.append(("observe", observe))
     for section, table in named:
+        allowed_names = OBSERVE_KEYS if section == "observe" else tuple(VOCABULARY)
         for key, value in table.items():
-            allowed_names = OBSERVE_KEYS if section == "observe" else tuple(VOCABULARY)
             if key not in allowed_names:
                 if section == "observe":
                     allowed = "a setting among " + ", ".join(OBSERVE_KEYS)
@@ -342,13 +342,19 @@ def _values(field: str, name: str, value: Any, *, distinct: bool = True) -> list
                         hint=f"a fixed {name} goes in [params]")
     if not values:
         raise SpecError(field, value, "a non-empty list of values")
-    keys = [json.dumps(json_plain(v), sort_keys=True) for v in values]
-    if distinct and len(set(keys)) != len(keys):
-        dup = next(v for v, key in zip(values, keys, strict=True) if keys.count(key) > 1)
+    if distinct and (dup := _first_repeat(values)) is not None:
         extra = " after rounding to integers" if name in INTEGER_PARAMS and is_helper(value) \
             else ""
         raise SpecError(field, value, f"distinct values (got {dup!r} twice{extra})")
     return values
+
+
+def _first_repeat(items: list) -> Any:
+    """The first item whose JSON form occurs more than once in ``items`` (None if none does)."""
+    keys = [json.dumps(json_plain(x), sort_keys=True) for x in items]
+    if len(set(keys)) == len(keys):
+        return None
+    return next(x for x, key in zip(items, keys, strict=True) if keys.count(key) > 1)
 
 
 def _is_matrix(value: list) -> bool:
@@ -369,9 +375,7 @@ def _zip_axis(g: int, group: dict) -> tuple[tuple[str, ...], list[tuple]]:
     if len(set(lengths.values())) > 1:
         raise SpecError(f"zip[{g}]", lengths, "lists of equal length (values varied together)")
     rows = list(zip(*columns.values(), strict=True))
-    keys = [json.dumps(json_plain(list(r)), sort_keys=True) for r in rows]
-    if len(set(keys)) != len(keys):
-        dup = next(r for r, key in zip(rows, keys, strict=True) if keys.count(key) > 1)
+    if (dup := _first_repeat(rows)) is not None:
         raise SpecError(f"zip[{g}]", dict(zip(columns, dup, strict=True)),
                         "distinct rows of values varied together (this row appears twice)")
     return tuple(columns), rows
@@ -399,7 +403,7 @@ def _index(axes: list[tuple[tuple[str, ...], list[tuple]]], points: list[SweepPo
             raise SpecError(f"{sections[name]}.{name}", p.params[name],
                             "values that give distinct points",
                             hint=f"{first.params[name]!r} and {p.params[name]!r} both give "
-                                 f"the point {_labels_text(p)}")
+                                 f"the point {p.describe()}")
         seen[text] = p
     return tuple(index)
 
@@ -458,14 +462,10 @@ def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> li
                     raise SpecError(
                         f"{sections.get(name, 'params')}.{name}", getattr(p, name),
                         f"activations satisfying Assumption {issue.assumption}",
-                        hint=f"{issue.message}; at the point {_labels_text(sp)}")
+                        hint=f"{issue.message}; at the point {sp.describe()}")
             seen[key] = [(w.category.__name__, str(w.message)) for w in caught]
             seen[key] += [("AssumptionWarning",
                            f"Assumption {i.assumption} broken: {i.message}") for i in issues]
         for item in seen[key]:
             found.setdefault(item, []).append(sp.index)
     return [SpecWarning(cat, msg, tuple(idx)) for (cat, msg), idx in found.items()]
-
-
-def _labels_text(sp: SweepPoint) -> str:
-    return ", ".join(f"{k}={_show(v)}" for k, v in sp.labels.items()) or "the single point"

@@ -38,9 +38,9 @@ def looks_like_helper(value: Any) -> bool:
     return not key.strip().lstrip("+-").isdigit()
 
 
-def _numbers(field: str, name: str, args: Any, count: int) -> list[float]:
+def _numbers(field: str, name: str, args: Any) -> list[float]:
     allowed = f"{{{name} = [a, b, {'step' if name == 'range' else 'num'}]}} with numbers"
-    if not isinstance(args, list) or len(args) != count:
+    if not isinstance(args, list) or len(args) != 3:
         raise SpecError(field, {name: args}, allowed)
     out = []
     for x in args:
@@ -66,7 +66,7 @@ def expand_helper(field: str, name: str, value: dict) -> list:
     """
     (kind, args), = value.items()
     if kind == "range":
-        a, b, step = _numbers(field, kind, args, 3)
+        a, b, step = _numbers(field, kind, args)
         if step == 0 or (b - a) / step <= 0:
             raise SpecError(field, value, "{range = [a, b, step]} with a non-empty half-open "
                             "range: step != 0 and of the sign of b - a")
@@ -78,7 +78,7 @@ def expand_helper(field: str, name: str, value: dict) -> list:
         else:
             values = [a + i * step for i in range(count)]
     else:
-        a, b, num = _numbers(field, kind, args, 3)
+        a, b, num = _numbers(field, kind, args)
         count = _num(field, kind, args, num)
         grid = np.logspace(a, b, count) if kind == "logspace" else np.linspace(a, b, count)
         values = [float(x) for x in grid]
