@@ -219,6 +219,7 @@ def figure6(out: Path, betas=(0.1, 0.2, 0.4), teacher: str = "h3") -> list[Path]
     a = get_activation(teacher).coefficients
     c = dual_coefficients(a, a)
     p = np.arange(len(c))
+    p_star = information_exponent(c)
 
     def field(A, U):
         a_ = (c[1:, None, None] * p[1:, None, None] * U[None] ** (p[1:, None, None] - 1)).sum(0)
@@ -247,7 +248,7 @@ def figure6(out: Path, betas=(0.1, 0.2, 0.4), teacher: str = "h3") -> list[Path]
         ax.set_aspect("equal")
         ax.set_xlabel(r"$u_1 = w\cdot v_1$")
         ax.set_ylabel(r"$u_2 = w\cdot v_2$")
-        ax.set_title(rf"$\beta={beta:g}$ ($\beta_c = {beta_c(3, 2):.3f}$)")
+        ax.set_title(rf"$\beta={beta:g}$ ($\beta_c = {beta_c(p_star, 2):.3f}$)")
         loss = -np.polynomial.polynomial.polyval(ring, c).sum(axis=0)
         # u = L w with V = L^T, whose first column is v_1 = e_1: theta is w's angle from v_1.
         angle = np.degrees(theta)

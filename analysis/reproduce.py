@@ -100,11 +100,13 @@ def k_table(ds: xr.Dataset, tol: float = 1e-3, table: pd.DataFrame | None = None
         u = np.asarray(sub["u"].values, dtype=float)
         top = np.nanmax(u, axis=-1).ravel()
         spread = (np.nanmax(u, axis=-1) - np.nanmin(u, axis=-1)).ravel()
-        k, beta = int(params["k"]), float(params["beta"])
-        rows.append({"beta": beta, "k": k, "median_max_overlap": float(np.median(top)),
+        k, beta, p_star = int(params["k"]), float(params["beta"]), int(params["p_star"])
+        b_c = beta_c(p_star, k) if p_star >= 2 else np.nan  # as BifurcationPoint reports it
+        rows.append({"teacher": params["teacher"], "p_star": p_star, "beta": beta, "k": k,
+                     "median_max_overlap": float(np.median(top)),
                      "average_point_overlap": average_overlap(k, beta),
                      "fraction_at_average": float(np.mean(spread < tol)) if k > 1 else np.nan,
-                     "beta_c(h3)": beta_c(3, k), "beta_above_beta_c": beta > beta_c(3, k)})
+                     "beta_c": b_c, "beta_above_beta_c": beta > b_c})
     return pd.DataFrame(rows)
 
 

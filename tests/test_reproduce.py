@@ -93,3 +93,19 @@ def test_paper_specs_are_valid_and_named_for_their_figures():
     names = {load_spec(p).name for p in paper_specs()}
     assert set(FIGURES) <= names
     assert len(names) == len(paper_specs())
+
+
+def test_k_table_reports_beta_c_of_the_sweeps_own_teacher():
+    # an h4 k-sweep: beta_c = (p* - 2) / (k + p* - 2) with p* = 4, not the paper's h3 value
+    from analysis._testing import simulate_points
+    from analysis.reproduce import k_table
+    from analysis.theory import beta_c
+
+    points = [{"teacher": "h4", "d": 200, "k": k, "beta": beta, "t_max": 1e4}
+              for k in (2, 3) for beta in (0.1, 0.6)]
+    table = k_table(simulate_points(points, 2))
+    assert list(table["p_star"]) == [4] * 4 and list(table["teacher"]) == ["h4"] * 4
+    assert table["beta_c"].tolist() == [beta_c(4, k) for k in table["k"]]
+    assert beta_c(4, 2) == 0.5 and beta_c(4, 3) == 0.4
+    assert table["beta_above_beta_c"].tolist() == [b > beta_c(4, k) for b, k in
+                                                    zip(table["beta"], table["k"], strict=True)]
