@@ -278,13 +278,9 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_MISSING
 
 
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.3g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.3g} KiB"
-
-
 def describe(spec) -> str:
     """What ``mimflow validate`` prints for a valid spec."""
-    from .execute import block_memory_bytes
+    from .execute import block_memory_bytes, human_bytes
     from .store import Layout
 
     layout = Layout.for_spec(spec)
@@ -299,9 +295,9 @@ def describe(spec) -> str:
         f"seeds; {spec.n_neuron_trajectories} neuron paths)",
         f"  blocks:        {len(spec.blocks)} ({per_point} per point, {spec.block_seeds} "
         f"seeds each)",
-        f"  memory/block:  ~{_mib(block_memory_bytes(spec, layout))} on a worker "
-        f"(results {_mib(layout.block_nbytes())})",
-        f"  store size:    <= {_mib(layout.store_nbytes())} uncompressed "
+        f"  memory/block:  ~{human_bytes(block_memory_bytes(spec, layout))} on a worker "
+        f"(results {human_bytes(layout.block_nbytes())})",
+        f"  store size:    <= {human_bytes(layout.store_nbytes())} uncompressed "
         f"(n padded to {layout.n_max}, k to {layout.k_max}"
         + (f", {len(layout.times)} snapshot times" if layout.times is not None else "")
         + ")",
@@ -317,7 +313,7 @@ def describe(spec) -> str:
 def memory_check(spec, args: argparse.Namespace) -> str:
     """The ``worker memory`` line of ``mimflow validate`` and, when a block does not fit, a
     warning with the largest ``block_seeds`` that does."""
-    from .execute import default_worker_memory, human_bytes, memory_advice
+    from .execute import default_worker_memory, embedded_workers, human_bytes, memory_advice
 
     if args.memory_limit:
         limit, where = args.memory_limit, "--memory-limit"
@@ -330,7 +326,7 @@ def memory_check(spec, args: argparse.Namespace) -> str:
             return (f"  worker memory: not set in {args.cluster} (its memory: option); "
                     "not checked\n")
     else:
-        n = args.workers or os.cpu_count() or 1
+        n = embedded_workers(args.workers)
         limit = default_worker_memory(n)
         where = f"embedded cluster: this machine's memory over {n} workers"
     line = f"  worker memory: {human_bytes(limit)} ({where})\n"

@@ -226,13 +226,17 @@ def human_bytes(nbytes: float) -> str:
     return f"{nbytes:.3g} TiB"  # pragma: no cover
 
 
+def embedded_workers(workers: int | None = None) -> int:
+    """Worker processes of the embedded ``LocalCluster``: ``workers``, or one per CPU."""
+    return workers or os.cpu_count() or 1
+
+
 def default_worker_memory(workers: int | None = None) -> int:
     """The memory limit of a worker of the embedded ``LocalCluster`` of ``workers``
     processes: the machine's (or container's) memory divided among them, as Dask does."""
     from distributed.system import MEMORY_LIMIT
 
-    n = workers or os.cpu_count() or 1
-    return int(MEMORY_LIMIT // n)
+    return int(MEMORY_LIMIT // embedded_workers(workers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +357,7 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
         finally:
             client.close()
         return
-    n = workers or os.cpu_count() or 1
+    n = embedded_workers(workers)
     # Loopback only: nothing outside this machine can submit code to these workers.
     cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                             host="127.0.0.1", dashboard_address="127.0.0.1:0",
