@@ -42,19 +42,23 @@ def set_env(values: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
+def _claim(path: str) -> bool:
+    """Create ``path`` exclusively: True for the one process (of any) that created it."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _count_attempt(folder: str, block_id: str) -> int:
     """Record one more attempt of ``block_id``; returns its number (1, 2, ...)."""
     os.makedirs(folder, exist_ok=True)
     n = 1
-    while True:  # O_EXCL: concurrent attempts on two workers get different numbers
-        try:
-            fd = os.open(os.path.join(folder, f"{block_id}.{n}"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
-            n += 1
-            continue
-        os.close(fd)
-        return n
+    # O_EXCL: concurrent attempts on two workers get different numbers
+    while not _claim(os.path.join(folder, f"{block_id}.{n}")):
+        n += 1
+    return n
 
 
 def before_block(block_id: str) -> None:
@@ -86,13 +90,8 @@ def after_write(block_id: str) -> None:
     if passes:
         tickets = f"{gate}-tickets"
         os.makedirs(tickets, exist_ok=True)
-        for i in range(1, passes + 1):
-            try:
-                os.close(os.open(os.path.join(tickets, str(i)),
-                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-                return  # one of the first N: pass
-            except FileExistsError:
-                continue
+        if any(_claim(os.path.join(tickets, str(i))) for i in range(1, passes + 1)):
+            return  # one of the first N: pass
     held = f"{gate}-held"
     os.makedirs(held, exist_ok=True)
     tmp = os.path.join(held, f".{block_id}.{os.getpid()}")
