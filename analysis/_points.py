@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.activations import dual_coefficients, get_activation, information_exponent
+from pipeline.engine.activations import dual_coefficients, get_activation, information_exponent
 
 
 def as_points(ds: xr.Dataset) -> xr.Dataset:

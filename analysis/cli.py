@@ -1,6 +1,7 @@
 """The analysis commands of ``mimflow``: ``analyze``, ``figures`` and ``reproduce``.
 
-Registered on the main parser by :func:`add_commands`; each handler returns an exit code.
+Registered on the ``mimflow`` parser through the entry point ``mimflow.commands`` (see
+``pyproject.toml`` and :mod:`pipeline.cli`); each handler returns an exit code.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
+
+from pipeline.cli import add_storage_option, positive, storage_options
 
 _ANALYZE_EXAMPLES = """\
 examples:
@@ -31,10 +34,10 @@ OUT/tables/*.csv, OUT/figures/*.png|pdf and OUT/report.md.
 """
 
 
-def add_commands(sub, positive, fmt) -> None:
-    """Add the analysis subcommands to the ``mimflow`` subparsers ``sub``."""
-    from pipeline.cli import add_storage_option
-
+def register(sub: argparse._SubParsersAction) -> dict:
+    """Add the analysis subcommands to the ``mimflow`` subparsers ``sub``; returns their
+    handlers by command name."""
+    fmt = argparse.RawDescriptionHelpFormatter
     an = sub.add_parser("analyze", help="estimates from a store, as tables",
                         description="Run every estimator that applies to a store (escape-time "
                                     "scaling if d varies, beta_f if beta varies, coupon "
@@ -68,19 +71,10 @@ def add_commands(sub, positive, fmt) -> None:
                          "LocalCluster)")
     rp.add_argument("--workers", metavar="N", type=positive,
                     help="worker processes of the embedded cluster (default: CPU count)")
+    return {"analyze": _analyze, "figures": _figures, "reproduce": _reproduce}
 
 
-def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Dispatch one analysis command; returns the exit code."""
-    if args.command == "analyze":
-        return _analyze(args, out)
-    if args.command == "figures":
-        return _figures(args, out)
-    return _reproduce(args, err)
-
-
-def _analyze(args: argparse.Namespace, out: TextIO) -> int:
-    from pipeline.cli import storage_options
+def _analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.store import open_results
 
     from .reproduce import analyze
@@ -100,8 +94,7 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _figures(args: argparse.Namespace, out: TextIO) -> int:
-    from pipeline.cli import storage_options
+def _figures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.store import open_results
 
     from . import figures as F
@@ -125,7 +118,7 @@ def _figures(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _reproduce(args: argparse.Namespace, err: TextIO) -> int:
+def _reproduce(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .reproduce import reproduce
 
     try:

@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from pipeline.activations import (  # noqa: E402
+from pipeline.engine.activations import (  # noqa: E402
     dual_coefficients,
     get_activation,
     information_exponent,
 )
-from pipeline.frames import equiangular_gram  # noqa: E402
+from pipeline.engine.frames import equiangular_gram  # noqa: E402
 
 from ._points import dual_c, iter_points  # noqa: E402
 from .bifurcation import BifurcationPoint  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 
-from pipeline.frames import equiangular_gram, explicit_frame
+from pipeline.engine.frames import equiangular_gram, explicit_frame
 
 
 def _average_point(k: int, beta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.activations import dual_coefficients, get_activation
-from pipeline.integrate import STATUS_NAMES
+from pipeline.engine.activations import dual_coefficients, get_activation
+from pipeline.engine.integrate import STATUS_NAMES
 from pipeline.provenance import git_revision, utc_now, versions
 
 from . import figures as F
@@ -61,7 +61,7 @@ def spec_name(ds: xr.Dataset) -> str:
 
 
 def status_table(ds: xr.Dataset, table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Status counts per point, one column per ``pipeline.integrate.STATUS_NAMES`` entry
+    """Status counts per point, one column per ``pipeline.engine.integrate.STATUS_NAMES`` entry
     (converged, t_max, max_steps, non_finite). ``table`` is ``point_params(ds)`` if known."""
     rows = []
     for params, sub in iter_points(ds, table):

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 import pipeline
-from pipeline.activations import dual_coefficients, get_activation
+from pipeline.engine.activations import dual_coefficients, get_activation
 
 from _baseline import solve_ivp_trajectory
 

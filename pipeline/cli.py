@@ -1,5 +1,11 @@
-"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``, plus the analysis
-commands ``analyze``, ``figures`` and ``reproduce`` (``analysis/cli.py``).
+"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``, plus the commands
+that other packages register under the entry-point group ``mimflow.commands`` (``analyze``,
+``figures`` and ``reproduce`` from ``analysis/cli.py``).
+
+A plugin is a function ``register(subparsers) -> {command: handler}``; it adds its
+sub-parsers and returns a handler ``(args, out, err) -> exit code`` for each. This module
+imports no plugin by name, so the dependency runs one way (``analysis`` uses the helpers
+here, as Dask's CLI plugins do with ``dask_cli``).
 
 Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
 store could not be written;
@@ -59,7 +65,8 @@ examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The parser of every command, and each command's handler."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="mimflow", formatter_class=fmt,
@@ -87,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--cluster", metavar="FILE",
                        help="start the workers from a cluster configuration file (YAML "
                             "data, e.g. cluster/slurm.yaml; needs mimflow[slurm])")
-    run.add_argument("--workers", metavar="N", type=_positive,
+    run.add_argument("--workers", metavar="N", type=positive,
                      help="worker processes of the embedded cluster (default: CPU count)")
     run.add_argument("--tls-ca-file", metavar="PEM",
                      help="CA certificate that signed the scheduler's certificate "
@@ -115,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                           "over --workers)")
     mem.add_argument("--cluster", metavar="FILE",
                      help="check against the workers of this cluster configuration file")
-    val.add_argument("--workers", metavar="N", type=_positive,
+    val.add_argument("--workers", metavar="N", type=positive,
                      help="worker processes of the embedded cluster (default: CPU count)")
 
     st = sub.add_parser("status", help="progress and provenance of a store",
@@ -143,10 +150,28 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="output format (default: table)")
 
-    from analysis.cli import add_commands
+    handlers = {"run": _run, "validate": _validate, "status": _status, "query": _query}
+    for plugin in _plugins():
+        handlers.update(plugin(sub))
+    return parser, handlers
 
-    add_commands(sub, _positive, fmt)
-    return parser
+
+#: Entry-point group of the commands other packages add to ``mimflow``.
+PLUGIN_GROUP = "mimflow.commands"
+
+
+def _plugins() -> list:
+    """The ``register`` functions of the installed command plugins, in name order."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
+        try:
+            found.append(ep.load())
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break mimflow
+            sys.stderr.write(f"mimflow: warning: command plugin {ep.name!r} ({ep.value}) "
+                             f"could not be loaded: {type(e).__name__}: {e}\n")
+    return found
 
 
 def add_storage_option(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -158,7 +183,8 @@ def add_storage_option(parser: argparse.ArgumentParser, note: str = "") -> None:
                              + (f". {note}" if note else ""))
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -220,19 +246,10 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     """Entry point of the ``mimflow`` console script; returns the exit code."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    args = _parser().parse_args(argv)
+    parser, handlers = _parser()
+    args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args, err)
-        if args.command == "validate":
-            return _validate(args, out)
-        if args.command == "status":
-            return _status(args, out)
-        if args.command == "query":
-            return _query(args, out, err)
-        from analysis.cli import run_command
-
-        return run_command(args, out, err)
+        return handlers[args.command](args, out, err)
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
         return EXIT_INTERRUPTED
 
 
-def _run(args: argparse.Namespace, err: TextIO) -> int:
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
     from .cluster import tls_security
@@ -336,7 +353,7 @@ def memory_check(spec, args: argparse.Namespace) -> str:
     return line
 
 
-def _validate(args: argparse.Namespace, out: TextIO) -> int:
+def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -348,13 +365,15 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
 def status_text(path: str, options: dict | None = None) -> str:
     """What ``mimflow status`` prints: blocks done/total, status counts, provenance
     (``options``: fsspec storage options of the store)."""
+    from sweeps.spec import block_id
+
     from . import ledger
     from .store import STATUS_FLAGS, open_store
 
     ref, attrs = open_store(path, options)
     records = ledger.done_records(ref)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
-    ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
+    ids = [block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
     done = [i for i in ids if i in records]
     counts: Counter = Counter()
     for i in done:
@@ -387,7 +406,7 @@ def status_text(path: str, options: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _status(args: argparse.Namespace, out: TextIO) -> int:
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(status_text(args.store, storage_options(args.storage_option)))
     return EXIT_OK
 

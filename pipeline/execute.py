@@ -31,12 +31,12 @@ import numpy as np
 
 from . import _testhooks, ledger
 from . import store as zstore
+from .engine.simulate import simulate
 from .errors import SpecError
 from .ledger import StoreRef
 from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .progress import Progress
 from .provenance import git_revision, utc_now, versions
-from .simulate import simulate
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec

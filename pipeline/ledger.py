@@ -95,11 +95,6 @@ def get_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
         return None
 
 
-def block_id(point_index: int, start: int) -> str:
-    """The ledger name of the block of point ``point_index`` whose first seed is ``start``."""
-    return f"{point_index:06d}-{start:010d}"
-
-
 def marker(block_id: str) -> str:
     """Key of block ``block_id``'s completion marker inside the store."""
     return f"{LEDGER}/{block_id}.json"

@@ -36,10 +36,10 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
+from .engine.params import json_plain
 from .errors import SpecError
 from .ledger import INITIALIZED, StoreRef, put_json
 from .lock import LOCK
-from .params import json_plain
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec

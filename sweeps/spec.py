@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.activations import check_assumptions, get_activation
+from pipeline.engine.activations import check_assumptions, get_activation
+from pipeline.engine.params import VOCABULARY, Point, content_hash, json_plain, resolve_point
+from pipeline.engine.seeding import validate_root_seed
+from pipeline.engine.snapshots import default_snapshot_times, validate_snapshots
 from pipeline.errors import SpecError
-from pipeline.ledger import block_id
-from pipeline.params import VOCABULARY, Point, content_hash, json_plain, resolve_point
-from pipeline.seeding import validate_root_seed
-from pipeline.simulate import default_snapshot_times, validate_snapshots
 
 from .values import INTEGER_PARAMS, expand_helper, is_helper, looks_like_helper
 
@@ -68,6 +67,11 @@ class SweepPoint:
     def describe(self) -> str:
         """``d=1000, k=2`` for the point (``the single point`` when nothing is swept)."""
         return ", ".join(f"{k}={_show(v)}" for k, v in self.labels.items()) or "the single point"
+
+
+def block_id(point_index: int, start: int) -> str:
+    """The ledger name of the block of point ``point_index`` whose first seed is ``start``."""
+    return f"{point_index:06d}-{start:010d}"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from numpy.polynomial.hermite_e import hermegauss, hermeval
 from scipy import integrate, special
 
-from pipeline.activations import (
+from pipeline.engine.activations import (
     NAMED_ACTIVATIONS,
     check_assumptions,
     dual_activation,

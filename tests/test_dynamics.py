@@ -7,10 +7,10 @@ import pytest
 from scipy.stats import ortho_group
 
 from pipeline import dynamics
-from pipeline.activations import dual_coefficients, get_activation
-from pipeline.frames import equiangular_gram, explicit_frame
-from pipeline.initial import explicit_weights, sample_initial
-from pipeline.integrate import Observation, StopRule, Tolerances, solve
+from pipeline.engine.activations import dual_coefficients, get_activation
+from pipeline.engine.frames import equiangular_gram, explicit_frame
+from pipeline.engine.initial import explicit_weights, sample_initial
+from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
 
 D = 200
 SNAPS = np.concatenate([[0.0], np.logspace(-2, 5, 40)])

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from pipeline.errors import SpecError
-from pipeline.frames import equiangular_gram
-from pipeline.initial import (
+from pipeline.engine.frames import equiangular_gram
+from pipeline.engine.initial import (
     _sample_equiangular_g,
     explicit_weights,
     sample_initial,
     sample_initial_batch,
 )
+from pipeline.errors import SpecError
 
 from conftest import random_frame, uniform_sphere
 
@@ -131,7 +131,7 @@ def test_batch_equals_per_seed(rng):
 
 
 def test_explicit_weights_reproduce_the_overlaps(rng):
-    from pipeline.frames import explicit_frame
+    from pipeline.engine.frames import explicit_frame
 
     gram = equiangular_gram(3, 0.25)
     draw = sample_initial(rng, 10, 300, gram, "positive")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import dynamics
-from pipeline.integrate import (
+from pipeline.engine.integrate import (
     CONVERGED,
     MAX_STEPS,
     NON_FINITE,

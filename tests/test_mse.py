@@ -16,18 +16,18 @@ from scipy.stats import ortho_group
 
 import pipeline
 from pipeline import dynamics, mse
-from pipeline.activations import get_activation
-from pipeline.errors import AssumptionWarning
-from pipeline.frames import equiangular_gram, explicit_frame
-from pipeline.initial import (
+from pipeline.engine.activations import get_activation
+from pipeline.engine.frames import equiangular_gram, explicit_frame
+from pipeline.engine.initial import (
     explicit_coupled_weights,
     orthogonal_rank,
     sample_initial,
     sample_initial_batch,
     sample_orthogonal_factor,
 )
-from pipeline.integrate import CONVERGED, Observation, StopRule, Tolerances, solve
-from pipeline.params import resolve_point
+from pipeline.engine.integrate import CONVERGED, Observation, StopRule, Tolerances, solve
+from pipeline.engine.params import resolve_point
+from pipeline.errors import AssumptionWarning
 
 from conftest import random_frame, uniform_sphere
 

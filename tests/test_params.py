@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.engine.params import resolve_point
 from pipeline.errors import SpecError
-from pipeline.params import resolve_point
 
 BASE = {"teacher": "h3", "d": 100, "k": 2}
 

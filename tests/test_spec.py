@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.engine.params import resolve_point
 from pipeline.errors import SpecError
-from pipeline.params import resolve_point
 from sweeps.spec import load_spec, parse_spec
 from sweeps.values import expand_helper
 

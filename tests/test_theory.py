@@ -48,7 +48,7 @@ def test_beta_c_and_exponents():
 
 
 def test_average_overlap_is_the_normalized_mean():
-    from pipeline.frames import equiangular_gram, explicit_frame
+    from pipeline.engine.frames import equiangular_gram, explicit_frame
 
     for k, beta in [(2, 0.3), (5, 0.1), (20, 0.6)]:
         V = explicit_frame(equiangular_gram(k, beta), k)

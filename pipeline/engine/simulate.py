@@ -18,7 +18,6 @@ from .activations import (
     information_exponent,
     warn_assumptions,
 )
-from .errors import SpecError
 from .frames import explicit_frame
 from .initial import (
     explicit_coupled_weights,
@@ -36,31 +35,7 @@ from .seeding import (
     validate_root_seed,
     validate_seeds,
 )
-
-#: Number of snapshot times in the default (log-spaced) grid.
-DEFAULT_SNAPSHOTS = 64
-
-
-def default_snapshot_times(t_max: float, num: int = DEFAULT_SNAPSHOTS) -> np.ndarray:
-    """Log-spaced snapshot times from ``1e-2`` to ``t_max``."""
-    return np.logspace(-2.0, np.log10(t_max), num)
-
-
-def validate_snapshots(snapshots: Any, t_max: float) -> np.ndarray | None:
-    """``None`` / ``False``: none; ``True``: the default grid; else increasing times >= 0."""
-    if snapshots is None or snapshots is False:
-        return None
-    if snapshots is True:
-        return default_snapshot_times(t_max)
-    try:
-        times = np.asarray(snapshots, dtype=float).ravel()
-    except (TypeError, ValueError):
-        raise SpecError("snapshots", snapshots, "a list of times >= 0") from None
-    if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0) \
-            or np.any(np.diff(times) <= 0):
-        raise SpecError("snapshots", snapshots, "a non-empty, strictly increasing list of "
-                        "finite times >= 0")
-    return times
+from .snapshots import validate_snapshots
 
 
 def simulate(
@@ -76,8 +51,8 @@ def simulate(
     Parameters
     ----------
     point:
-        Parameters in the vocabulary of :data:`pipeline.params.VOCABULARY` (``teacher``,
-        ``d`` and ``k`` are required), or a resolved :class:`~pipeline.params.Point`.
+        Parameters in the vocabulary of :data:`pipeline.engine.params.VOCABULARY` (``teacher``,
+        ``d`` and ``k`` are required), or a resolved :class:`~pipeline.engine.params.Point`.
     seeds:
         Seed indices (an int ``m`` means ``range(m)``). Seed ``i`` always gives the same
         numbers, whatever other seeds are simulated with it.

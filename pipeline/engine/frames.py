@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 
 #: Tolerance for symmetry and unit diagonal of a user Gram matrix.
 GRAM_ATOL = 1e-12

@@ -42,7 +42,7 @@ cancels O(1) terms (``c_i`` is O(1) at rest, e.g. for an antipodal pair) and, wh
 Gram is singular, leaves the realizable set altogether: an error ~ sqrt(rtol) or
 sqrt(machine epsilon), at the level of ``gtol ~ 1e-6`` and far above a tight one. The initial
 ``z_i`` are the normalized columns of the Bartlett factor of the Wishart Gram of the perp parts
-(:func:`pipeline.initial.sample_orthogonal_factor`).
+(:func:`pipeline.engine.initial.sample_orthogonal_factor`).
 
 ``MSE_FULL`` integrates explicit ``W`` (n x d, row-major) against an explicit frame ``V`` in
 plain loops; it exists to validate ``MSE_REDUCED``. The reduced kernel's small loops are
@@ -547,7 +547,7 @@ def reduced_args(gram: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, m: int)
     n:
         Number of neurons.
     m:
-        Perp coordinates per neuron: ``min(n, d - k)`` (:func:`pipeline.initial.orthogonal_rank`).
+        Perp coordinates per neuron: ``min(n, d - k)`` (:func:`.initial.orthogonal_rank`).
     """
     A = np.asarray(gram, dtype=float)
     return _args(A, np.linalg.inv(A), A, a, b, n, m)

@@ -48,7 +48,7 @@ import numpy as np
 from scipy import optimize, special, stats
 from scipy.linalg import solve_triangular
 
-from .errors import SpecError
+from ..errors import SpecError
 
 INITS = ("uniform", "positive", "uncollected")
 #: Below this acceptance rate a rejection sampler is refused rather than run.
@@ -176,7 +176,7 @@ def sample_initial_batch(
     ----------
     rngs:
         One generator per seed: any sequence with a length (a lazy one is best for many
-        seeds, see :class:`pipeline.seeding.SeedStreams`).
+        seeds, see :class:`pipeline.engine.seeding.SeedStreams`).
     n:
         Number of neurons per seed.
     d:

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.polynomial.hermite_e import hermegauss
 from scipy import integrate, special
 
-from .errors import AssumptionWarning, SpecError, TruncationWarning
+from ..errors import AssumptionWarning, SpecError, TruncationWarning
 
 #: Default truncation degree of every Hermite expansion.
 DEFAULT_DEGREE = 16

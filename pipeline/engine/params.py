@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SpecError
 from .activations import DEFAULT_DEGREE, MAX_DEGREE, canonical_activation_name
-from .errors import SpecError
 from .frames import equiangular_gram, max_overlap_norm, validate_gram
 from .initial import INITS
 

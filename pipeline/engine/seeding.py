@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 
 #: Sub-stream of a seed: the initial condition in k dimensions, and the explicit direction of
 #: the part orthogonal to span(V) that only the full-d backend needs.
