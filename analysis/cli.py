@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> dict:
 def _analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.store import open_results
 
-    from .reproduce import analyze
+    from .tables import analyze
 
     ds = open_results(args.store, storage_options=storage_options(args.storage_option)).load()
     tables = analyze(ds)
@@ -98,7 +98,8 @@ def _figures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.store import open_results
 
     from . import figures as F
-    from .reproduce import FIGURES, spec_name
+    from .report import FIGURES
+    from .reproduce import spec_name
 
     options = storage_options(args.storage_option)
     paths = args.store or sorted(str(p) for p in Path("results/stores").glob("*.zarr"))

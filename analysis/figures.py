@@ -6,7 +6,7 @@ Every builder takes a results dataset (a store opened with ``pipeline.open_resul
 the two paths. Figure 6 and the Hessian figure are computed from the dynamics themselves and
 need no store.
 
-Every store builder also takes ``tables``, the output of ``analysis.reproduce.analyze`` for the
+Every store builder also takes ``tables``, the output of ``analysis.tables.analyze`` for the
 same dataset: a builder that draws an estimator's result reads it from there instead of
 fitting the estimator again (same default settings, so the same numbers); without it, or when
 the table it needs is missing, the builder fits the estimator itself.
@@ -56,7 +56,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-#: What ``analysis.reproduce.analyze`` returns: tables by name.
+#: What ``analysis.tables.analyze`` returns: tables by name.
 Tables = dict[str, pd.DataFrame]
 
 

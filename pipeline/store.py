@@ -1,4 +1,4 @@
-"""The results store: a zarr v3 group written through xarray (DESIGN section 3).
+"""The results store: a zarr v3 group written through xarray (docs/design.md §3).
 
 Layout
 ------

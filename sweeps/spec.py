@@ -1,4 +1,4 @@
-"""TOML sweep specs: parsing, validation and expansion into points and blocks (DESIGN section 3).
+"""TOML sweep specs: parsing, validation and expansion into points and blocks (docs/design.md §3).
 
 A spec names fixed parameters (``[params]``), a Cartesian ``[grid]``, ``[[zip]]`` groups varied
 together, seeds and observation settings (``[observe]``). :func:`load_spec` checks *everything*

@@ -2,7 +2,7 @@
 
 Independent references: the full-d flow in a random orientation, explicit d-dimensional
 sampling (KS), the correlation flow at twice the time (n = 1), the closed (Q, M) equations
-of DESIGN section 1.2 in numpy, and the paper's Figure 3 claim.
+of docs/design.md §1.2 in numpy, and the paper's Figure 3 claim.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def test_one_step_and_gradient_are_the_explicit_spherical_ones(rng):
 
 
 def test_reduced_coordinates_follow_the_closed_qm_equations(rng):
-    """d/dt (M A^-1 M^T + Z^T Z) from the kernel equals dQ/dt of DESIGN 1.2's (Q, M) system."""
+    """d/dt (M A^-1 M^T + Z^T Z) from the kernel equals dQ/dt of the (Q, M) system
+    (docs/design.md §1.2)."""
     act = {3: 1.0, 5: 0.3, 2: 0.2}
     a, A, m, y, V, W = _coupled(act, 7, 12, 0.3, rng)
     args = mse.reduced_args(A, a, a, 7, m)

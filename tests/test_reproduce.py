@@ -98,7 +98,7 @@ def test_paper_specs_are_valid_and_named_for_their_figures():
 def test_k_table_reports_beta_c_of_the_sweeps_own_teacher():
     # an h4 k-sweep: beta_c = (p* - 2) / (k + p* - 2) with p* = 4, not the paper's h3 value
     from analysis._testing import simulate_points
-    from analysis.reproduce import k_table
+    from analysis.tables import k_table
     from analysis.theory import beta_c
 
     points = [{"teacher": "h4", "d": 200, "k": k, "beta": beta, "t_max": 1e4}

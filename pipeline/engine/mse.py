@@ -1,4 +1,4 @@
-"""The MSE loss: n interacting neurons in exact overlap coordinates (DESIGN section 1.2).
+"""The MSE loss: n interacting neurons in exact overlap coordinates (docs/design.md §1.2).
 
 Population loss of the student ``f = sum_i sigma(w_i.x)`` against ``f* = sum_j sigma*(v_j.x)``::
 
@@ -584,7 +584,7 @@ def qm_velocity(Q: np.ndarray, M: np.ndarray, gram: np.ndarray, a: np.ndarray,
     """``(dQ/dt, dM/dt)`` of the MSE flow written directly in the overlaps (numpy).
 
     ``dM/dt = 2 (a A - C M)``, ``dQ/dt = X + X^T`` with ``X = 2 (M a^T - Q C)``: the closed
-    ``(Q, M)`` system of DESIGN section 1.2, for checks and analysis (the kernels integrate
+    ``(Q, M)`` system of docs/design.md §1.2, for checks and analysis (the kernels integrate
     the equivalent coordinates of the module docstring).
     """
     c_ss, c_st, _ = _duals(a, b)

@@ -32,7 +32,7 @@ K_MAX = 4096
 #: d must be an exactly representable integer.
 D_MAX = 2**53
 #: The integrator cannot keep the gradient norm below ~ its relative accuracy: gtol must
-#: leave this margin above rtol (see DESIGN section 2).
+#: leave this margin above rtol (see docs/design.md §2).
 GTOL_OVER_RTOL = 10.0
 
 #: Defaults, filled in before anything is validated.
