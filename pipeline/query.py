@@ -200,10 +200,7 @@ def format_result(result: Result, fmt: str = "table") -> str:
         return buf.getvalue()
     if fmt != "table":
         raise SpecError("--format", fmt, "one of " + ", ".join(FORMATS))
-    cells = [list(result.columns)]
-    for row in result.rows:
-        cells.append([f"{v:.6g}" if isinstance(v, float) else str(v)
-                      for v in (row[c] for c in result.columns)])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(result.columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines) + "\n"
+    import pandas as pd
+
+    table = pd.DataFrame(result.rows, columns=list(result.columns))
+    return table.to_string(index=False, float_format=lambda v: f"{v:.6g}") + "\n"
