@@ -150,7 +150,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     q.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="output format (default: table)")
 
-    handlers = {"run": _run, "validate": _validate, "status": _status, "query": _query}
+    sub.add_parser("parameters", help="the parameters a sweep point takes",
+                   description="Every parameter of a sweep point: default, what is allowed, "
+                               "meaning (Markdown).", formatter_class=fmt)
+
+    handlers = {"run": _run, "validate": _validate, "status": _status, "query": _query,
+                "parameters": _parameters}
     for plugin in _plugins():
         handlers.update(plugin(sub))
     return parser, handlers
@@ -408,6 +413,13 @@ def status_text(path: str, options: dict | None = None) -> str:
 
 def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(status_text(args.store, storage_options(args.storage_option)))
+    return EXIT_OK
+
+
+def _parameters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .engine.params import describe_parameters
+
+    out.write(describe_parameters())
     return EXIT_OK
 
 

@@ -36,7 +36,7 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
-from .engine.params import json_plain
+from .engine.params import RENAMED, json_plain
 from .errors import SpecError
 from .ledger import INITIALIZED, StoreRef, put_json
 from .lock import LOCK
@@ -83,14 +83,12 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
-#: Swept parameters whose name is also a data variable get another coordinate name: the
-#: parameter ``loss`` (correlation | mse) is the coordinate ``loss_type``, next to the data
-#: variable ``loss`` (the final loss value).
-RENAMED = {"loss": "loss_type"}
-
-
 def coord_name(param: str) -> str:
-    """Name of the store coordinate that holds swept parameter ``param``."""
+    """Name of the store coordinate that holds swept parameter ``param``.
+
+    Parameters whose name is also a data variable get another one (``store_name`` in the
+    parameter table): ``loss`` (correlation | mse) is the coordinate ``loss_type``, next to
+    the data variable ``loss`` (the final loss value)."""
     return RENAMED.get(param, param)
 
 

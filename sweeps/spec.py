@@ -28,21 +28,27 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.activations import check_assumptions, get_activation
-from pipeline.engine.params import VOCABULARY, Point, content_hash, json_plain, resolve_point
+from pipeline.engine.params import (
+    INTEGER_PARAMS,
+    MATRIX_PARAMS,
+    OBSERVE_PARAMS,
+    TABLE_PARAMS,
+    VOCABULARY,
+    Point,
+    content_hash,
+    json_plain,
+    resolve_point,
+)
 from pipeline.engine.seeding import validate_root_seed
 from pipeline.engine.snapshots import default_snapshot_times, validate_snapshots
 from pipeline.errors import SpecError
 
-from .values import INTEGER_PARAMS, expand_helper, is_helper, looks_like_helper
+from .values import expand_helper, is_helper, looks_like_helper
 
 TOP_LEVEL = ("name", "description", "seeds", "root_seed", "block_seeds",
              "params", "grid", "zip", "observe")
 #: What ``[observe]`` accepts: the integration/observation settings and the snapshot grid.
-OBSERVE_KEYS = ("escape_threshold", "t_max", "rtol", "atol", "gtol", "max_steps", "snapshots")
-#: Parameters whose single value is itself a list (so a list in [params] is not a sweep).
-MATRIX_PARAMS = frozenset({"gram"})
-#: Parameters whose single value may be a table (a Hermite mixture such as {3 = 1.0}).
-TABLE_PARAMS = frozenset({"teacher", "student"})
+OBSERVE_KEYS = (*OBSERVE_PARAMS, "snapshots")
 DEFAULT_BLOCK_SEEDS = 1000
 MAX_SEEDS = 2**31
 MAX_POINTS = 1_000_000

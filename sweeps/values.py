@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.engine.params import INTEGER_PARAMS
 from pipeline.errors import SpecError
 
-#: Parameters whose values must be integers: helper outputs for them are rounded to the
-#: nearest integer (``d = {logspace = [2, 3, 3]}`` gives 100, 316, 1000).
-INTEGER_PARAMS = frozenset({"d", "k", "n", "degree", "max_steps"})
 HELPERS = ("logspace", "linspace", "range")
 #: Most values one helper may produce (a typo such as a step of 1e-9 must not hang validation).
 MAX_HELPER_VALUES = 100_000

@@ -94,3 +94,28 @@ def test_canonical_identity():
 def test_explicit_gram_is_accepted():
     p = resolve_point({**BASE, "gram": [[1.0, 0.3], [0.3, 1.0]]})
     assert p.beta is None and p.gram_matrix[0, 1] == 0.3
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    """The README's vocabulary is derived from the parameter table, not written by hand."""
+    from pathlib import Path
+
+    from pipeline.engine.params import PARAMETERS, describe_parameters
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- parameters:begin -->\n", 1)[1].split("<!-- parameters:end -->")[0]
+    assert block == describe_parameters()
+    assert all(f"| `{p.name}`" in block for p in PARAMETERS)
+
+
+def test_table_derives_defaults_integers_and_sections():
+    from pipeline.engine.params import DEFAULTS, INTEGER_PARAMS, OBSERVE_PARAMS, REQUIRED
+
+    assert REQUIRED == ("teacher", "d", "k")
+    assert INTEGER_PARAMS == {"d", "k", "n", "degree", "max_steps"}
+    assert set(OBSERVE_PARAMS) == {"escape_threshold", "t_max", "rtol", "atol", "gtol",
+                                   "max_steps"}
+    point = resolve_point({"teacher": "h3", "d": 100, "k": 2})
+    for name, default in DEFAULTS.items():
+        if default is not None:
+            assert getattr(point, name) == default, name

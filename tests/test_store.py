@@ -183,11 +183,11 @@ def test_interrupted_creation_is_created_again(tmp_path, spec):
 
 
 def test_parameter_named_like_a_variable_gets_another_coordinate_name(tmp_path):
-    from pipeline.engine.params import VOCABULARY
+    from pipeline.engine.params import RENAMED, VOCABULARY
     from pipeline.query import query
 
     variables = {v.name for v in zstore.VARIABLES} | {"neuron_mask", "index_mask"}
-    assert set(VOCABULARY) & variables == set(zstore.RENAMED)
+    assert set(VOCABULARY) & variables == set(RENAMED)
     try:
         pipeline.resolve_point({"teacher": "h3", "d": 10, "k": 2, "loss": "mse"})
     except SpecError:

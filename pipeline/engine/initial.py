@@ -49,8 +49,10 @@ from scipy import optimize, special, stats
 from scipy.linalg import solve_triangular
 
 from ..errors import SpecError
+from .params import PARAMS
 
-INITS = ("uniform", "positive", "uncollected")
+#: The initial laws (the ``init`` parameter of :data:`pipeline.engine.params.PARAMETERS`).
+INITS = PARAMS["init"].constraint.choices
 #: Below this acceptance rate a rejection sampler is refused rather than run.
 MIN_ACCEPTANCE = 1e-4
 

@@ -20,11 +20,7 @@ import numpy as np
 from ..errors import SpecError
 from .activations import DEFAULT_DEGREE, MAX_DEGREE, canonical_activation_name
 from .frames import equiangular_gram, max_overlap_norm, validate_gram
-from .initial import INITS
 
-LOSSES = ("correlation", "mse")
-METHODS = ("flow", "gd")
-BACKENDS = ("reduced", "full")
 #: Largest d the full-d validation backend accepts (it stores explicit d-vectors).
 FULL_D_MAX = 100_000
 #: Largest k accepted (the reduced state is k numbers per neuron; beyond this, ask first).
@@ -34,73 +30,210 @@ D_MAX = 2**53
 #: The integrator cannot keep the gradient norm below ~ its relative accuracy: gtol must
 #: leave this margin above rtol (see docs/design.md §2).
 GTOL_OVER_RTOL = 10.0
-
-#: Defaults, filled in before anything is validated.
-DEFAULTS: dict[str, Any] = {
-    "loss": "correlation",
-    "student": None,  # None: same as teacher
-    "n": None,  # from gamma, else 1
-    "gamma": None,
-    "beta": None,  # None: 0 unless a gram is given
-    "gram": None,
-    "init": "uniform",
-    "method": "flow",
-    "lr": None,  # required for gd, 0.1 by default there
-    "backend": "reduced",
-    "degree": DEFAULT_DEGREE,
-    "escape_threshold": 0.5,
-    "t_max": 1e12,
-    "rtol": 1e-8,
-    "atol": 1e-12,
-    "gtol": 1e-6,
-    "max_steps": 1_000_000,
-}
-REQUIRED = ("teacher", "d", "k")
 DEFAULT_LR = 0.1
 
-#: Every parameter a point may carry, with a one-line description (used in messages and docs).
-VOCABULARY: dict[str, str] = {
-    "loss": "correlation | mse",
-    "teacher": "target activation: h<p>, relu, abs, tanh, erf, sigmoid, gelu, softplus, "
-               "or a Hermite table {p = a_p}",
-    "student": "student activation (default: the teacher's)",
-    "d": "ambient dimension, integer >= k",
-    "k": "number of index vectors, integer >= 1",
-    "n": "number of student neurons, integer >= 1",
-    "gamma": "alternative to n: n = ceil(gamma k)",
-    "beta": "equiangular dot product in [0, 1); 0 is the orthogonal frame",
-    "gram": "explicit k x k Gram matrix of the index vectors (instead of beta)",
-    "init": "uniform | positive | uncollected",
-    "method": "flow | gd",
-    "lr": "learning rate of method gd, > 0",
-    "backend": "reduced | full",
-    "degree": f"Hermite truncation degree, integer in [1, {MAX_DEGREE}]",
-    "escape_threshold": "escape when ||u||_2 first reaches this value",
-    "t_max": "time limit, > 0",
-    "rtol": "relative tolerance of the integrator, in (0, 0.01]",
-    "atol": "absolute tolerance of the integrator, > 0",
-    "gtol": "convergence when the spherical gradient norm falls below this, after escape",
-    "max_steps": "limit on accepted steps, integer >= 1",
-}
+
+# ---------------------------------------------------------------------------------------------
+# Constraints on single values, in the manner of scikit-learn's ``_parameter_constraints``:
+# each says what it allows (for messages and docs) and turns a valid value into its canonical
+# type. Rules that relate several fields stay in :func:`_resolve`.
 
 
-def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        kind = "an integer" if integer else "a number"
-        raise SpecError(name, value, f"{kind} ({VOCABULARY[name]})")
-    if not math.isfinite(float(value)):
-        raise SpecError(name, value, f"a finite number ({VOCABULARY[name]})")
-    if integer:
-        if float(value) != math.floor(float(value)):
-            raise SpecError(name, value, f"an integer ({VOCABULARY[name]})")
-        return int(value)
-    return float(value)
+def _kind_error(name: str, value: Any, kind: str, doc: str) -> SpecError:
+    return SpecError(name, value, f"{kind} ({doc})")
 
 
-def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in options:
-        raise SpecError(name, value, "one of " + ", ".join(repr(o) for o in options))
-    return value
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of strings."""
+
+    choices: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def check(self, name: str, value: Any, doc: str) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise SpecError(name, value, "one of " + ", ".join(repr(o) for o in self.choices))
+        return value
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A finite number (``integer``: a whole one, returned as ``int``) in an interval."""
+
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"  # which ends belong to the interval: both | left | right | neither
+    integer: bool = False
+    high_text: str | None = None  # how to print ``high`` (2^53 rather than 9007199254740992)
+    note: str = ""  # added to the range in messages, e.g. "(0 is the orthogonal frame)"
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        lo_in = self.closed in ("both", "left")
+        hi_in = self.closed in ("both", "right")
+        high = self.high_text or (f"{self.high:g}" if self.high is not None else None)
+        if self.low is not None and self.high is not None:
+            text = (f"{kind} in {'[' if lo_in else '('}{self.low:g}, {high}"
+                    f"{']' if hi_in else ')'}")
+        elif self.low is not None:
+            text = f"{kind} {'>=' if lo_in else '>'} {self.low:g}"
+        elif self.high is not None:
+            text = f"{kind} {'<=' if hi_in else '<'} {high}"
+        else:
+            text = kind
+        return f"{text} {self.note}".rstrip()
+
+    def check(self, name: str, value: Any, doc: str) -> float | int:
+        number = (int, float, np.integer, np.floating)
+        if isinstance(value, bool) or not isinstance(value, number):
+            raise _kind_error(name, value, "an integer" if self.integer else "a number", doc)
+        if not math.isfinite(float(value)):
+            raise _kind_error(name, value, "a finite number", doc)
+        if self.integer:
+            if float(value) != math.floor(float(value)):
+                raise _kind_error(name, value, "an integer", doc)
+            value = int(value)
+        else:
+            value = float(value)
+        lo_in = self.closed in ("both", "left")
+        hi_in = self.closed in ("both", "right")
+        if (self.low is not None and (value < self.low or (value == self.low and not lo_in))) \
+                or (self.high is not None
+                    and (value > self.high or (value == self.high and not hi_in))):
+            raise SpecError(name, value, self.describe())
+        return value
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A named activation or a Hermite table ``{p = a_p}`` (checked with the degree)."""
+
+    def describe(self) -> str:
+        return ("h<p>, relu, abs, tanh, erf, sigmoid, gelu, softplus, or a Hermite table "
+                "{p = a_p}")
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A symmetric positive definite matrix with unit diagonal (checked against k)."""
+
+    def describe(self) -> str:
+        return "a k x k Gram matrix (list of rows)"
+
+
+#: Marks a parameter that has no default.
+REQUIRED_VALUE = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a sweep point: everything mimflow knows about it, in one place."""
+
+    name: str
+    constraint: Options | Interval | Activation | Matrix
+    default: Any
+    doc: str
+    #: Where a spec file may set it: ``model`` ([params], [grid], [[zip]]) or ``observe``
+    #: (also [observe], the integration and observation settings).
+    section: str = "model"
+    #: Its name as a store coordinate, where the parameter's own name is taken.
+    store_name: str | None = None
+    #: How the default is worked out when it depends on other fields (``default`` is None).
+    derived: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED_VALUE
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.constraint, Interval) and self.constraint.integer
+
+    def check(self, value: Any) -> Any:
+        """``value`` validated on its own and in canonical type (:class:`SpecError` if not)."""
+        return self.constraint.check(self.name, value, self.doc)
+
+
+#: The parameter table. Defaults, the vocabulary (messages, ``mimflow parameters``, the
+#: README), integer rounding of value helpers, spec sections and store names derive from it.
+PARAMETERS: tuple[Param, ...] = (
+    Param("loss", Options(("correlation", "mse")), "correlation",
+          "correlation (the neurons decouple) or mse (the neurons interact)",
+          store_name="loss_type"),  # `loss` is the data variable of the final loss
+    Param("teacher", Activation(), REQUIRED_VALUE,
+          "target activation"),
+    Param("student", Activation(), None, "student activation", derived="the teacher"),
+    Param("d", Interval(1, D_MAX, integer=True, high_text="2^53"), REQUIRED_VALUE,
+          "ambient dimension (at least k)"),
+    Param("k", Interval(1, K_MAX, integer=True), REQUIRED_VALUE,
+          "number of index vectors"),
+    Param("n", Interval(1, None, integer=True), None, "number of student neurons",
+          derived="ceil(gamma k) with gamma, else 1"),
+    Param("gamma", Interval(0, None, closed="neither", note="(n = ceil(gamma k))"), None,
+          "alternative to n: n = ceil(gamma k)"),
+    Param("beta", Interval(0.0, 1.0, closed="left", note="(0 is the orthogonal frame)"), None,
+          "dot product of the equiangular index vectors", derived="0 unless gram is given"),
+    Param("gram", Matrix(), None,
+          "explicit k x k Gram matrix of the index vectors (instead of beta)"),
+    Param("init", Options(("uniform", "positive", "uncollected")), "uniform",
+          "initial law: uniform on the sphere, positive overlaps, or v_k collected by none"),
+    Param("method", Options(("flow", "gd")), "flow",
+          "flow (gradient flow) or gd (projected gradient descent)"),
+    Param("lr", Interval(0, None, closed="neither", note="(learning rate of method gd)"),
+          None, "learning rate of method gd", derived=f"{DEFAULT_LR} with method gd"),
+    Param("backend", Options(("reduced", "full")), "reduced",
+          "reduced (exact, any d) or full (explicit d-vectors, for validation)"),
+    Param("degree", Interval(1, MAX_DEGREE, integer=True), DEFAULT_DEGREE,
+          "Hermite truncation degree of both activations"),
+    # Its upper end, sqrt(lambda_max(A)), depends on the frame: checked in _resolve.
+    Param("escape_threshold", Interval(note="in (0, sqrt(lambda_max(A)))"), 0.5,
+          "escape when ‖u‖₂ first reaches this value", section="observe"),
+    Param("t_max", Interval(0, None, closed="neither"), 1e12, "time limit",
+          section="observe"),
+    Param("rtol", Interval(0, 1e-2, closed="right"), 1e-8,
+          "relative tolerance of the integrator", section="observe"),
+    Param("atol", Interval(0, None, closed="neither"), 1e-12,
+          "absolute tolerance of the integrator", section="observe"),
+    Param("gtol", Interval(0, None, closed="neither"), 1e-6,
+          "convergence when the spherical gradient norm falls below this, after escape",
+          section="observe"),
+    Param("max_steps", Interval(1, None, integer=True), 1_000_000,
+          "limit on accepted steps", section="observe"),
+)
+
+#: Parameters by name.
+PARAMS: dict[str, Param] = {p.name: p for p in PARAMETERS}
+#: Defaults, filled in before anything is validated (``None``: derived from other fields).
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS if not p.required}
+REQUIRED = tuple(p.name for p in PARAMETERS if p.required)
+#: Every parameter a point may carry, with a one-line description (messages and docs).
+VOCABULARY: dict[str, str] = {p.name: p.doc for p in PARAMETERS}
+#: Parameters whose values are integers (value helpers round to them).
+INTEGER_PARAMS = frozenset(p.name for p in PARAMETERS if p.integer)
+#: Parameters whose single value is itself a list (a list of them is not a sweep).
+MATRIX_PARAMS = frozenset(p.name for p in PARAMETERS if isinstance(p.constraint, Matrix))
+#: Parameters whose single value may be a table (a Hermite mixture such as {3 = 1.0}).
+TABLE_PARAMS = frozenset(p.name for p in PARAMETERS if isinstance(p.constraint, Activation))
+#: Parameters a spec may also set in [observe].
+OBSERVE_PARAMS = tuple(p.name for p in PARAMETERS if p.section == "observe")
+#: Store coordinate names that differ from the parameter's name.
+RENAMED = {p.name: p.store_name for p in PARAMETERS if p.store_name}
+LOSSES = PARAMS["loss"].constraint.choices
+METHODS = PARAMS["method"].constraint.choices
+BACKENDS = PARAMS["backend"].constraint.choices
+
+
+def describe_parameters() -> str:
+    """The parameter table as Markdown: name, default, what is allowed, meaning (README)."""
+    rows = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
+    for p in PARAMETERS:
+        default = ("required" if p.required else p.derived or "none" if p.default is None
+                   else f"`{p.default:g}`" if isinstance(p.default, float) else f"`{p.default}`")
+        where = " (also in [observe])" if p.section == "observe" else ""
+        rows.append(f"| `{p.name}`{where} | {default} | {p.constraint.describe()} | {p.doc} |")
+    return "\n".join(rows) + "\n"
 
 
 @dataclass(frozen=True)
@@ -221,29 +354,24 @@ def resolve_point(point: Mapping[str, Any] | Point, *, source: str | None = None
 
 
 def _resolve(raw: dict[str, Any]) -> Point:
-    unknown = sorted(set(raw) - set(VOCABULARY))
+    unknown = sorted(set(raw) - set(PARAMS))
     if unknown:
         raise SpecError(unknown[0], raw[unknown[0]],
-                        "a known parameter name: " + ", ".join(sorted(VOCABULARY)))
+                        "a known parameter name: " + ", ".join(sorted(PARAMS)))
     for name in REQUIRED:
         if raw.get(name) is None:
             raise SpecError(name, None, f"a value: {name} is required ({VOCABULARY[name]})")
+    # Defaults first, then every value on its own (the table), then the combinations.
     p = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    v = {name: PARAMS[name].check(value) for name, value in p.items()
+         if value is not None and isinstance(PARAMS[name].constraint, Options | Interval)}
 
-    loss = _choice("loss", p["loss"], LOSSES)
-    degree = _number("degree", p["degree"], integer=True)
-    if not 1 <= degree <= MAX_DEGREE:
-        raise SpecError("degree", degree, f"an integer in [1, {MAX_DEGREE}]")
+    degree = v["degree"]
     teacher = canonical_activation_name(p["teacher"], "teacher", degree)
     student = canonical_activation_name(
         p["student"] if p["student"] is not None else p["teacher"], "student", degree)
 
-    k = _number("k", p["k"], integer=True)
-    if not 1 <= k <= K_MAX:
-        raise SpecError("k", k, f"an integer in [1, {K_MAX}]")
-    d = _number("d", p["d"], integer=True)
-    if not 1 <= d <= D_MAX:
-        raise SpecError("d", d, "an integer in [1, 2^53]")
+    k, d = v["k"], v["d"]
     if d < k:
         raise SpecError("d", d, f"an integer >= k = {k} (k index vectors must fit in R^d)",
                         hint="raise d or lower k")
@@ -251,16 +379,8 @@ def _resolve(raw: dict[str, Any]) -> Point:
     if p["n"] is not None and p["gamma"] is not None:
         raise SpecError("n", p["n"], f"either n or gamma, not both (gamma = {p['gamma']!r})",
                         hint="drop one of them: n = ceil(gamma k)")
-    gamma = None
-    if p["gamma"] is not None:
-        gamma = _number("gamma", p["gamma"])
-        if gamma <= 0:
-            raise SpecError("gamma", gamma, "a number > 0 (n = ceil(gamma k))")
-        n = max(1, math.ceil(gamma * k - 1e-9))
-    else:
-        n = _number("n", p["n"] if p["n"] is not None else 1, integer=True)
-        if n < 1:
-            raise SpecError("n", n, "an integer >= 1")
+    gamma = v.get("gamma")
+    n = max(1, math.ceil(gamma * k - 1e-9)) if gamma is not None else v.get("n", 1)
 
     beta, gram = None, None
     if p["gram"] is not None:
@@ -272,42 +392,23 @@ def _resolve(raw: dict[str, Any]) -> Point:
             raise SpecError("gram", p["gram"], f"a {k} x {k} matrix (k = {k})")
         gram = tuple(tuple(float(x) for x in row) for row in A)
     else:
-        beta = _number("beta", p["beta"] if p["beta"] is not None else 0.0)
-        if not 0.0 <= beta < 1.0:
-            raise SpecError("beta", beta, "a number in [0, 1) (0 is the orthogonal frame)")
+        beta = v.get("beta", 0.0)
         A = equiangular_gram(k, beta)
 
-    init = _choice("init", p["init"], INITS)
+    init, method, backend = v["init"], v["method"], v["backend"]
     if init == "uncollected" and k < 2:
         raise SpecError("init", init, "'uncollected' needs k >= 2 (there is one index vector)")
-    method = _choice("method", p["method"], METHODS)
-    lr = None
-    if method == "gd":
-        lr = _number("lr", p["lr"] if p["lr"] is not None else DEFAULT_LR)
-        if lr <= 0:
-            raise SpecError("lr", lr, "a number > 0 (learning rate of method gd)")
-    backend = _choice("backend", p["backend"], BACKENDS)
+    lr = v.get("lr", DEFAULT_LR) if method == "gd" else None
     if backend == "full" and d > FULL_D_MAX:
         raise SpecError("d", d, f"d <= {FULL_D_MAX} with backend 'full' (explicit d-vectors)",
                         hint="use backend = 'reduced', which is exact for any d")
 
-    threshold = _number("escape_threshold", p["escape_threshold"])
+    threshold = v["escape_threshold"]
     reach = max_overlap_norm(A)
     if not 0 < threshold < reach:
         raise SpecError("escape_threshold", threshold,
                         f"a number in (0, {reach:.6g}) (||u||_2 <= sqrt(lambda_max(A)))")
-    t_max = _number("t_max", p["t_max"])
-    if t_max <= 0:
-        raise SpecError("t_max", t_max, "a number > 0")
-    rtol = _number("rtol", p["rtol"])
-    if not 0 < rtol <= 1e-2:
-        raise SpecError("rtol", rtol, "a number in (0, 0.01]")
-    atol = _number("atol", p["atol"])
-    if atol <= 0:
-        raise SpecError("atol", atol, "a number > 0")
-    gtol = _number("gtol", p["gtol"])
-    if gtol <= 0:
-        raise SpecError("gtol", gtol, "a number > 0")
+    rtol, gtol = v["rtol"], v["gtol"]
     if method == "flow" and gtol < GTOL_OVER_RTOL * rtol:
         raise SpecError(
             "gtol", gtol,
@@ -315,12 +416,9 @@ def _resolve(raw: dict[str, Any]) -> Point:
             hint="the converged state jitters at the integrator's accuracy, so a smaller gtol "
                  "is never reached: raise gtol or lower rtol",
         )
-    max_steps = _number("max_steps", p["max_steps"], integer=True)
-    if max_steps < 1:
-        raise SpecError("max_steps", max_steps, "an integer >= 1")
     return Point(
-        loss=loss, teacher=teacher, student=student, d=d, k=k, n=n, beta=beta, gram=gram,
+        loss=v["loss"], teacher=teacher, student=student, d=d, k=k, n=n, beta=beta, gram=gram,
         init=init, method=method, lr=lr, backend=backend, degree=degree,
-        escape_threshold=threshold, t_max=t_max, rtol=rtol, atol=atol, gtol=gtol,
-        max_steps=max_steps, gamma=gamma,
+        escape_threshold=threshold, t_max=v["t_max"], rtol=rtol, atol=v["atol"], gtol=gtol,
+        max_steps=v["max_steps"], gamma=gamma,
     )
