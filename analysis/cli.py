@@ -33,7 +33,7 @@ OUT/tables/*.csv, OUT/figures/*.png|pdf and OUT/report.md.
 
 def add_commands(sub, positive, fmt) -> None:
     """Add the analysis subcommands to the ``mimflow`` subparsers ``sub``."""
-    from pipeline.cli import add_storage_option
+    from pipeline.cli import add_skip_damaged, add_storage_option
 
     an = sub.add_parser("analyze", help="estimates from a store, as tables",
                         description="Run every estimator that applies to a store (escape-time "
@@ -44,6 +44,7 @@ def add_commands(sub, positive, fmt) -> None:
     an.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     an.add_argument("--out", metavar="DIR", help="also write each table as DIR/<name>.csv")
     add_storage_option(an)
+    add_skip_damaged(an)
 
     fg = sub.add_parser("figures", help="draw the figures of existing stores",
                         description="Draw the paper's figures (and the extensions) from stores "
@@ -55,6 +56,7 @@ def add_commands(sub, positive, fmt) -> None:
     fg.add_argument("--out", metavar="DIR", default="results/figures",
                     help="output folder (default: results/figures)")
     add_storage_option(fg, "The same options serve every --store")
+    add_skip_damaged(fg)
 
     rp = sub.add_parser("reproduce", help="the main job: every paper sweep, tables, figures, "
                                           "report",
@@ -73,19 +75,26 @@ def add_commands(sub, positive, fmt) -> None:
 def run_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Dispatch one analysis command; returns the exit code."""
     if args.command == "analyze":
-        return _analyze(args, out)
+        return _analyze(args, out, err)
     if args.command == "figures":
-        return _figures(args, out)
+        return _figures(args, out, err)
     return _reproduce(args, err)
 
 
-def _analyze(args: argparse.Namespace, out: TextIO) -> int:
+def _reading(args: argparse.Namespace, err: TextIO) -> dict:
+    """How a reading command opens stores: what to do with damaged blocks, where warnings go."""
+    return {"damaged": "skip" if args.skip_damaged else "raise",
+            "warn": lambda text: err.write(f"mimflow {args.command}: warning: {text}\n")}
+
+
+def _analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.cli import storage_options
     from pipeline.store import open_results
 
     from .reproduce import analyze
 
-    ds = open_results(args.store, storage_options=storage_options(args.storage_option)).load()
+    ds = open_results(args.store, storage_options=storage_options(args.storage_option),
+                      **_reading(args, err)).load()
     tables = analyze(ds)
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_rows", 500):
@@ -100,7 +109,7 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _figures(args: argparse.Namespace, out: TextIO) -> int:
+def _figures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.cli import storage_options
     from pipeline.store import open_results
 
@@ -112,7 +121,7 @@ def _figures(args: argparse.Namespace, out: TextIO) -> int:
     folder = Path(args.out)
     written = []
     for path in paths:
-        ds = open_results(path, storage_options=options)
+        ds = open_results(path, storage_options=options, **_reading(args, err))
         name = spec_name(ds)
         if name not in FIGURES:
             out.write(f"{path}: sweep {name!r} has no figure builder (known: "

@@ -50,6 +50,14 @@ examples:
   mimflow status example.zarr
   mimflow status s3://bucket/example.zarr --storage-option endpoint_url=http://127.0.0.1:9000
 """
+_VERIFY_EXAMPLES = """\
+examples:
+  mimflow verify example.zarr              # every chunk of every done block, by checksum
+  mimflow verify example.zarr --repair     # set damaged blocks aside, then re-run the spec
+
+Exit codes: 0 healthy (or repaired), 1 damage found (nothing changed without --repair),
+2 not a store or cannot be repaired, 3 the store is being written by another live run.
+"""
 _QUERY_EXAMPLES = """\
 examples:
   mimflow query example.zarr                              # median escape time per point
@@ -124,6 +132,23 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     add_storage_option(st)
 
+    vf = sub.add_parser("verify", help="check every block of a store, optionally repair",
+                        description="Check a store: every chunk of every block marked done "
+                                    "against the checksum the block recorded (stores written "
+                                    "before checksums: that every chunk decodes), ledger "
+                                    "markers, bookkeeping files and temporary files left by "
+                                    "killed writers. Lists damaged blocks by point and seed "
+                                    "range. With --repair, their markers are set aside (kept "
+                                    "under _mimflow/damaged/) so that re-running the spec "
+                                    "computes exactly those blocks again; nothing else is "
+                                    "deleted but temporary files.",
+                        epilog=_VERIFY_EXAMPLES, formatter_class=fmt)
+    vf.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    vf.add_argument("--repair", action="store_true",
+                    help="set damaged blocks aside for the next run, remove temporary files, "
+                         "write a missing initialized.json again when the arrays match")
+    add_storage_option(vf)
+
     q = sub.add_parser("query", help="summary statistics from a store",
                        description="Reduce one variable over seeds and neurons, per point "
                                    "or per group of points. Padding, missing blocks and NaN "
@@ -142,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="group by these parameters (default: every swept parameter)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="output format (default: table)")
+    add_skip_damaged(q)
 
     from analysis.cli import add_commands
 
@@ -156,6 +182,14 @@ def add_storage_option(parser: argparse.ArgumentParser, note: str = "") -> None:
                         help="fsspec option of the store, e.g. endpoint_url=http://host:9000 "
                              "(repeatable; VALUE is JSON or text; a.b=v sets a nested key)"
                              + (f". {note}" if note else ""))
+
+
+def add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+    """Add ``--skip-damaged`` to a command that reads a store's data."""
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="read a store with damaged blocks (see `mimflow verify`) as if "
+                             "they were never computed, with a warning naming them (default: "
+                             "refuse, exit 2)")
 
 
 def _positive(text: str) -> int:
@@ -228,11 +262,24 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
             return _validate(args, out)
         if args.command == "status":
             return _status(args, out)
-        if args.command == "query":
-            return _query(args, out, err)
-        from analysis.cli import run_command
+        if args.command == "verify":
+            return _verify(args, out, err)
+        try:
+            if args.command == "query":
+                return _query(args, out, err)
+            from analysis.cli import run_command
 
-        return run_command(args, out, err)
+            return run_command(args, out, err)
+        except (SpecError, StoreLocked, OSError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a damaged chunk fails in a codec that names no chunk
+            if args.command not in ("query", "analyze", "figures"):
+                raise
+            from .verify import explain_read_error
+
+            paths = [args.store] if isinstance(args.store, str) else (args.store or [])
+            explain_read_error(paths, storage_options(args.storage_option), e)
+            raise
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
@@ -346,21 +393,26 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def status_text(path: str, options: dict | None = None) -> str:
-    """What ``mimflow status`` prints: blocks done/total, status counts, provenance
-    (``options``: fsspec storage options of the store)."""
+    """What ``mimflow status`` prints: blocks done/total, status counts, provenance, and
+    what a quick look finds damaged (``options``: fsspec storage options of the store)."""
     from . import ledger
     from .store import STATUS_FLAGS, open_store
+    from .verify import inspect
 
     ref, attrs = open_store(path, options)
-    records = ledger.done_records(ref)
+    health = inspect(ref, attrs)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
-    ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
-    done = [i for i in ids if i in records]
+    ids = health.block_ids
+    done = [i for i in ids if i in health.done] if not health.initialized else []
     counts: Counter = Counter()
     for i in done:
-        counts.update(records[i].get("status_counts", {}))
+        counts.update(health.done[i].get("status_counts", {}))
     order = [STATUS_FLAGS[k] for k in sorted(STATUS_FLAGS) if k >= 0]
-    versions = json.loads(attrs.get("versions", "{}"))
+    try:
+        versions = json.loads(attrs.get("versions", "{}"))
+        versions = versions if isinstance(versions, dict) else {}
+    except (json.JSONDecodeError, TypeError):
+        versions = {}
     lines = [
         f"store:     {ref.url}",
         f"sweep:     {attrs.get('name')!r}"
@@ -379,9 +431,17 @@ def status_text(path: str, options: dict | None = None) -> str:
         last = runs[-1]
         lines.append(f"runs:      {len(runs)} (last {last.get('run')}: computed "
                      f"{len(last.get('computed', []))}, failed {len(last.get('failed', []))})")
-    missing = [i for i in ids if i not in records]
+    missing = health.missing
     if missing:
         lines.append(f"missing:   {len(missing)} blocks, e.g. " + ", ".join(missing[:5]))
+    for problem in health.problems(limit=10):
+        lines.append(f"DAMAGED:   {problem}")
+    if not health.healthy:
+        lines.append(f"           (run `mimflow verify {ref.url} --repair`, then the spec "
+                     "again)")
+    if health.temporaries:
+        lines.append(f"temporary: {len(health.temporaries)} files left by killed writers "
+                     "(removed by the next run or `mimflow verify --repair`)")
     for w in json.loads(attrs.get("warnings", "[]")):
         lines.append(f"warning:   {w}")
     return "\n".join(lines) + "\n"
@@ -392,6 +452,50 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import time
+
+    from .execute import new_run_id
+    from .lock import RunLock
+    from .store import open_store
+    from .verify import inspect, repair
+
+    ref, attrs = open_store(args.store, storage_options(args.storage_option))
+    t0 = time.perf_counter()
+    if not args.repair:
+        health = inspect(ref, attrs, full=True)
+    else:  # under the run lock: no run writes while markers are set aside
+        with RunLock(ref, f"verify-{new_run_id()}"):
+            health = inspect(ref, attrs, full=True)
+            actions = repair(ref, health) if not health.healthy or health.temporaries else []
+    seconds = time.perf_counter() - t0
+    out.write(f"store:     {ref.url}\n"
+              f"checked:   {len(health.done) + len(health.damaged)} done blocks of "
+              f"{len(health.block_ids)} in {seconds:.1f} s (checksums; stores written before "
+              "checksums: decoding)\n")
+    if health.missing:
+        out.write(f"missing:   {len(health.missing)} blocks never completed (a run computes "
+                  "them)\n")
+    for problem in health.problems():
+        out.write(f"DAMAGED:   {problem}\n")
+    for path in health.temporaries if not args.repair else []:
+        out.write(f"temporary: {path}\n")
+    if args.repair:
+        for line in actions:
+            out.write(f"repaired:  {line}\n")
+        if actions and not health.healthy:
+            out.write(f"next:      mimflow run {attrs.get('spec_file')} --store {ref.url}   "
+                      "# computes the blocks set aside\n")
+        out.write("result:    " + ("healthy\n" if health.healthy else "repaired\n"))
+        return EXIT_OK
+    if health.healthy and not health.temporaries:
+        out.write("result:    healthy\n")
+        return EXIT_OK
+    out.write(f"result:    damaged; `mimflow verify {ref.url} --repair` sets the damaged "
+              "blocks aside for the next run\n")
+    return EXIT_MISSING
+
+
 def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .query import format_result, parse_stat, parse_where, query
     from .store import open_results
@@ -399,7 +503,10 @@ def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     where = parse_where(args.where)
     parse_stat(args.stat)  # bad input fails before the store is opened
     options = storage_options(args.storage_option)
-    result = query(open_results(args.store, storage_options=options), where=where,
+    ds = open_results(args.store, storage_options=options,
+                      damaged="skip" if args.skip_damaged else "raise",
+                      warn=lambda text: err.write(f"mimflow query: warning: {text}\n"))
+    result = query(ds, where=where,
                    var=args.var, stat=args.stat, by=args.by)
     if not result.rows:
         err.write("mimflow query: no point matches the conditions\n")

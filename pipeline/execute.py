@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from . import _testhooks, ledger
+from . import _testhooks, ledger, verify
 from . import store as zstore
-from .errors import SpecError
+from .errors import DamagedFile, SpecError
 from .ledger import StoreRef
 from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .progress import Progress
@@ -74,6 +74,9 @@ class BlockTask:
     store_id: str | None = None
     """The store incarnation the block belongs to (``store_id`` of its ``initialized``
     marker): a block never writes into a store that was replaced after it was submitted."""
+    recompute: bool = False
+    """Compute and write the block even if its ledger marker says it is done (its data was
+    found damaged, or its marker is)."""
 
     @property
     def label(self) -> str:
@@ -116,8 +119,9 @@ def run_block(task: BlockTask) -> dict[str, Any]:
     try:
         _testhooks.before_block(task.block_id)
         _check_store_id(task)
-        existing = ledger.get_json(task.store, ledger.marker(task.block_id))
-        if existing is not None and "status_counts" in existing:
+        existing = None if task.recompute else \
+            ledger.get_json(task.store, ledger.marker(task.block_id))
+        if existing is not None and isinstance(existing.get("status_counts"), dict):
             existing.pop("block", None)  # the same record as the execution that wrote it
             return existing
         with warnings.catch_warnings(record=True) as caught:
@@ -130,13 +134,16 @@ def run_block(task: BlockTask) -> dict[str, Any]:
         _check_store_id(task)
         zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
                            ds)
+        # What was stored, read back: the ledger's record of this block's integrity.
+        chunks = verify.stored_chunks(task.store, (v.name for v in task.layout.variables),
+                                      task.point_index, task.start, task.layout.block_seeds)
         _testhooks.after_write(task.block_id)
         status = ds["status"].values
         counts = {zstore.STATUS_FLAGS[int(s)]: int(c)
                   for s, c in zip(*np.unique(status, return_counts=True), strict=True)}
         record = {
             "point": task.point_index, "point_hash": task.point_hash,
-            "seeds": [task.start, task.stop], "status_counts": counts,
+            "seeds": [task.start, task.stop], "status_counts": counts, "chunks": chunks,
             "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
@@ -151,8 +158,10 @@ def run_block(task: BlockTask) -> dict[str, Any]:
 
 def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
               skip: set[str] | frozenset[str] = frozenset(),
-              store_id: str | None = None) -> list[BlockTask]:
-    """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``."""
+              store_id: str | None = None,
+              recompute: set[str] | frozenset[str] = frozenset()) -> list[BlockTask]:
+    """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``; those in
+    ``recompute`` are computed even though their marker says done."""
     out = []
     for block in spec.blocks:
         if block.id in skip:
@@ -160,7 +169,8 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
         sp = spec.points[block.point_index]
         out.append(BlockTask(ref, layout, block.id, block.point_index, sp.point.hash,
                              sp.params, spec.describe_point(block.point_index), block.start,
-                             block.stop, spec.root_seed, run_id, store_id))
+                             block.stop, spec.root_seed, run_id, store_id,
+                             block.id in recompute))
     return out
 
 
@@ -250,19 +260,26 @@ def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
     ``"resume"`` (a store of this very spec). Raises :class:`SpecError` for a store of
     another spec (unless ``overwrite``) and, always, for anything that is not a mimflow
     store: ``--overwrite`` never deletes data mimflow did not write.
+
+    Without ``overwrite`` nothing that holds data is ever replaced: a store whose
+    ``initialized.json`` is missing or damaged (copied with another tool, or damaged) is
+    refused when it holds any block chunk or ledger marker, with the ways out. Only a
+    creation that mimflow itself interrupted (``creating.json``, written before it deletes
+    anything) or one that left metadata and nothing else is created again.
     """
+    creating = _has(ref, ledger.CREATING)
     attrs = zstore.read_attrs(ref)
     if attrs is None:
-        if ref.exists() and not _is_empty_dir(ref):
-            raise SpecError("store", ref.url, "a new location or an existing mimflow store",
-                            hint="something else is there; choose another --store")
-        return "create"
+        if creating or not ref.exists() or _is_empty_dir(ref):
+            return "create"
+        raise SpecError("store", ref.url, "a new location or an existing mimflow store",
+                        hint="something else is there; choose another --store")
     if "mimflow_layout" not in attrs:
         raise SpecError("store", ref.url, "a new location or an existing mimflow store",
                         hint="a zarr store not written by mimflow is there; choose another "
                              "--store (--overwrite does not delete foreign data)")
-    if overwrite:
-        return "create"
+    if overwrite or creating:
+        return "create"  # asked for, or a creation (maybe an --overwrite) was interrupted
     if attrs.get("spec_hash") != spec.hash:
         raise SpecError(
             "store", ref.url,
@@ -270,10 +287,52 @@ def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
             hint=f"it holds sweep {attrs.get('name')!r} (spec hash {attrs.get('spec_hash')}, "
                  f"created {attrs.get('created')}); pass --overwrite to replace it or "
                  "--store to write elsewhere")
-    init = ledger.get_json(ref, ledger.INITIALIZED)
-    if init is None or init.get("spec_hash") != spec.hash:
-        return "create"  # creation was interrupted before the metadata was complete
+    ways_out = (f"run `mimflow verify {ref.url} --repair` to check it and adopt it, pass "
+                "--overwrite to discard it, or --store to write elsewhere")
+    try:
+        init = ledger.read_json(ref, ledger.INITIALIZED)
+    except DamagedFile as e:
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"its bookkeeping file {e.path} {e.problem}; {ways_out}"
+                        ) from None
+    if init is None:
+        held = _held_data(ref)
+        if not held:
+            return "create"  # creation was interrupted before the metadata was complete
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"it holds {held} but no {ledger.INITIALIZED} (a copy made "
+                             "without mimflow's _mimflow folder, or a damaged store), so "
+                             f"nothing says which of its blocks are complete; {ways_out}")
+    if init.get("spec_hash") != spec.hash:
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"its {ledger.INITIALIZED} names spec hash "
+                             f"{init.get('spec_hash')!r}, its attributes {spec.hash!r}; "
+                             f"{ways_out}")
     return "resume"
+
+
+def _has(ref: StoreRef, key: str) -> bool:
+    fs, root = ref.fs()
+    try:
+        return fs.exists(ref.path(key, root))
+    except OSError:
+        return False
+
+
+def _held_data(ref: StoreRef) -> str:
+    """What a store holds that a re-creation would delete (``"12 chunks of u0, ... and 8
+    ledger markers"``), or ``""`` when it holds only metadata."""
+    from .verify import chunk_sizes
+
+    names = [v.name for v in zstore.VARIABLES]
+    chunks = chunk_sizes(ref, names)
+    markers = ledger.done_ids(ref)
+    parts = []
+    if chunks:
+        parts.append(f"{len(chunks)} data chunks")
+    if markers:
+        parts.append(f"{len(markers)} ledger markers")
+    return " and ".join(parts)
 
 
 def _is_empty_dir(ref: StoreRef) -> bool:
@@ -460,8 +519,9 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     # Decided again under the lock: another run may have created or replaced the store
     # between the first look and now.
     action = check_store(spec, ref, overwrite=overwrite)
+    started = time.time()
     report = RunReport(run_id, ref.url, len(spec.blocks))
-    done = ledger.done_ids(ref) if action == "resume" else set()
+    done, recompute = _done_blocks(spec, ref, out) if action == "resume" else (set(), set())
     report.already_done = sum(b.id in done for b in spec.blocks)
     pending = len(spec.blocks) - report.already_done
     if action == "resume":
@@ -471,6 +531,7 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         out.write(f"mimflow: creating {ref.url}\n")
     t0 = time.perf_counter()
     if pending == 0:
+        _clean_temporaries(ref, started, out)
         zstore.consolidate(ref)
         out.write("mimflow: nothing to do, every block is in the store\n")
         return report
@@ -482,7 +543,8 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     else:
         layout = zstore.Layout.for_spec(spec)
     store_id = (ledger.get_json(ref, ledger.INITIALIZED) or {}).get("store_id")
-    tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id)
+    tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id,
+                      recompute=recompute)
     try:
         _execute(client, tasks, report, out, retries=retries, lock=lock)
     except KeyboardInterrupt:
@@ -495,6 +557,7 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
                   "blocks are kept\n")
         report.missing = _missing(spec, ref)
         return report
+    _clean_temporaries(ref, started, out)
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
     report.missing = _missing(spec, ref)
@@ -509,9 +572,47 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     return report
 
 
+def _done_blocks(spec: Spec, ref: StoreRef, out: TextIO) -> tuple[set[str], set[str]]:
+    """(done, recompute): blocks of ``spec`` whose marker is valid and whose chunks are all
+    there with the sizes they stored, and blocks to compute again although a marker exists
+    (a damaged marker, or data found missing or truncated); each of the latter is named."""
+    markers = ledger.read_markers(ref)
+    records = {b.id: markers.records[b.id] for b in spec.blocks if b.id in markers.records}
+    layout = zstore.Layout.for_spec(spec)
+    damaged = verify.quick_check(ref, [v.name for v in layout.variables], records,
+                                 spec.block_seeds)
+    blocks = {b.id: b for b in spec.blocks}
+    problems = [(i, f"its data is damaged: {why}") for i, why in sorted(damaged.items())]
+    problems += [(i, f"its ledger marker {why}") for i, why in sorted(markers.damaged.items())
+                 if i in blocks]
+    for n, (block_id, why) in enumerate(problems):
+        if n == 10:
+            out.write(f"mimflow: ... and {len(problems) - 10} more blocks to compute again\n")
+            break
+        b = blocks[block_id]
+        out.write(f"mimflow: warning: block {block_id} (point "
+                  f"{spec.describe_point(b.point_index)}; seeds {b.start}..{b.stop - 1}) is "
+                  f"computed again: {why}\n")
+    recompute = {i for i, _ in problems}
+    return set(records) - recompute, recompute
+
+
+def _clean_temporaries(ref: StoreRef, started: float, out: TextIO) -> None:
+    """Remove temporary files (``*.partial``) that writers killed before this run started
+    left in the store; younger ones may belong to a writer still finishing."""
+    removed = verify.remove_temporaries(ref, older_than=started)
+    if removed:
+        out.write(f"mimflow: removed {len(removed)} temporary files left by interrupted "
+                  "writers\n")
+
+
 def _missing(spec: Spec, ref: StoreRef) -> list[str]:
-    """Ids of the blocks of ``spec`` that have no completion marker (one ledger listing)."""
-    finished = ledger.done_ids(ref)
+    """Ids of the blocks of ``spec`` without a valid completion marker (nor found damaged
+    by a quick look at their chunks)."""
+    markers = ledger.read_markers(ref)
+    layout = zstore.Layout.for_spec(spec)
+    finished = set(markers.records) - set(verify.quick_check(
+        ref, [v.name for v in layout.variables], markers.records, spec.block_seeds))
     return [b.id for b in spec.blocks if b.id not in finished]
 
 

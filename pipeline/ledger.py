@@ -18,11 +18,19 @@ from typing import Any
 
 import fsspec
 
+from .errors import DamagedFile
+
 BOOK = "_mimflow"
 LEDGER = f"{BOOK}/ledger"
 RUNS = f"{BOOK}/runs"
 #: Written by the driver once the store's metadata and coordinates are complete.
 INITIALIZED = f"{BOOK}/initialized.json"
+#: Written by the driver *before* it deletes or creates anything (removed once the store is
+#: initialized): a store that holds it was being (re)created when its run was interrupted,
+#: so what is left there was already given up and may be created again.
+CREATING = f"{BOOK}/creating.json"
+#: Where ``mimflow verify --repair`` moves the markers of damaged blocks (kept, not deleted).
+SET_ASIDE = f"{BOOK}/damaged"
 
 
 @dataclass(frozen=True)
@@ -87,12 +95,43 @@ def put_json(ref: StoreRef, key: str, record: dict[str, Any]) -> None:
 
 
 def get_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
-    """The JSON object at ``key``, or ``None`` if it is missing or unreadable."""
-    fs, root = ref.fs()
+    """The JSON object at ``key``, or ``None`` if it is missing, unreadable or not an
+    object (see :func:`read_json` to tell those apart)."""
     try:
-        return json.loads(fs.cat_file(ref.path(key, root)))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_json(ref, key)
+    except DamagedFile:
         return None
+
+
+def read_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
+    """The JSON object at ``key``; ``None`` if there is no such file.
+
+    Raises :class:`~pipeline.errors.DamagedFile` naming the file when it exists but is not
+    a JSON object (empty, truncated, a list...).
+    """
+    fs, root = ref.fs()
+    path = ref.path(key, root)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedFile(path, "is a folder") from None
+    return parse_object(raw, path)
+
+
+def parse_object(raw: bytes, path: str) -> dict[str, Any]:
+    """``raw`` (the content of the file ``path``) as a JSON object, or
+    :class:`~pipeline.errors.DamagedFile`."""
+    if not raw.strip():
+        raise DamagedFile(path, "is empty")
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFile(path, f"is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def block_id(point_index: int, start: int) -> str:
@@ -131,22 +170,53 @@ def _done_ids(ref: StoreRef, fs: fsspec.AbstractFileSystem, root: str) -> set[st
 
 
 def done_records(ref: StoreRef) -> dict[str, dict[str, Any]]:
-    """Every completion marker, by block id (markers that cannot be read are skipped)."""
+    """Every valid completion marker, by block id (damaged markers are left out; see
+    :func:`read_markers`)."""
+    return read_markers(ref).records
+
+
+@dataclass
+class Markers:
+    """The ledger as read: valid completion records, and the markers that are damaged."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Block id -> the problem with its marker (its path and what is wrong)."""
+
+
+def read_markers(ref: StoreRef) -> Markers:
+    """Read every completion marker (one listing, one batched read).
+
+    A marker counts as *done* only if it is a JSON object with the block's ``status_counts``
+    (what :func:`pipeline.execute.run_block` writes); an empty, truncated or foreign marker is
+    reported in ``damaged``, so that the driver, ``status`` and ``verify`` agree on what is
+    done (the block is simply computed again).
+    """
     fs, root = ref.fs()
+    out = Markers()
     ids = sorted(_done_ids(ref, fs, root))
     if not ids:
-        return {}
+        return out
     paths = [ref.path(marker(i), root) for i in ids]
-    contents = fs.cat(paths, on_error="omit")
-    out = {}
+    contents = fs.cat(paths, on_error="return")
+    if not isinstance(contents, dict):  # a single path: fsspec returns the bytes
+        contents = {paths[0]: contents}
     for block_id, path in zip(ids, paths, strict=True):
-        raw = contents.get(path) if isinstance(contents, dict) else None
-        if raw is None:
+        raw = contents.get(path)
+        if isinstance(raw, BaseException) or raw is None:
+            if isinstance(raw, FileNotFoundError):  # deleted between listing and reading
+                continue
+            out.damaged[block_id] = f"{path} cannot be read ({raw!r})"
             continue
         try:
-            out[block_id] = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = parse_object(raw, path)
+        except DamagedFile as e:
+            out.damaged[block_id] = f"{path} {e.problem}"
             continue
+        if not isinstance(record.get("status_counts"), dict):
+            out.damaged[block_id] = f"{path} has no status_counts (not a completion record)"
+            continue
+        out.records[block_id] = record
     return out
 
 
@@ -166,7 +236,9 @@ def runs(ref: StoreRef) -> list[dict[str, Any]]:
     for name in names:
         if name.endswith(".json"):
             try:
-                out.append(json.loads(fs.cat_file(name)))
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue
+                record = json.loads(fs.cat_file(name))
+            except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a damaged run record is history, not data: skipped
+            if isinstance(record, dict):
+                out.append(record)
     return out
