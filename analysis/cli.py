@@ -127,7 +127,16 @@ def _figures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.write(f"{path}: sweep {name!r} has no figure builder (known: "
                       f"{', '.join(FIGURES)})\n")
             continue
-        written += FIGURES[name](ds.load(), folder)
+        try:
+            written += FIGURES[name](ds.load(), folder)
+        except KeyError as e:  # the paper sweep's name, another sweep's parameters
+            from pipeline.errors import SpecError
+
+            raise SpecError("store", path, f"a store of the paper sweep {name!r} (sweeps/paper/"
+                            f"{name}.toml), which has the parameter {e.args[0]!r}",
+                            hint="this store's sweep has the name but not that parameter: "
+                                 "rename its sweep, or draw it with `mimflow analyze`"
+                            ) from None
     written += F.figure6(folder) + F.figure_hessian(folder)
     for p in written:
         out.write(f"{p}\n")

@@ -1,8 +1,8 @@
-"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``, plus the analysis
-commands ``analyze``, ``figures`` and ``reproduce`` (``analysis/cli.py``).
+"""The ``mimflow`` command: ``run``, ``validate``, ``status``, ``verify`` and ``query``, plus
+the analysis commands ``analyze``, ``figures`` and ``reproduce`` (``analysis/cli.py``).
 
-Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
-store could not be written;
+Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume), the
+store could not be written, or ``verify`` found damage;
 2 bad input (an invalid spec, a store that may not be used, a bad argument), with nothing
 created or modified; 3 the store is being written by another live run (refused, nothing
 touched); 130 interrupted.
@@ -217,7 +217,7 @@ def _size(text: str) -> int:
 
     try:
         value = int(parse_bytes(text))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # 1e400 is inf bytes
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid SIZE = {text!r}: allowed is a memory "
@@ -315,6 +315,10 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
                             "tls://... (the embedded cluster listens on 127.0.0.1 only; "
                             "a cluster file configures its own security)")
         security = tls_security(*tls)
+    if (args.store or "").startswith("memory://"):
+        raise SpecError("--store", args.store, "a location the workers can reach (a path or "
+                        "an object-store URL)", hint="memory:// lives inside one process; "
+                        "the workers, separate processes, would each see an empty one")
     report = run_sweep(spec, args.store or f"{spec.name}.zarr", scheduler=args.scheduler,
                        cluster=args.cluster, security=security, workers=args.workers,
                        retries=DEFAULT_RETRIES if args.retries is None else args.retries,
@@ -340,7 +344,7 @@ def describe(spec) -> str:
         f"  points:        {len(spec.points)} (swept: {swept})",
         f"  trajectories:  {spec.n_trajectories} ({len(spec.points)} points x {spec.seeds} "
         f"seeds; {spec.n_neuron_trajectories} neuron paths)",
-        f"  blocks:        {len(spec.blocks)} ({per_point} per point, {spec.block_seeds} "
+        f"  blocks:        {spec.n_blocks} ({per_point} per point, {spec.block_seeds} "
         f"seeds each)",
         f"  memory/block:  ~{human_bytes(block_memory_bytes(spec, layout))} on a worker "
         f"(results {human_bytes(layout.block_nbytes())})",
@@ -360,7 +364,13 @@ def describe(spec) -> str:
 def memory_check(spec, args: argparse.Namespace) -> str:
     """The ``worker memory`` line of ``mimflow validate`` and, when a block does not fit, a
     warning with the largest ``block_seeds`` that does."""
-    from .execute import default_worker_memory, embedded_workers, human_bytes, memory_advice
+    from .execute import (
+        default_worker_memory,
+        embedded_workers,
+        human_bytes,
+        memory_advice,
+        memory_refusal,
+    )
 
     if args.memory_limit:
         limit, where = args.memory_limit, "--memory-limit"
@@ -376,6 +386,9 @@ def memory_check(spec, args: argparse.Namespace) -> str:
         n = embedded_workers(args.workers)
         limit = default_worker_memory(n)
         where = f"embedded cluster: this machine's memory over {n} workers"
+    refusal = memory_refusal(spec, limit, where)
+    if refusal is not None:
+        raise refusal
     line = f"  worker memory: {human_bytes(limit)} ({where})\n"
     advice = memory_advice(spec, limit, where)
     if advice:
@@ -386,7 +399,10 @@ def memory_check(spec, args: argparse.Namespace) -> str:
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
     from sweeps.spec import load_spec
 
+    from .execute import check_block_count
+
     spec = load_spec(args.spec)
+    check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
     out.write(describe(spec))
     out.write(memory_check(spec, args))
     return EXIT_OK

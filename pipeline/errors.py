@@ -62,6 +62,11 @@ class TruncationWarning(UserWarning):
     """The Hermite expansion truncated at the chosen degree drops a non-negligible tail."""
 
 
+class IgnoredSettingWarning(UserWarning):
+    """A setting that has no effect (``lr`` with ``method = "flow"``, snapshot times after
+    ``t_max``): said once, so that it is not mistaken for one that was used."""
+
+
 class DamagedFile(SpecError):
     """A bookkeeping file of a store (a ledger marker, ``initialized.json``, a lock record)
     exists but does not hold what mimflow writes there: it is named, with what to do."""

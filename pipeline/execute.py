@@ -188,6 +188,8 @@ def block_memory_bytes(spec: Spec, layout: zstore.Layout, block_seeds: int | Non
     width = max((p.point.d if p.point.backend == "full" else p.point.k + 1)
                 for p in spec.points)
     state = seeds * layout.n_max * width * 8
+    if any(p.point.loss == "mse" for p in spec.points):  # the Gram Q: n x n per seed
+        state += seeds * layout.n_max * layout.n_max * 8
     return 3 * layout.block_nbytes() + 4 * state
 
 
@@ -225,6 +227,41 @@ def memory_advice(spec: Spec, limit: int | None, where: str = "") -> str | None:
         text += ("even one seed per block does not fit: give each worker more memory (or "
                  "record fewer snapshot times)")
     return text
+
+
+def memory_refusal(spec: Spec, limit: int | None, where: str = "") -> SpecError | None:
+    """The error (to raise) when even one seed of a block needs more memory than a worker
+    with memory limit ``limit`` has at all: such a run could only die; ``None`` otherwise."""
+    if not limit:
+        return None
+    layout = zstore.Layout.for_spec(spec)
+    one = block_memory_bytes(spec, layout, 1)
+    if one <= limit:
+        return None
+    big = max(spec.points, key=lambda p: p.point.n * (p.point.d if p.point.backend == "full"
+                                                      else p.point.k + 1))
+    source = f" ({where})" if where else ""
+    return SpecError("block_seeds", spec.block_seeds,
+                     f"blocks that fit in a worker's memory limit {human_bytes(limit)}{source}",
+                     hint=f"even one seed needs ~{human_bytes(one)} (n padded to "
+                          f"{layout.n_max}, k to {layout.k_max}; the largest point is "
+                          f"{big.describe()}): lower n or the number of snapshot times, or "
+                          "give each worker more memory")
+
+
+#: Most blocks one sweep may have: the driver holds one task per block.
+MAX_BLOCKS = 2_000_000
+
+
+def check_block_count(spec: Spec) -> None:
+    """Refuse a sweep of more blocks than a driver can hold (:data:`MAX_BLOCKS`)."""
+    if spec.n_blocks > MAX_BLOCKS:
+        fewer = -(-spec.seeds * len(spec.points) // MAX_BLOCKS)
+        raise SpecError("block_seeds", spec.block_seeds,
+                        f"a block size that makes at most {MAX_BLOCKS} blocks (this sweep "
+                        f"has {spec.n_blocks})",
+                        hint=f"use block_seeds = {max(fewer, spec.block_seeds + 1)} or more",
+                        source=spec.source)
 
 
 def human_bytes(nbytes: float) -> str:
@@ -418,9 +455,10 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
         return
     n = embedded_workers(workers)
     # Loopback only: nothing outside this machine can submit code to these workers.
-    cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                            silence_logs=logging.ERROR)
+    with _children_ignore_sigint():
+        cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                silence_logs=logging.ERROR)
     client = Client(cluster_)
     out.write(f"mimflow: local cluster of {n} worker processes (1 thread each) at "
               f"{cluster_.scheduler_address}, dashboard {cluster_.dashboard_link}\n")
@@ -429,6 +467,25 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
     finally:
         client.close()
         cluster_.close()
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Start processes that ignore SIGINT (inherited through spawn: Python keeps an ignored
+    SIGINT ignored). Ctrl-C in a terminal signals the whole process group; the driver alone
+    handles it (cancels, closes the cluster, exits 130), instead of every worker printing
+    a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +551,7 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     path must be on a file system the workers share (or use an object-store URL).
     """
     out = out if out is not None else sys.stderr
+    check_block_count(spec)
     ref = StoreRef.parse(store, storage_options)
     # Before anything is started or written: a foreign store or another spec's is refused.
     check_store(spec, ref, overwrite=overwrite)
@@ -505,6 +563,11 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
     with _maybe_client(client, cluster, scheduler, security, workers, out) as cl:
+        # A point whose one seed exceeds a worker's memory could only kill workers: refused
+        # before the lock (whose folder would be the first trace in the store).
+        refusal = memory_refusal(spec, _worker_memory(cl), "of this cluster's workers")
+        if refusal is not None:
+            raise refusal
         # The lock is taken once the cluster is up (a cluster that cannot start leaves no
         # trace in the store) and before anything is written.
         with RunLock(ref, run_id, ttl=lock_ttl) as lock:

@@ -18,7 +18,7 @@ from typing import Any
 
 import fsspec
 
-from .errors import DamagedFile
+from .errors import DamagedFile, SpecError
 
 BOOK = "_mimflow"
 LEDGER = f"{BOOK}/ledger"
@@ -47,11 +47,24 @@ class StoreRef:
     @classmethod
     def parse(cls, path: str | os.PathLike, storage_options: dict | None = None) -> StoreRef:
         """Normalize ``path`` (a local path or an fsspec URL) into a :class:`StoreRef`."""
+        if not isinstance(path, str | os.PathLike):
+            raise SpecError("store", path, "a path or an fsspec URL (s3://bucket/x.zarr)")
         text = os.fspath(path)
         if text.startswith("file://"):
             text = text[len("file://"):]
         if "://" not in text:
             text = os.path.abspath(os.path.expanduser(text))
+        else:
+            protocol = text.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol.split("::")[-1])
+            except ValueError:
+                raise SpecError("store", text, "a local path or a URL of a protocol fsspec "
+                                "knows (s3://, gs://, abfs://, ...)",
+                                hint=f"{protocol!r} is not one") from None
+            except ImportError as e:
+                raise SpecError("store", text, "a URL whose fsspec backend is installed",
+                                hint=f"{e}") from None
         return cls(text, dict(storage_options or {}))
 
     @property

@@ -31,6 +31,11 @@ FULL_D_MAX = 100_000
 K_MAX = 4096
 #: d must be an exactly representable integer.
 D_MAX = 2**53
+#: Largest n accepted: a state of n neurons (n^2 + nk numbers with the MSE loss) per seed;
+#: beyond this no worker holds even one seed (the resource guard judges what fits below it).
+N_MAX = 1_000_000
+#: Largest max_steps accepted: the kernels count steps in int64.
+MAX_STEPS_MAX = 10**15
 #: The integrator cannot keep the gradient norm below ~ its relative accuracy: gtol must
 #: leave this margin above rtol (see DESIGN section 2).
 GTOL_OVER_RTOL = 10.0
@@ -88,7 +93,11 @@ def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         kind = "an integer" if integer else "a number"
         raise SpecError(name, value, f"{kind} ({VOCABULARY[name]})")
-    if not math.isfinite(float(value)):
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range
+        finite = False
+    if not finite:
         raise SpecError(name, value, f"a finite number ({VOCABULARY[name]})")
     if integer:
         if float(value) != math.floor(float(value)):
@@ -254,13 +263,14 @@ def _resolve(raw: dict[str, Any]) -> Point:
     gamma = None
     if p["gamma"] is not None:
         gamma = _number("gamma", p["gamma"])
-        if gamma <= 0:
-            raise SpecError("gamma", gamma, "a number > 0 (n = ceil(gamma k))")
+        if gamma <= 0 or gamma * k > N_MAX:
+            raise SpecError("gamma", gamma, f"a number > 0 and <= {N_MAX:g} / k (n = "
+                            f"ceil(gamma k) <= {N_MAX:g}; k = {k})")
         n = max(1, math.ceil(gamma * k - 1e-9))
     else:
         n = _number("n", p["n"] if p["n"] is not None else 1, integer=True)
-        if n < 1:
-            raise SpecError("n", n, "an integer >= 1")
+        if not 1 <= n <= N_MAX:
+            raise SpecError("n", n, f"an integer >= 1 and <= {N_MAX:g}")
 
     beta, gram = None, None
     if p["gram"] is not None:
@@ -316,8 +326,8 @@ def _resolve(raw: dict[str, Any]) -> Point:
                  "is never reached: raise gtol or lower rtol",
         )
     max_steps = _number("max_steps", p["max_steps"], integer=True)
-    if max_steps < 1:
-        raise SpecError("max_steps", max_steps, "an integer >= 1")
+    if not 1 <= max_steps <= MAX_STEPS_MAX:
+        raise SpecError("max_steps", max_steps, f"an integer >= 1 and <= {MAX_STEPS_MAX:g}")
     return Point(
         loss=loss, teacher=teacher, student=student, d=d, k=k, n=n, beta=beta, gram=gram,
         init=init, method=method, lr=lr, backend=backend, degree=degree,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,8 +19,8 @@ from .activations import (
     information_exponent,
     warn_assumptions,
 )
-from .errors import SpecError
-from .frames import explicit_frame
+from .errors import IgnoredSettingWarning, SpecError
+from .frames import _has_booleans, explicit_frame
 from .initial import (
     explicit_coupled_weights,
     explicit_weights,
@@ -52,15 +53,33 @@ def validate_snapshots(snapshots: Any, t_max: float) -> np.ndarray | None:
         return None
     if snapshots is True:
         return default_snapshot_times(t_max)
+    if isinstance(snapshots, str | bytes) or _has_booleans(snapshots):
+        raise SpecError("snapshots", snapshots, "a list of times >= 0")
     try:
-        times = np.asarray(snapshots, dtype=float).ravel()
-    except (TypeError, ValueError):
+        times = np.asarray(snapshots, dtype=float)
+    except (TypeError, ValueError, OverflowError):
         raise SpecError("snapshots", snapshots, "a list of times >= 0") from None
+    if times.ndim > 1:
+        raise SpecError("snapshots", snapshots, "a flat list of times >= 0 (not nested)")
+    times = times.ravel()
     if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0) \
             or np.any(np.diff(times) <= 0):
         raise SpecError("snapshots", snapshots, "a non-empty, strictly increasing list of "
                         "finite times >= 0")
     return times
+
+
+def late_snapshots(times: np.ndarray | None, t_max: float) -> str | None:
+    """A warning (text) when snapshot times lie after ``t_max``: they are never reached
+    (recorded as NaN); ``None`` when every time is within reach."""
+    if times is None or not np.any(times > t_max):
+        return None
+    late = times[times > t_max]
+    return (f"{late.size} of {times.size} snapshot times are after t_max = {t_max:g} (from "
+            f"{late[0]:g}): they are never reached and read as NaN")
+
+
+IGNORED_LR = "lr is ignored with method 'flow' (it is the step size of method 'gd')"
 
 
 def simulate(
@@ -103,10 +122,20 @@ def simulate(
         neuron2), the final student Gram ``W^T W``, and with snapshots ``loss_t`` (seed, time).
         ``u0`` equals the correlation point's ``u0`` for the same seed (common random numbers).
     """
+    if not isinstance(point, Mapping | Point):
+        raise SpecError("point", point, "a mapping of parameters such as {'teacher': 'h3', "
+                        "'d': 1000, 'k': 2}, or a pipeline.params.Point")
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
     root_seed = validate_root_seed(root_seed)
     times = validate_snapshots(snapshots, p.t_max)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise SpecError("threads", threads, "None (all cores) or an integer >= 1")
+    if isinstance(point, Mapping) and point.get("lr") is not None and p.method == "flow":
+        warnings.warn(IGNORED_LR, IgnoredSettingWarning, stacklevel=2)
+    if (late := late_snapshots(times, p.t_max)) is not None:
+        warnings.warn(late, IgnoredSettingWarning, stacklevel=2)
 
     teacher = get_activation(p.teacher, p.degree, field_name="teacher")
     student = get_activation(p.student, p.degree, field_name="student")

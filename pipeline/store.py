@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -136,12 +137,12 @@ class Layout:
 
     def block_nbytes(self) -> int:
         """Bytes of one block's results (one chunk of every variable)."""
-        return sum(int(np.prod(self.chunks(v))) * np.dtype(v.dtype).itemsize
+        return sum(math.prod(self.chunks(v)) * np.dtype(v.dtype).itemsize
                    for v in self.variables)
 
     def store_nbytes(self) -> int:
         """Bytes of all data variables, uncompressed (an upper bound on the store's size)."""
-        return sum(int(np.prod(self.shape(v))) * np.dtype(v.dtype).itemsize
+        return sum(math.prod(self.shape(v)) * np.dtype(v.dtype).itemsize
                    for v in self.variables)
 
 

@@ -322,9 +322,11 @@ def data_names(ref: StoreRef) -> list[str]:
     return [v.name for v in VARIABLES if fs.exists(ref.path(f"{v.name}/zarr.json", root))]
 
 
-def inspect(ref: StoreRef, attrs: dict[str, Any], *, full: bool = False) -> Health:
+def inspect(ref: StoreRef, attrs: dict[str, Any], *, full: bool = False,
+            leftovers: bool = True) -> Health:
     """Look at the store at ``ref`` (root attributes ``attrs``): ledger, chunks (sizes; with
-    ``full``, digests and decoding), temporaries and ``initialized.json``."""
+    ``full``, digests and decoding), ``initialized.json`` and, with ``leftovers``, temporary
+    files (one more walk of a local store)."""
     points, seeds, size = int(attrs["points"]), int(attrs["seeds"]), int(attrs["block_seeds"])
     ids = [ledger.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
     health = Health(ref.url, attrs, ids, full=full)
@@ -353,7 +355,7 @@ def inspect(ref: StoreRef, attrs: dict[str, Any], *, full: bool = False) -> Heal
     health.damaged = check
     health.done = {i: r for i, r in records.items() if i not in check}
     health.missing = [i for i in ids if i not in records and i not in health.bad_markers]
-    health.temporaries = temporaries(ref)
+    health.temporaries = temporaries(ref) if leftovers else []
     return health
 
 
@@ -389,7 +391,7 @@ def readable_damage(ref: StoreRef, attrs: dict[str, Any], *, skip: bool = False,
     creation was interrupted is refused either way: it is partly deleted."""
     from .errors import SpecError
 
-    health = inspect(ref, attrs)
+    health = inspect(ref, attrs, leftovers=False)
     fix = (f"run `mimflow verify {ref.url} --repair`, then the spec again "
            f"(`mimflow run {attrs.get('spec_file')} --store {ref.url}`) to recompute them")
     if health.initialized and _exists(ref, ledger.CREATING):
