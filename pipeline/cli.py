@@ -442,7 +442,7 @@ def status_text(path: str, options: dict | None = None) -> str:
         f"created:   {attrs.get('created')}, git {attrs.get('git_revision')}",
         "versions:  " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
-    runs = ledger.runs(ref)
+    runs, bad_runs = ledger.read_runs(ref)
     if runs:
         last = runs[-1]
         lines.append(f"runs:      {len(runs)} (last {last.get('run')}: computed "
@@ -455,6 +455,8 @@ def status_text(path: str, options: dict | None = None) -> str:
     if not health.healthy:
         lines.append(f"           (run `mimflow verify {ref.url} --repair`, then the spec "
                      "again)")
+    for problem in bad_runs:
+        lines.append(f"warning:   run record {problem} (ignored: it is history, not data)")
     if health.temporaries:
         lines.append(f"temporary: {len(health.temporaries)} files left by killed writers "
                      "(removed by the next run or `mimflow verify --repair`)")

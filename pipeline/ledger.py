@@ -239,19 +239,28 @@ def write_run(ref: StoreRef, run_id: str, record: dict[str, Any]) -> None:
 
 
 def runs(ref: StoreRef) -> list[dict[str, Any]]:
-    """Records of the runs on this store, oldest first."""
+    """Records of the runs on this store, oldest first (damaged ones left out; see
+    :func:`read_runs`)."""
+    return read_runs(ref)[0]
+
+
+def read_runs(ref: StoreRef) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records of the runs on this store, oldest first; the paths of run records that are
+    damaged). A run record is history, not data: a damaged one is reported, never fatal."""
     fs, root = ref.fs()
     try:
         names = sorted(fs.ls(ref.path(RUNS, root), detail=False))
     except FileNotFoundError:
-        return []
-    out = []
+        return [], []
+    out, damaged = [], []
     for name in names:
-        if name.endswith(".json"):
-            try:
-                record = json.loads(fs.cat_file(name))
-            except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-                continue  # a damaged run record is history, not data: skipped
-            if isinstance(record, dict):
-                out.append(record)
-    return out
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if not base.endswith(".json") or base.startswith("."):
+            continue
+        try:
+            out.append(parse_object(fs.cat_file(name), name))
+        except FileNotFoundError:
+            continue
+        except DamagedFile as e:
+            damaged.append(f"{name} {e.problem}")
+    return out, damaged

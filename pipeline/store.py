@@ -37,6 +37,7 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
+from . import _testhooks
 from .errors import SpecError
 from .ledger import CREATING, INITIALIZED, StoreRef, put_json
 from .lock import LOCK
@@ -269,6 +270,7 @@ def remove(ref: StoreRef, *, keep: Sequence[str] = ()) -> None:
                 path = os.path.join(dirpath, name)
                 if path not in kept:
                     os.unlink(path)
+                    _testhooks.after_remove()
             for name in dirnames:
                 with contextlib.suppress(OSError):  # not empty: it holds a kept file
                     os.rmdir(os.path.join(dirpath, name))

@@ -216,6 +216,14 @@ def test_a_damaged_initialized_json_is_named(original, store, scheduler, content
     assert code == 0 and "initialized.json" in out and "DAMAGED" in out, err
 
 
+def test_a_damaged_run_record_is_named_and_ignored(store):
+    (record,) = (store / ledger.RUNS).glob("*.json")
+    record.write_text("[")
+    code, out, err = call("status", str(store))
+    assert code == 0 and f"run record {record} is not valid JSON" in out, out + err
+    assert "12 of 12 done" in out
+
+
 def test_an_xarray_copy_is_refused_not_wiped(original, tmp_path, scheduler):
     copy = tmp_path / "xcopy.zarr"
     with open_results(str(original[1])) as ds:
@@ -358,3 +366,40 @@ def test_verify_time_is_reported(original):
                             dict(xr.open_zarr(original[1], consolidated=None).attrs),
                             full=True)
     assert health.healthy and len(health.done) == 12
+
+
+def test_ctrl_c_during_an_overwrite_of_a_real_run(original, store, scheduler, tmp_path):
+    """`mimflow run --overwrite` interrupted (SIGINT to its process group) while deleting the
+    old store: the half-deleted store is reported as such, never as complete, and the original
+    spec run again creates it anew, identical to an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+           "MIMFLOW_TEST_REMOVE_DELAY": "0.05"}
+    before = len(files(store))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(original[0]),
+                             "--store", str(store), "--overwrite", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(files(store)) < before - 10:  # deleting, file by file
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out.decode()
+    assert "Traceback" not in out.decode()
+    code, out, _ = call("status", str(store))
+    assert "0 of 12 done" in out and "interrupted" in out, out
+    code, _, err = run(original, store, scheduler)
+    assert code == 0 and "creating" in err and "computed 12 blocks" in err, err
+    created = {k: v for k, v in files(store).items() if k != "zarr.json"}
+    assert created == {k: v for k, v in files(original[1]).items() if k != "zarr.json"}
