@@ -1,7 +1,7 @@
 # Convenience targets; the README's two commands are the reference.
 PY ?= python
 
-.PHONY: install test test-all lint bench reproduce
+.PHONY: install test test-all lint bench reproduce readme
 
 install:
 	$(PY) -m pip install -e '.[test]'
@@ -17,3 +17,7 @@ lint:
 
 bench:
 	$(PY) benchmarks/bench_engine.py
+
+# The README's parameter table, generated from pipeline/engine/params.py.
+readme:
+	$(PY) docs/sync_readme.py

@@ -12,7 +12,7 @@ from typing import TextIO
 
 import pandas as pd
 
-from pipeline.cli import add_storage_option, positive, storage_options
+from pipeline.cli import add_skip_damaged, add_storage_option, positive, storage_options
 
 _ANALYZE_EXAMPLES = """\
 examples:
@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> dict:
     an.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     an.add_argument("--out", metavar="DIR", help="also write each table as DIR/<name>.csv")
     add_storage_option(an)
+    add_skip_damaged(an)
+    an.set_defaults(reads_data=True)
 
     fg = sub.add_parser("figures", help="draw the figures of existing stores",
                         description="Draw the paper's figures (and the extensions) from stores "
@@ -58,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> dict:
     fg.add_argument("--out", metavar="DIR", default="results/figures",
                     help="output folder (default: results/figures)")
     add_storage_option(fg, "The same options serve every --store")
+    add_skip_damaged(fg)
+    fg.set_defaults(reads_data=True)
 
     rp = sub.add_parser("reproduce", help="the main job: every paper sweep, tables, figures, "
                                           "report",
@@ -74,12 +78,19 @@ def register(sub: argparse._SubParsersAction) -> dict:
     return {"analyze": _analyze, "figures": _figures, "reproduce": _reproduce}
 
 
+def _reading(args: argparse.Namespace, err: TextIO) -> dict:
+    """How a reading command opens stores: what to do with damaged blocks, where warnings go."""
+    return {"damaged": "skip" if args.skip_damaged else "raise",
+            "warn": lambda text: err.write(f"mimflow {args.command}: warning: {text}\n")}
+
+
 def _analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from pipeline.store import open_results
 
     from .tables import analyze
 
-    ds = open_results(args.store, storage_options=storage_options(args.storage_option)).load()
+    ds = open_results(args.store, storage_options=storage_options(args.storage_option),
+                      **_reading(args, err)).load()
     tables = analyze(ds)
     with pd.option_context("display.width", 200, "display.max_columns", 30,
                            "display.max_rows", 500):
@@ -106,13 +117,22 @@ def _figures(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     folder = Path(args.out)
     written = []
     for path in paths:
-        ds = open_results(path, storage_options=options)
+        ds = open_results(path, storage_options=options, **_reading(args, err))
         name = spec_name(ds)
         if name not in FIGURES:
             out.write(f"{path}: sweep {name!r} has no figure builder (known: "
                       f"{', '.join(FIGURES)})\n")
             continue
-        written += FIGURES[name](ds.load(), folder)
+        try:
+            written += FIGURES[name](ds.load(), folder)
+        except KeyError as e:  # the paper sweep's name, another sweep's parameters
+            from pipeline.errors import SpecError
+
+            raise SpecError("store", path, f"a store of the paper sweep {name!r} (sweeps/paper/"
+                            f"{name}.toml), which has the parameter {e.args[0]!r}",
+                            hint="this store's sweep has the name but not that parameter: "
+                                 "rename its sweep, or draw it with `mimflow analyze`"
+                            ) from None
     written += F.figure6(folder) + F.figure_hessian(folder)
     for p in written:
         out.write(f"{p}\n")

@@ -18,6 +18,9 @@ per block.
     attempts, or on every attempt without ``:n``. Attempts are counted with one file per
     attempt in ``MIMFLOW_TEST_ATTEMPTS_DIR`` (required for ``:n``; optional otherwise),
     which also lets a test see how many times Dask ran the block.
+``MIMFLOW_TEST_REMOVE_DELAY=<seconds>``
+    The driver waits this long after deleting each file of a store it replaces
+    (``--overwrite``), so that a test can interrupt it halfway through, without timing luck.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 GATE = "MIMFLOW_TEST_GATE"
 FAIL = "MIMFLOW_TEST_FAIL_BLOCKS"
 ATTEMPTS = "MIMFLOW_TEST_ATTEMPTS_DIR"
+REMOVE_DELAY = "MIMFLOW_TEST_REMOVE_DELAY"
 #: A held block gives up waiting after this long (a test that forgot its gate).
 MAX_HOLD = 600.0
 
@@ -101,3 +105,10 @@ def after_write(block_id: str) -> None:
     deadline = time.monotonic() + MAX_HOLD
     while os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def after_remove() -> None:
+    """Wait ``MIMFLOW_TEST_REMOVE_DELAY`` seconds (see the module); unset, nothing."""
+    delay = os.environ.get(REMOVE_DELAY)
+    if delay:
+        time.sleep(float(delay))

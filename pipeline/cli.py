@@ -1,14 +1,14 @@
-"""The ``mimflow`` command: ``run``, ``validate``, ``status`` and ``query``, plus the commands
-that other packages register under the entry-point group ``mimflow.commands`` (``analyze``,
-``figures`` and ``reproduce`` from ``analysis/cli.py``).
+"""The ``mimflow`` command: ``run``, ``validate``, ``status``, ``verify``, ``query`` and
+``parameters``, plus the commands that other packages register under the entry-point group
+``mimflow.commands`` (``analyze``, ``figures`` and ``reproduce`` from ``analysis/cli.py``).
 
 A plugin is a function ``register(subparsers) -> {command: handler}``; it adds its
 sub-parsers and returns a handler ``(args, out, err) -> exit code`` for each. This module
 imports no plugin by name, so the dependency runs one way (``analysis`` uses the helpers
 here, as Dask's CLI plugins do with ``dask_cli``).
 
-Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume) or the
-store could not be written;
+Exit codes: 0 success; 1 a run ended with blocks missing (failures: re-run to resume), the
+store could not be written, or ``verify`` found damage;
 2 bad input (an invalid spec, a store that may not be used, a bad argument), with nothing
 created or modified; 3 the store is being written by another live run (refused, nothing
 touched); 130 interrupted.
@@ -55,6 +55,14 @@ _STATUS_EXAMPLES = """\
 examples:
   mimflow status example.zarr
   mimflow status s3://bucket/example.zarr --storage-option endpoint_url=http://127.0.0.1:9000
+"""
+_VERIFY_EXAMPLES = """\
+examples:
+  mimflow verify example.zarr              # every chunk of every done block, by checksum
+  mimflow verify example.zarr --repair     # set damaged blocks aside, then re-run the spec
+
+Exit codes: 0 healthy (or repaired), 1 damage found (nothing changed without --repair),
+2 not a store or cannot be repaired, 3 the store is being written by another live run.
 """
 _QUERY_EXAMPLES = """\
 examples:
@@ -131,6 +139,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     st.add_argument("store", metavar="STORE", help="store path or fsspec URL")
     add_storage_option(st)
 
+    vf = sub.add_parser("verify", help="check every block of a store, optionally repair",
+                        description="Check a store: every chunk of every block marked done "
+                                    "against the checksum the block recorded (stores written "
+                                    "before checksums: that every chunk decodes), ledger "
+                                    "markers, bookkeeping files and temporary files left by "
+                                    "killed writers. Lists damaged blocks by point and seed "
+                                    "range. With --repair, their markers are set aside (kept "
+                                    "under _mimflow/damaged/) so that re-running the spec "
+                                    "computes exactly those blocks again; nothing else is "
+                                    "deleted but temporary files.",
+                        epilog=_VERIFY_EXAMPLES, formatter_class=fmt)
+    vf.add_argument("store", metavar="STORE", help="store path or fsspec URL")
+    vf.add_argument("--repair", action="store_true",
+                    help="set damaged blocks aside for the next run, remove temporary files, "
+                         "write a missing initialized.json again when the arrays match")
+    add_storage_option(vf)
+
     q = sub.add_parser("query", help="summary statistics from a store",
                        description="Reduce one variable over seeds and neurons, per point "
                                    "or per group of points. Padding, missing blocks and NaN "
@@ -149,12 +174,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
                    help="group by these parameters (default: every swept parameter)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"),
                    help="output format (default: table)")
+    add_skip_damaged(q)
+    q.set_defaults(reads_data=True)
 
     sub.add_parser("parameters", help="the parameters a sweep point takes",
                    description="Every parameter of a sweep point: default, what is allowed, "
                                "meaning (Markdown).", formatter_class=fmt)
 
-    handlers = {"run": _run, "validate": _validate, "status": _status, "query": _query,
+    handlers = {"run": _run, "validate": _validate, "status": _status, "verify": _verify,
+                "query": _query,
                 "parameters": _parameters}
     for plugin in _plugins():
         handlers.update(plugin(sub))
@@ -188,6 +216,15 @@ def add_storage_option(parser: argparse.ArgumentParser, note: str = "") -> None:
                              + (f". {note}" if note else ""))
 
 
+def add_skip_damaged(parser: argparse.ArgumentParser) -> None:
+    """Add ``--skip-damaged`` to a command that reads a store's data (whose codec errors
+    :func:`main` then explains by naming the damaged block)."""
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="read a store with damaged blocks (see `mimflow verify`) as if "
+                             "they were never computed, with a warning naming them (default: "
+                             "refuse, exit 2)")
+
+
 def positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -214,7 +251,7 @@ def _size(text: str) -> int:
 
     try:
         value = int(parse_bytes(text))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # 1e400 is inf bytes
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid SIZE = {text!r}: allowed is a memory "
@@ -254,7 +291,18 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     parser, handlers = _parser()
     args = parser.parse_args(argv)
     try:
-        return handlers[args.command](args, out, err)
+        try:
+            return handlers[args.command](args, out, err)
+        except (SpecError, StoreLocked, OSError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a damaged chunk fails in a codec that names no chunk
+            if not getattr(args, "reads_data", False):
+                raise
+            from .verify import explain_read_error
+
+            paths = [args.store] if isinstance(args.store, str) else (args.store or [])
+            explain_read_error(paths, storage_options(args.storage_option), e)
+            raise
     except SpecError as e:
         err.write(f"mimflow {args.command}: error: {e}\n")
         return EXIT_BAD_INPUT
@@ -290,6 +338,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                             "tls://... (the embedded cluster listens on 127.0.0.1 only; "
                             "a cluster file configures its own security)")
         security = tls_security(*tls)
+    if (args.store or "").startswith("memory://"):
+        raise SpecError("--store", args.store, "a location the workers can reach (a path or "
+                        "an object-store URL)", hint="memory:// lives inside one process; "
+                        "the workers, separate processes, would each see an empty one")
     report = run_sweep(spec, args.store or f"{spec.name}.zarr", scheduler=args.scheduler,
                        cluster=args.cluster, security=security, workers=args.workers,
                        retries=DEFAULT_RETRIES if args.retries is None else args.retries,
@@ -315,7 +367,7 @@ def describe(spec) -> str:
         f"  points:        {len(spec.points)} (swept: {swept})",
         f"  trajectories:  {spec.n_trajectories} ({len(spec.points)} points x {spec.seeds} "
         f"seeds; {spec.n_neuron_trajectories} neuron paths)",
-        f"  blocks:        {len(spec.blocks)} ({per_point} per point, {spec.block_seeds} "
+        f"  blocks:        {spec.n_blocks} ({per_point} per point, {spec.block_seeds} "
         f"seeds each)",
         f"  memory/block:  ~{human_bytes(block_memory_bytes(spec, layout))} on a worker "
         f"(results {human_bytes(layout.block_nbytes())})",
@@ -335,7 +387,13 @@ def describe(spec) -> str:
 def memory_check(spec, args: argparse.Namespace) -> str:
     """The ``worker memory`` line of ``mimflow validate`` and, when a block does not fit, a
     warning with the largest ``block_seeds`` that does."""
-    from .execute import default_worker_memory, embedded_workers, human_bytes, memory_advice
+    from .execute import (
+        default_worker_memory,
+        embedded_workers,
+        human_bytes,
+        memory_advice,
+        memory_refusal,
+    )
 
     if args.memory_limit:
         limit, where = args.memory_limit, "--memory-limit"
@@ -351,6 +409,9 @@ def memory_check(spec, args: argparse.Namespace) -> str:
         n = embedded_workers(args.workers)
         limit = default_worker_memory(n)
         where = f"embedded cluster: this machine's memory over {n} workers"
+    refusal = memory_refusal(spec, limit, where)
+    if refusal is not None:
+        raise refusal
     line = f"  worker memory: {human_bytes(limit)} ({where})\n"
     advice = memory_advice(spec, limit, where)
     if advice:
@@ -361,30 +422,36 @@ def memory_check(spec, args: argparse.Namespace) -> str:
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
+    from .execute import check_block_count
+
     spec = load_spec(args.spec)
+    check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
     out.write(describe(spec))
     out.write(memory_check(spec, args))
     return EXIT_OK
 
 
 def status_text(path: str, options: dict | None = None) -> str:
-    """What ``mimflow status`` prints: blocks done/total, status counts, provenance
-    (``options``: fsspec storage options of the store)."""
-    from sweeps.spec import block_id
-
+    """What ``mimflow status`` prints: blocks done/total, status counts, provenance, and
+    what a quick look finds damaged (``options``: fsspec storage options of the store)."""
     from . import ledger
     from .store import STATUS_FLAGS, open_store
+    from .verify import inspect
 
     ref, attrs = open_store(path, options)
-    records = ledger.done_records(ref)
+    health = inspect(ref, attrs)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
-    ids = [block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
-    done = [i for i in ids if i in records]
+    ids = health.block_ids
+    done = [i for i in ids if i in health.done] if not health.initialized else []
     counts: Counter = Counter()
     for i in done:
-        counts.update(records[i].get("status_counts", {}))
+        counts.update(health.done[i].get("status_counts", {}))
     order = [STATUS_FLAGS[k] for k in sorted(STATUS_FLAGS) if k >= 0]
-    versions = json.loads(attrs.get("versions", "{}"))
+    try:
+        versions = json.loads(attrs.get("versions", "{}"))
+        versions = versions if isinstance(versions, dict) else {}
+    except (json.JSONDecodeError, TypeError):
+        versions = {}
     lines = [
         f"store:     {ref.url}",
         f"sweep:     {attrs.get('name')!r}"
@@ -398,14 +465,24 @@ def status_text(path: str, options: dict | None = None) -> str:
         f"created:   {attrs.get('created')}, git {attrs.get('git_revision')}",
         "versions:  " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
-    runs = ledger.runs(ref)
+    runs, bad_runs = ledger.read_runs(ref)
     if runs:
         last = runs[-1]
         lines.append(f"runs:      {len(runs)} (last {last.get('run')}: computed "
                      f"{len(last.get('computed', []))}, failed {len(last.get('failed', []))})")
-    missing = [i for i in ids if i not in records]
+    missing = health.missing
     if missing:
         lines.append(f"missing:   {len(missing)} blocks, e.g. " + ", ".join(missing[:5]))
+    for problem in health.problems(limit=10):
+        lines.append(f"DAMAGED:   {problem}")
+    if not health.healthy:
+        lines.append(f"           (run `mimflow verify {ref.url} --repair`, then the spec "
+                     "again)")
+    for problem in bad_runs:
+        lines.append(f"warning:   run record {problem} (ignored: it is history, not data)")
+    if health.temporaries:
+        lines.append(f"temporary: {len(health.temporaries)} files left by killed writers "
+                     "(removed by the next run or `mimflow verify --repair`)")
     for w in json.loads(attrs.get("warnings", "[]")):
         lines.append(f"warning:   {w}")
     return "\n".join(lines) + "\n"
@@ -423,6 +500,50 @@ def _parameters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import time
+
+    from .execute import new_run_id
+    from .lock import RunLock
+    from .store import open_store
+    from .verify import inspect, repair
+
+    ref, attrs = open_store(args.store, storage_options(args.storage_option))
+    t0 = time.perf_counter()
+    if not args.repair:
+        health = inspect(ref, attrs, full=True)
+    else:  # under the run lock: no run writes while markers are set aside
+        with RunLock(ref, f"verify-{new_run_id()}"):
+            health = inspect(ref, attrs, full=True)
+            actions = repair(ref, health) if not health.healthy or health.temporaries else []
+    seconds = time.perf_counter() - t0
+    out.write(f"store:     {ref.url}\n"
+              f"checked:   {len(health.done) + len(health.damaged)} done blocks of "
+              f"{len(health.block_ids)} in {seconds:.1f} s (checksums; stores written before "
+              "checksums: decoding)\n")
+    if health.missing:
+        out.write(f"missing:   {len(health.missing)} blocks never completed (a run computes "
+                  "them)\n")
+    for problem in health.problems():
+        out.write(f"DAMAGED:   {problem}\n")
+    for path in health.temporaries if not args.repair else []:
+        out.write(f"temporary: {path}\n")
+    if args.repair:
+        for line in actions:
+            out.write(f"repaired:  {line}\n")
+        if actions and not health.healthy:
+            out.write(f"next:      mimflow run {attrs.get('spec_file')} --store {ref.url}   "
+                      "# computes the blocks set aside\n")
+        out.write("result:    " + ("healthy\n" if health.healthy else "repaired\n"))
+        return EXIT_OK
+    if health.healthy and not health.temporaries:
+        out.write("result:    healthy\n")
+        return EXIT_OK
+    out.write(f"result:    damaged; `mimflow verify {ref.url} --repair` sets the damaged "
+              "blocks aside for the next run\n")
+    return EXIT_MISSING
+
+
 def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .query import format_result, parse_stat, parse_where, query
     from .store import open_results
@@ -430,7 +551,10 @@ def _query(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     where = parse_where(args.where)
     parse_stat(args.stat)  # bad input fails before the store is opened
     options = storage_options(args.storage_option)
-    result = query(open_results(args.store, storage_options=options), where=where,
+    ds = open_results(args.store, storage_options=options,
+                      damaged="skip" if args.skip_damaged else "raise",
+                      warn=lambda text: err.write(f"mimflow query: warning: {text}\n"))
+    result = query(ds, where=where,
                    var=args.var, stat=args.stat, by=args.by)
     if not result.rows:
         err.write("mimflow query: no point matches the conditions\n")

@@ -60,3 +60,19 @@ class AssumptionWarning(UserWarning):
 
 class TruncationWarning(UserWarning):
     """The Hermite expansion truncated at the chosen degree drops a non-negligible tail."""
+
+
+class IgnoredSettingWarning(UserWarning):
+    """A setting that has no effect (``lr`` with ``method = "flow"``, snapshot times after
+    ``t_max``): said once, so that it is not mistaken for one that was used."""
+
+
+class DamagedFile(SpecError):
+    """A bookkeeping file of a store (a ledger marker, ``initialized.json``, a lock record)
+    exists but does not hold what mimflow writes there: it is named, with what to do."""
+
+    def __init__(self, path: str, problem: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__("file", path, "a JSON object written by mimflow",
+                         hint=f"it {problem}" + (f"; {hint}" if hint else ""))

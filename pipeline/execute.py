@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from . import _testhooks, ledger
+from . import _testhooks, ledger, verify
 from . import store as zstore
 from .engine.simulate import simulate
-from .errors import SpecError
+from .errors import DamagedFile, SpecError
 from .ledger import StoreRef
 from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .progress import Progress
@@ -74,6 +74,9 @@ class BlockTask:
     store_id: str | None = None
     """The store incarnation the block belongs to (``store_id`` of its ``initialized``
     marker): a block never writes into a store that was replaced after it was submitted."""
+    recompute: bool = False
+    """Compute and write the block even if its ledger marker says it is done (its data was
+    found damaged, or its marker is)."""
 
     @property
     def label(self) -> str:
@@ -116,8 +119,9 @@ def run_block(task: BlockTask) -> dict[str, Any]:
     try:
         _testhooks.before_block(task.block_id)
         _check_store_id(task)
-        existing = ledger.get_json(task.store, ledger.marker(task.block_id))
-        if existing is not None and "status_counts" in existing:
+        existing = None if task.recompute else \
+            ledger.get_json(task.store, ledger.marker(task.block_id))
+        if existing is not None and isinstance(existing.get("status_counts"), dict):
             existing.pop("block", None)  # the same record as the execution that wrote it
             return existing
         with warnings.catch_warnings(record=True) as caught:
@@ -130,13 +134,16 @@ def run_block(task: BlockTask) -> dict[str, Any]:
         _check_store_id(task)
         zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
                            ds)
+        # What was stored, read back: the ledger's record of this block's integrity.
+        chunks = verify.stored_chunks(task.store, (v.name for v in task.layout.variables),
+                                      task.point_index, task.start, task.layout.block_seeds)
         _testhooks.after_write(task.block_id)
         status = ds["status"].values
         counts = {zstore.STATUS_FLAGS[int(s)]: int(c)
                   for s, c in zip(*np.unique(status, return_counts=True), strict=True)}
         record = {
             "point": task.point_index, "point_hash": task.point_hash,
-            "seeds": [task.start, task.stop], "status_counts": counts,
+            "seeds": [task.start, task.stop], "status_counts": counts, "chunks": chunks,
             "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
@@ -151,8 +158,10 @@ def run_block(task: BlockTask) -> dict[str, Any]:
 
 def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
               skip: set[str] | frozenset[str] = frozenset(),
-              store_id: str | None = None) -> list[BlockTask]:
-    """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``."""
+              store_id: str | None = None,
+              recompute: set[str] | frozenset[str] = frozenset()) -> list[BlockTask]:
+    """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``; those in
+    ``recompute`` are computed even though their marker says done."""
     out = []
     for block in spec.blocks:
         if block.id in skip:
@@ -160,7 +169,8 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
         sp = spec.points[block.point_index]
         out.append(BlockTask(ref, layout, block.id, block.point_index, sp.point.hash,
                              sp.params, spec.describe_point(block.point_index), block.start,
-                             block.stop, spec.root_seed, run_id, store_id))
+                             block.stop, spec.root_seed, run_id, store_id,
+                             block.id in recompute))
     return out
 
 
@@ -178,6 +188,8 @@ def block_memory_bytes(spec: Spec, layout: zstore.Layout, block_seeds: int | Non
     width = max((p.point.d if p.point.backend == "full" else p.point.k + 1)
                 for p in spec.points)
     state = seeds * layout.n_max * width * 8
+    if any(p.point.loss == "mse" for p in spec.points):  # the Gram Q: n x n per seed
+        state += seeds * layout.n_max * layout.n_max * 8
     return 3 * layout.block_nbytes() + 4 * state
 
 
@@ -217,6 +229,41 @@ def memory_advice(spec: Spec, limit: int | None, where: str = "") -> str | None:
     return text
 
 
+def memory_refusal(spec: Spec, limit: int | None, where: str = "") -> SpecError | None:
+    """The error (to raise) when even one seed of a block needs more memory than a worker
+    with memory limit ``limit`` has at all: such a run could only die; ``None`` otherwise."""
+    if not limit:
+        return None
+    layout = zstore.Layout.for_spec(spec)
+    one = block_memory_bytes(spec, layout, 1)
+    if one <= limit:
+        return None
+    big = max(spec.points, key=lambda p: p.point.n * (p.point.d if p.point.backend == "full"
+                                                      else p.point.k + 1))
+    source = f" ({where})" if where else ""
+    return SpecError("block_seeds", spec.block_seeds,
+                     f"blocks that fit in a worker's memory limit {human_bytes(limit)}{source}",
+                     hint=f"even one seed needs ~{human_bytes(one)} (n padded to "
+                          f"{layout.n_max}, k to {layout.k_max}; the largest point is "
+                          f"{big.describe()}): lower n or the number of snapshot times, or "
+                          "give each worker more memory")
+
+
+#: Most blocks one sweep may have: the driver holds one task per block.
+MAX_BLOCKS = 2_000_000
+
+
+def check_block_count(spec: Spec) -> None:
+    """Refuse a sweep of more blocks than a driver can hold (:data:`MAX_BLOCKS`)."""
+    if spec.n_blocks > MAX_BLOCKS:
+        fewer = -(-spec.seeds * len(spec.points) // MAX_BLOCKS)
+        raise SpecError("block_seeds", spec.block_seeds,
+                        f"a block size that makes at most {MAX_BLOCKS} blocks (this sweep "
+                        f"has {spec.n_blocks})",
+                        hint=f"use block_seeds = {max(fewer, spec.block_seeds + 1)} or more",
+                        source=spec.source)
+
+
 def human_bytes(nbytes: float) -> str:
     """``512 B``, ``3.5 KiB``, ``4 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -250,19 +297,26 @@ def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
     ``"resume"`` (a store of this very spec). Raises :class:`SpecError` for a store of
     another spec (unless ``overwrite``) and, always, for anything that is not a mimflow
     store: ``--overwrite`` never deletes data mimflow did not write.
+
+    Without ``overwrite`` nothing that holds data is ever replaced: a store whose
+    ``initialized.json`` is missing or damaged (copied with another tool, or damaged) is
+    refused when it holds any block chunk or ledger marker, with the ways out. Only a
+    creation that mimflow itself interrupted (``creating.json``, written before it deletes
+    anything) or one that left metadata and nothing else is created again.
     """
+    creating = _has(ref, ledger.CREATING)
     attrs = zstore.read_attrs(ref)
     if attrs is None:
-        if ref.exists() and not _is_empty_dir(ref):
-            raise SpecError("store", ref.url, "a new location or an existing mimflow store",
-                            hint="something else is there; choose another --store")
-        return "create"
+        if creating or not ref.exists() or _is_empty_dir(ref):
+            return "create"
+        raise SpecError("store", ref.url, "a new location or an existing mimflow store",
+                        hint="something else is there; choose another --store")
     if "mimflow_layout" not in attrs:
         raise SpecError("store", ref.url, "a new location or an existing mimflow store",
                         hint="a zarr store not written by mimflow is there; choose another "
                              "--store (--overwrite does not delete foreign data)")
-    if overwrite:
-        return "create"
+    if overwrite or creating:
+        return "create"  # asked for, or a creation (maybe an --overwrite) was interrupted
     if attrs.get("spec_hash") != spec.hash:
         raise SpecError(
             "store", ref.url,
@@ -270,10 +324,52 @@ def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
             hint=f"it holds sweep {attrs.get('name')!r} (spec hash {attrs.get('spec_hash')}, "
                  f"created {attrs.get('created')}); pass --overwrite to replace it or "
                  "--store to write elsewhere")
-    init = ledger.get_json(ref, ledger.INITIALIZED)
-    if init is None or init.get("spec_hash") != spec.hash:
-        return "create"  # creation was interrupted before the metadata was complete
+    ways_out = (f"run `mimflow verify {ref.url} --repair` to check it and adopt it, pass "
+                "--overwrite to discard it, or --store to write elsewhere")
+    try:
+        init = ledger.read_json(ref, ledger.INITIALIZED)
+    except DamagedFile as e:
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"its bookkeeping file {e.path} {e.problem}; {ways_out}"
+                        ) from None
+    if init is None:
+        held = _held_data(ref)
+        if not held:
+            return "create"  # creation was interrupted before the metadata was complete
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"it holds {held} but no {ledger.INITIALIZED} (a copy made "
+                             "without mimflow's _mimflow folder, or a damaged store), so "
+                             f"nothing says which of its blocks are complete; {ways_out}")
+    if init.get("spec_hash") != spec.hash:
+        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
+                        hint=f"its {ledger.INITIALIZED} names spec hash "
+                             f"{init.get('spec_hash')!r}, its attributes {spec.hash!r}; "
+                             f"{ways_out}")
     return "resume"
+
+
+def _has(ref: StoreRef, key: str) -> bool:
+    fs, root = ref.fs()
+    try:
+        return fs.exists(ref.path(key, root))
+    except OSError:
+        return False
+
+
+def _held_data(ref: StoreRef) -> str:
+    """What a store holds that a re-creation would delete (``"12 chunks of u0, ... and 8
+    ledger markers"``), or ``""`` when it holds only metadata."""
+    from .verify import chunk_sizes
+
+    names = [v.name for v in zstore.VARIABLES]
+    chunks = chunk_sizes(ref, names)
+    markers = ledger.done_ids(ref)
+    parts = []
+    if chunks:
+        parts.append(f"{len(chunks)} data chunks")
+    if markers:
+        parts.append(f"{len(markers)} ledger markers")
+    return " and ".join(parts)
 
 
 def _is_empty_dir(ref: StoreRef) -> bool:
@@ -359,9 +455,10 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
         return
     n = embedded_workers(workers)
     # Loopback only: nothing outside this machine can submit code to these workers.
-    cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                            silence_logs=logging.ERROR)
+    with _children_ignore_sigint():
+        cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                silence_logs=logging.ERROR)
     client = Client(cluster_)
     out.write(f"mimflow: local cluster of {n} worker processes (1 thread each) at "
               f"{cluster_.scheduler_address}, dashboard {cluster_.dashboard_link}\n")
@@ -370,6 +467,25 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
     finally:
         client.close()
         cluster_.close()
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Start processes that ignore SIGINT (inherited through spawn: Python keeps an ignored
+    SIGINT ignored). Ctrl-C in a terminal signals the whole process group; the driver alone
+    handles it (cancels, closes the cluster, exits 130), instead of every worker printing
+    a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +551,7 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     path must be on a file system the workers share (or use an object-store URL).
     """
     out = out if out is not None else sys.stderr
+    check_block_count(spec)
     ref = StoreRef.parse(store, storage_options)
     # Before anything is started or written: a foreign store or another spec's is refused.
     check_store(spec, ref, overwrite=overwrite)
@@ -446,6 +563,11 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
     with _maybe_client(client, cluster, scheduler, security, workers, out) as cl:
+        # A point whose one seed exceeds a worker's memory could only kill workers: refused
+        # before the lock (whose folder would be the first trace in the store).
+        refusal = memory_refusal(spec, _worker_memory(cl), "of this cluster's workers")
+        if refusal is not None:
+            raise refusal
         # The lock is taken once the cluster is up (a cluster that cannot start leaves no
         # trace in the store) and before anything is written.
         with RunLock(ref, run_id, ttl=lock_ttl) as lock:
@@ -460,8 +582,9 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     # Decided again under the lock: another run may have created or replaced the store
     # between the first look and now.
     action = check_store(spec, ref, overwrite=overwrite)
+    started = time.time()
     report = RunReport(run_id, ref.url, len(spec.blocks))
-    done = ledger.done_ids(ref) if action == "resume" else set()
+    done, recompute = _done_blocks(spec, ref, out) if action == "resume" else (set(), set())
     report.already_done = sum(b.id in done for b in spec.blocks)
     pending = len(spec.blocks) - report.already_done
     if action == "resume":
@@ -471,6 +594,7 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         out.write(f"mimflow: creating {ref.url}\n")
     t0 = time.perf_counter()
     if pending == 0:
+        _clean_temporaries(ref, started, out)
         zstore.consolidate(ref)
         out.write("mimflow: nothing to do, every block is in the store\n")
         return report
@@ -482,7 +606,8 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     else:
         layout = zstore.Layout.for_spec(spec)
     store_id = (ledger.get_json(ref, ledger.INITIALIZED) or {}).get("store_id")
-    tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id)
+    tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id,
+                      recompute=recompute)
     try:
         _execute(client, tasks, report, out, retries=retries, lock=lock)
     except KeyboardInterrupt:
@@ -495,6 +620,7 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
                   "blocks are kept\n")
         report.missing = _missing(spec, ref)
         return report
+    _clean_temporaries(ref, started, out)
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
     report.missing = _missing(spec, ref)
@@ -509,9 +635,47 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     return report
 
 
+def _done_blocks(spec: Spec, ref: StoreRef, out: TextIO) -> tuple[set[str], set[str]]:
+    """(done, recompute): blocks of ``spec`` whose marker is valid and whose chunks are all
+    there with the sizes they stored, and blocks to compute again although a marker exists
+    (a damaged marker, or data found missing or truncated); each of the latter is named."""
+    markers = ledger.read_markers(ref)
+    records = {b.id: markers.records[b.id] for b in spec.blocks if b.id in markers.records}
+    layout = zstore.Layout.for_spec(spec)
+    damaged = verify.quick_check(ref, [v.name for v in layout.variables], records,
+                                 spec.block_seeds)
+    blocks = {b.id: b for b in spec.blocks}
+    problems = [(i, f"its data is damaged: {why}") for i, why in sorted(damaged.items())]
+    problems += [(i, f"its ledger marker {why}") for i, why in sorted(markers.damaged.items())
+                 if i in blocks]
+    for n, (block_id, why) in enumerate(problems):
+        if n == 10:
+            out.write(f"mimflow: ... and {len(problems) - 10} more blocks to compute again\n")
+            break
+        b = blocks[block_id]
+        out.write(f"mimflow: warning: block {block_id} (point "
+                  f"{spec.describe_point(b.point_index)}; seeds {b.start}..{b.stop - 1}) is "
+                  f"computed again: {why}\n")
+    recompute = {i for i, _ in problems}
+    return set(records) - recompute, recompute
+
+
+def _clean_temporaries(ref: StoreRef, started: float, out: TextIO) -> None:
+    """Remove temporary files (``*.partial``) that writers killed before this run started
+    left in the store; younger ones may belong to a writer still finishing."""
+    removed = verify.remove_temporaries(ref, older_than=started)
+    if removed:
+        out.write(f"mimflow: removed {len(removed)} temporary files left by interrupted "
+                  "writers\n")
+
+
 def _missing(spec: Spec, ref: StoreRef) -> list[str]:
-    """Ids of the blocks of ``spec`` that have no completion marker (one ledger listing)."""
-    finished = ledger.done_ids(ref)
+    """Ids of the blocks of ``spec`` without a valid completion marker (nor found damaged
+    by a quick look at their chunks)."""
+    markers = ledger.read_markers(ref)
+    layout = zstore.Layout.for_spec(spec)
+    finished = set(markers.records) - set(verify.quick_check(
+        ref, [v.name for v in layout.variables], markers.records, spec.block_seeds))
     return [b.id for b in spec.blocks if b.id not in finished]
 
 

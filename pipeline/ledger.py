@@ -18,11 +18,19 @@ from typing import Any
 
 import fsspec
 
+from .errors import DamagedFile, SpecError
+
 BOOK = "_mimflow"
 LEDGER = f"{BOOK}/ledger"
 RUNS = f"{BOOK}/runs"
 #: Written by the driver once the store's metadata and coordinates are complete.
 INITIALIZED = f"{BOOK}/initialized.json"
+#: Written by the driver *before* it deletes or creates anything (removed once the store is
+#: initialized): a store that holds it was being (re)created when its run was interrupted,
+#: so what is left there was already given up and may be created again.
+CREATING = f"{BOOK}/creating.json"
+#: Where ``mimflow verify --repair`` moves the markers of damaged blocks (kept, not deleted).
+SET_ASIDE = f"{BOOK}/damaged"
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,24 @@ class StoreRef:
     @classmethod
     def parse(cls, path: str | os.PathLike, storage_options: dict | None = None) -> StoreRef:
         """Normalize ``path`` (a local path or an fsspec URL) into a :class:`StoreRef`."""
+        if not isinstance(path, str | os.PathLike):
+            raise SpecError("store", path, "a path or an fsspec URL (s3://bucket/x.zarr)")
         text = os.fspath(path)
         if text.startswith("file://"):
             text = text[len("file://"):]
         if "://" not in text:
             text = os.path.abspath(os.path.expanduser(text))
+        else:
+            protocol = text.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol.split("::")[-1])
+            except ValueError:
+                raise SpecError("store", text, "a local path or a URL of a protocol fsspec "
+                                "knows (s3://, gs://, abfs://, ...)",
+                                hint=f"{protocol!r} is not one") from None
+            except ImportError as e:
+                raise SpecError("store", text, "a URL whose fsspec backend is installed",
+                                hint=f"{e}") from None
         return cls(text, dict(storage_options or {}))
 
     @property
@@ -87,12 +108,43 @@ def put_json(ref: StoreRef, key: str, record: dict[str, Any]) -> None:
 
 
 def get_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
-    """The JSON object at ``key``, or ``None`` if it is missing or unreadable."""
-    fs, root = ref.fs()
+    """The JSON object at ``key``, or ``None`` if it is missing, unreadable or not an
+    object (see :func:`read_json` to tell those apart)."""
     try:
-        return json.loads(fs.cat_file(ref.path(key, root)))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_json(ref, key)
+    except DamagedFile:
         return None
+
+
+def read_json(ref: StoreRef, key: str) -> dict[str, Any] | None:
+    """The JSON object at ``key``; ``None`` if there is no such file.
+
+    Raises :class:`~pipeline.errors.DamagedFile` naming the file when it exists but is not
+    a JSON object (empty, truncated, a list...).
+    """
+    fs, root = ref.fs()
+    path = ref.path(key, root)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise DamagedFile(path, "is a folder") from None
+    return parse_object(raw, path)
+
+
+def parse_object(raw: bytes, path: str) -> dict[str, Any]:
+    """``raw`` (the content of the file ``path``) as a JSON object, or
+    :class:`~pipeline.errors.DamagedFile`."""
+    if not raw.strip():
+        raise DamagedFile(path, "is empty")
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFile(path, f"is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def marker(block_id: str) -> str:
@@ -126,22 +178,53 @@ def _done_ids(ref: StoreRef, fs: fsspec.AbstractFileSystem, root: str) -> set[st
 
 
 def done_records(ref: StoreRef) -> dict[str, dict[str, Any]]:
-    """Every completion marker, by block id (markers that cannot be read are skipped)."""
+    """Every valid completion marker, by block id (damaged markers are left out; see
+    :func:`read_markers`)."""
+    return read_markers(ref).records
+
+
+@dataclass
+class Markers:
+    """The ledger as read: valid completion records, and the markers that are damaged."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
+    """Block id -> the problem with its marker (its path and what is wrong)."""
+
+
+def read_markers(ref: StoreRef) -> Markers:
+    """Read every completion marker (one listing, one batched read).
+
+    A marker counts as *done* only if it is a JSON object with the block's ``status_counts``
+    (what :func:`pipeline.execute.run_block` writes); an empty, truncated or foreign marker is
+    reported in ``damaged``, so that the driver, ``status`` and ``verify`` agree on what is
+    done (the block is simply computed again).
+    """
     fs, root = ref.fs()
+    out = Markers()
     ids = sorted(_done_ids(ref, fs, root))
     if not ids:
-        return {}
+        return out
     paths = [ref.path(marker(i), root) for i in ids]
-    contents = fs.cat(paths, on_error="omit")
-    out = {}
+    contents = fs.cat(paths, on_error="return")
+    if not isinstance(contents, dict):  # a single path: fsspec returns the bytes
+        contents = {paths[0]: contents}
     for block_id, path in zip(ids, paths, strict=True):
-        raw = contents.get(path) if isinstance(contents, dict) else None
-        if raw is None:
+        raw = contents.get(path)
+        if isinstance(raw, BaseException) or raw is None:
+            if isinstance(raw, FileNotFoundError):  # deleted between listing and reading
+                continue
+            out.damaged[block_id] = f"{path} cannot be read ({raw!r})"
             continue
         try:
-            out[block_id] = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = parse_object(raw, path)
+        except DamagedFile as e:
+            out.damaged[block_id] = f"{path} {e.problem}"
             continue
+        if not isinstance(record.get("status_counts"), dict):
+            out.damaged[block_id] = f"{path} has no status_counts (not a completion record)"
+            continue
+        out.records[block_id] = record
     return out
 
 
@@ -151,17 +234,28 @@ def write_run(ref: StoreRef, run_id: str, record: dict[str, Any]) -> None:
 
 
 def runs(ref: StoreRef) -> list[dict[str, Any]]:
-    """Records of the runs on this store, oldest first."""
+    """Records of the runs on this store, oldest first (damaged ones left out; see
+    :func:`read_runs`)."""
+    return read_runs(ref)[0]
+
+
+def read_runs(ref: StoreRef) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records of the runs on this store, oldest first; the paths of run records that are
+    damaged). A run record is history, not data: a damaged one is reported, never fatal."""
     fs, root = ref.fs()
     try:
         names = sorted(fs.ls(ref.path(RUNS, root), detail=False))
     except FileNotFoundError:
-        return []
-    out = []
+        return [], []
+    out, damaged = [], []
     for name in names:
-        if name.endswith(".json"):
-            try:
-                out.append(json.loads(fs.cat_file(name)))
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue
-    return out
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if not base.endswith(".json") or base.startswith("."):
+            continue
+        try:
+            out.append(parse_object(fs.cat_file(name), name))
+        except FileNotFoundError:
+            continue
+        except DamagedFile as e:
+            damaged.append(f"{name} {e.problem}")
+    return out, damaged

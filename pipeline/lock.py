@@ -79,10 +79,23 @@ def describe_holder(holder: dict[str, Any], now: float | None = None) -> str:
     """``run 2025...-ab12cd (pid 123 on node7, since ..., last heartbeat 4 s ago)``."""
     now = time.time() if now is None else now
     beat = holder.get("heartbeat")
-    ago = f"{max(now - float(beat), 0.0):.0f} s ago" if isinstance(beat, int | float) else "?"
+    ago = f"{max(now - float(beat), 0.0):.0f} s ago" \
+        if isinstance(beat, int | float) and not isinstance(beat, bool) else "?"
     return (f"run {holder.get('run', '?')} (pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')}, since {holder.get('started', '?')}, last heartbeat "
             f"{ago})")
+
+
+def _number(value: Any, default: float | None) -> float | None:
+    """``value`` as a finite float, or ``default`` when a (damaged) lock record holds
+    something else there: a lock is judged on what can be read, never with a traceback."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
+    try:
+        out = float(value)
+    except ValueError:
+        return default
+    return out if out == out and abs(out) != float("inf") else default
 
 
 class RunLock:
@@ -195,11 +208,11 @@ class RunLock:
             started = _process_start(int(pid)) if isinstance(pid, int) else None
             if started is None:
                 return True
-            recorded = holder.get("pid_started")
+            recorded = _number(holder.get("pid_started"), None)
             # a different start time: the pid was reused by another process
-            return recorded is not None and abs(started - float(recorded)) > 1e-3
+            return recorded is not None and abs(started - recorded) > 1e-3
         beat = holder.get("heartbeat")
-        ttl = float(holder.get("ttl", self.ttl))
+        ttl = _number(holder.get("ttl"), self.ttl)
         return not isinstance(beat, int | float) or now - float(beat) > ttl
 
     # -- acquire / release ---------------------------------------------------------------
@@ -243,7 +256,7 @@ class RunLock:
         if holder is None:
             return (f"the store {self.ref.url} is locked by another mimflow run (its lock "
                     f"{self._path} cannot be read yet); try again in a moment")
-        ttl = float(holder.get("ttl", self.ttl))
+        ttl = _number(holder.get("ttl"), self.ttl)
         same = holder.get("host") == socket.gethostname()
         after = ("it is released when that run ends; if that process is killed, the next run "
                  "on this machine takes the lock at once" if same else

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -36,9 +37,10 @@ import zarr
 import zarr.api.asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
+from . import _testhooks
 from .engine.params import RENAMED, json_plain
 from .errors import SpecError
-from .ledger import INITIALIZED, StoreRef, put_json
+from .ledger import CREATING, INITIALIZED, StoreRef, put_json
 from .lock import LOCK
 
 if TYPE_CHECKING:
@@ -134,12 +136,12 @@ class Layout:
 
     def block_nbytes(self) -> int:
         """Bytes of one block's results (one chunk of every variable)."""
-        return sum(int(np.prod(self.chunks(v))) * np.dtype(v.dtype).itemsize
+        return sum(math.prod(self.chunks(v)) * np.dtype(v.dtype).itemsize
                    for v in self.variables)
 
     def store_nbytes(self) -> int:
         """Bytes of all data variables, uncompressed (an upper bound on the store's size)."""
-        return sum(int(np.prod(self.shape(v))) * np.dtype(v.dtype).itemsize
+        return sum(math.prod(self.shape(v)) * np.dtype(v.dtype).itemsize
                    for v in self.variables)
 
 
@@ -217,14 +219,20 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
     """Write the store's metadata, coordinates, masks and attributes (no block data).
 
     Replaces whatever is at ``ref`` (the caller decides whether that is allowed), except the
-    run lock (:data:`~pipeline.lock.LOCK`), which belongs to the run that calls this. The
-    marker :data:`~pipeline.ledger.INITIALIZED` is written last, with a new ``store_id``: a
-    store without it was interrupted while being created and is created again, and a block
-    of an older incarnation of the store (a run replaced by ``--overwrite``) recognizes that
-    the store is no longer its own.
+    run lock (:data:`~pipeline.lock.LOCK`), which belongs to the run that calls this.
+    :data:`~pipeline.ledger.CREATING` is written before anything is deleted and removed at
+    the end; :data:`~pipeline.ledger.INITIALIZED` is deleted first and written last, with a
+    new ``store_id``: a block of an older incarnation of the store (a run replaced by
+    ``--overwrite``) recognizes that the store is no longer its own.
     """
     layout = Layout.for_spec(spec)
-    remove(ref, keep=(LOCK,))
+    # First the marker that says "being created": from here on an interruption leaves a
+    # store that every command recognizes as abandoned (not a complete one with holes).
+    put_json(ref, CREATING, {"spec_hash": spec.hash, "started": attrs.get("created")})
+    fs, root = ref.fs()
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(ref.path(INITIALIZED, root))
+    remove(ref, keep=(LOCK, CREATING))
     ds = template(spec, layout, attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # zarr's v3-spec notices
@@ -235,6 +243,8 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
                    encoding=_encoding(layout))
     put_json(ref, INITIALIZED, {"spec_hash": spec.hash, "layout_version": LAYOUT_VERSION,
                                 "store_id": uuid.uuid4().hex})
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(ref.path(CREATING, root))
     return layout
 
 
@@ -258,6 +268,7 @@ def remove(ref: StoreRef, *, keep: Sequence[str] = ()) -> None:
                 path = os.path.join(dirpath, name)
                 if path not in kept:
                     os.unlink(path)
+                    _testhooks.after_remove()
             for name in dirnames:
                 with contextlib.suppress(OSError):  # not empty: it holds a kept file
                     os.rmdir(os.path.join(dirpath, name))
@@ -401,7 +412,8 @@ def open_store(path: str, storage_options: dict | None = None
     return ref, attrs
 
 
-def open_results(path: str, *, storage_options: dict | None = None) -> xr.Dataset:
+def open_results(path: str, *, storage_options: dict | None = None,
+                 damaged: str = "raise", warn: Any = None) -> xr.Dataset:
     """Open a results store as a lazy (dask-backed) dataset.
 
     The ``point`` dimension is indexed by the parameters that identify a point (attribute
@@ -411,8 +423,23 @@ def open_results(path: str, *, storage_options: dict | None = None) -> xr.Datase
     zipped with ``k``) are coordinates along ``point`` too. ``path`` may be a local path or
     an fsspec URL. A location that holds no mimflow store, or cannot be read, raises
     :class:`SpecError` naming it.
+
+    Blocks marked done whose chunks are missing or have another size than they stored (a
+    listing; :mod:`pipeline.verify`) would read as fill values or fail in a codec: with
+    ``damaged="raise"`` (default) they raise :class:`SpecError` naming them, with
+    ``"skip"`` they read as missing (fill values, status -1) and ``warn`` (a callable taking
+    text, default :func:`warnings.warn`) is told which; ``"ignore"`` does not look.
     """
-    ref, _ = open_store(path, storage_options)
+    if damaged not in ("raise", "skip", "ignore"):
+        raise SpecError("damaged", damaged, "'raise', 'skip' or 'ignore'")
+    if not isinstance(path, str | os.PathLike):
+        raise SpecError("path", path, "a store path (str or os.PathLike) or fsspec URL")
+    ref, attrs = open_store(path, storage_options)
+    bad: dict[str, str] = {}
+    if damaged != "ignore":
+        from .verify import readable_damage
+
+        bad = readable_damage(ref, attrs, skip=damaged == "skip", warn=warn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         # a store whose run was interrupted is not consolidated yet: reading it is fine
@@ -422,7 +449,23 @@ def open_results(path: str, *, storage_options: dict | None = None) -> xr.Datase
     # Labels along `point` are small: load them, so that selecting never reads more arrays.
     labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]
     ds = ds.assign_coords({name: ds[name].load() for name in labels})
+    if bad:
+        ds = _mask_blocks(ds, bad, int(attrs["block_seeds"]))
     index = json.loads(ds.attrs.get("index", "[]"))
     if index:
         ds = ds.set_xindex(index)
     return ds
+
+
+def _mask_blocks(ds: xr.Dataset, block_ids: dict[str, str], block_seeds: int) -> xr.Dataset:
+    """``ds`` with the data of ``block_ids`` replaced by fill values (as if never computed)."""
+    from sweeps.spec import parse_block_id
+
+    bad = np.zeros((ds.sizes["point"], ds.sizes["seed"]), dtype=bool)
+    for block_id in block_ids:
+        point, start = parse_block_id(block_id)
+        bad[point, start:start + block_seeds] = True
+    keep = xr.DataArray(~bad, dims=("point", "seed"))
+    fills = {v.name: v.fill for v in VARIABLES}
+    return ds.assign({name: ds[name].where(keep, fills[name]).astype(ds[name].dtype)
+                      for name in ds.data_vars if name in fills})

@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.engine.activations import check_assumptions, get_activation
 from pipeline.engine.params import (
+    IGNORED_LR,
     INTEGER_PARAMS,
     MATRIX_PARAMS,
     OBSERVE_PARAMS,
@@ -40,7 +41,7 @@ from pipeline.engine.params import (
     resolve_point,
 )
 from pipeline.engine.seeding import validate_root_seed
-from pipeline.engine.snapshots import default_snapshot_times, validate_snapshots
+from pipeline.engine.snapshots import default_snapshot_times, late_snapshots, validate_snapshots
 from pipeline.errors import SpecError
 
 from .values import expand_helper, is_helper, looks_like_helper
@@ -52,6 +53,8 @@ OBSERVE_KEYS = (*OBSERVE_PARAMS, "snapshots")
 DEFAULT_BLOCK_SEEDS = 1000
 MAX_SEEDS = 2**31
 MAX_POINTS = 1_000_000
+#: Largest spec file read (a spec is a few lines; this stops /dev/zero, not a real spec).
+MAX_SPEC_BYTES = 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -76,8 +79,15 @@ class SweepPoint:
 
 
 def block_id(point_index: int, start: int) -> str:
-    """The ledger name of the block of point ``point_index`` whose first seed is ``start``."""
+    """The name of the block of point ``point_index`` whose first seed is ``start`` (its
+    ledger key)."""
     return f"{point_index:06d}-{start:010d}"
+
+
+def parse_block_id(name: str) -> tuple[int, int]:
+    """``"000003-0000000064"`` -> (point 3, first seed 64): the inverse of :func:`block_id`."""
+    point, start = name.split("-")
+    return int(point), int(start)
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,12 @@ class Spec:
         return tuple(out)
 
     @property
+    def n_blocks(self) -> int:
+        """Number of blocks, computed (``blocks`` enumerates them, which for 2^31 seeds in
+        blocks of one is more than any memory holds)."""
+        return len(self.points) * -(-self.seeds // self.block_seeds)
+
+    @property
     def n_trajectories(self) -> int:
         """Number of (point, seed) trajectories."""
         return len(self.points) * self.seeds
@@ -187,7 +203,16 @@ def load_spec(path: str | Path) -> Spec:
     """Read, validate and expand the TOML spec at ``path``. Raises :class:`SpecError`."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        file = Path(path)
+        if file.exists() and not file.is_file():  # /dev/zero, a fifo, a folder
+            raise SpecError("spec file", source, "a regular TOML file",
+                            hint="it is a device, a pipe or a folder")
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError("spec file", source, f"a TOML file of at most "
+                            f"{MAX_SPEC_BYTES // 2**20} MiB")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError("spec file", source, "a readable UTF-8 TOML file",
                         hint=f"{type(err).__name__}: {err}") from None
@@ -216,7 +241,7 @@ def _parse(text: str, source: str) -> Spec:
             raise SpecError(key, raw[key], "a top-level key among " + ", ".join(TOP_LEVEL),
                             hint=hint)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError("name", name, "a name of letters, digits, '.', '_' or '-' (it names "
                         "the default store)")
     description = raw.get("description", "")
@@ -273,6 +298,7 @@ def _parse(text: str, source: str) -> Spec:
     t_max = max(sp.point.t_max for sp in points)
     snapshots = _snapshots(snapshots_raw, t_max)
     spec_warnings = _check_activations(points, sections)
+    spec_warnings += _ignored_settings(points, snapshots)
     return Spec(
         source=source, text=text, name=name, description=description, seeds=seeds,
         root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
@@ -455,6 +481,8 @@ def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> li
     """
     found: dict[tuple[str, str], list[int]] = {}
     seen: dict[str, list[tuple[str, str]]] = {}
+    numbers: dict[str, str] = {}  # activation key -> the Hermite coefficients, as text
+    same: dict[str, SweepPoint] = {}  # what the point computes -> the first point
     for sp in points:
         p = sp.point
         key = json.dumps([p.teacher, p.student, p.degree, p.gram, p.beta, p.k],
@@ -464,6 +492,8 @@ def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> li
                 warnings.simplefilter("always")
                 teacher = get_activation(p.teacher, p.degree, field_name="teacher")
                 student = get_activation(p.student, p.degree, field_name="student")
+            numbers[key] = json.dumps([teacher.coefficients.tolist(),
+                                       student.coefficients.tolist()])
             issues = check_assumptions(student.coefficients, teacher.coefficients,
                                        p.gram_matrix)
             for issue in issues:
@@ -478,4 +508,35 @@ def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> li
                            f"Assumption {i.assumption} broken: {i.message}") for i in issues]
         for item in seen[key]:
             found.setdefault(item, []).append(sp.index)
+        # Two spellings of one activation (h3 and {3 = 1.0}) are two labels of one point.
+        canon = {k: v for k, v in p.canonical().items() if k not in ("teacher", "student")}
+        ident = json.dumps([canon, numbers[key]], sort_keys=True, default=str)
+        if ident in same:
+            first = same[ident]
+            name = next((n for n in ("teacher", "student") if getattr(p, n) !=
+                         getattr(first.point, n)), "teacher")
+            raise SpecError(f"{sections.get(name, 'params')}.{name}", sp.params.get(name),
+                            "activations that give distinct points",
+                            hint=f"{_show(getattr(first.point, name))} and "
+                                 f"{_show(getattr(p, name))} have the same Hermite "
+                                 f"coefficients: the points {first.describe()} and "
+                                 f"{sp.describe()} are one computation")
+        same[ident] = sp
     return [SpecWarning(cat, msg, tuple(idx)) for (cat, msg), idx in found.items()]
+
+
+def _ignored_settings(points: list[SweepPoint], snapshots: np.ndarray | None
+                      ) -> list[SpecWarning]:
+    """Warnings for settings that have no effect: ``lr`` with method flow, snapshot times
+    after ``t_max``."""
+    out = []
+    lr = tuple(sp.index for sp in points
+               if sp.params.get("lr") is not None and sp.point.method == "flow")
+    if lr:
+        out.append(SpecWarning("ignored", IGNORED_LR, lr))
+    late: dict[str, list[int]] = {}
+    for sp in points:
+        if (text := late_snapshots(snapshots, sp.point.t_max)) is not None:
+            late.setdefault(text, []).append(sp.index)
+    out += [SpecWarning("ignored", text, tuple(idx)) for text, idx in late.items()]
+    return out

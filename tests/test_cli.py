@@ -63,6 +63,7 @@ def made(tmp_path_factory, scheduler):
     code, _, err = call("run", str(spec), "--store", str(store), "--scheduler", scheduler)
     assert code == 0, err
     assert "12 of 12 blocks in" in err
+    (root / "scheduler.txt").write_text(scheduler)
     return spec, store
 
 
@@ -258,3 +259,84 @@ def test_query_on_fixed_parameters_and_table_output(made):
     assert len(out.splitlines()) == 3
     code, out, err = call("query", str(store), "--where", "teacher=h4")
     assert code == 0 and "no point matches" in err
+
+
+def test_bad_stores_sizes_and_files_exit_2_without_a_traceback(made, tmp_path):
+    spec, store = made
+    for url, words in (("foo://x", "'foo' is not one"), ("memory://x", "memory:// lives")):
+        code, _, err = call("run", str(spec), "--store", url)
+        assert code == 2 and "--store" in err or "store" in err, err
+        assert words in err and "Traceback" not in err
+    code, _, err = call("validate", "/dev/zero")
+    assert code == 2 and "/dev/zero" in err and "regular TOML file" in err
+    code, _, err = call("validate", str(spec), "--memory-limit", "1e400")
+    assert code == 2
+    # seeds at their maximum in blocks of one: counted, refused for run, never enumerated
+    big = tmp_path / "big.toml"
+    big.write_text(SPEC.replace("seeds = 10\nblock_seeds = 4",
+                                "seeds = 2147483648\nblock_seeds = 1"))
+    for command in ("validate", "run"):
+        code, _, err = call(command, str(big), "--store", str(tmp_path / "big.zarr")) \
+            if command == "run" else call(command, str(big))
+        assert code == 2 and "block_seeds = 1" in err and "8589934592" in err, err
+    assert not (tmp_path / "big.zarr").exists()
+    # a point whose one seed exceeds a worker's memory: refused before work starts
+    huge = tmp_path / "huge.toml"
+    huge.write_text(SPEC.replace("gamma = [1.0, 1.5]", "n = [1000000, 1]")
+                    .replace('teacher = "h3"', 'teacher = "h3"\nloss = "mse"'))
+    code, _, err = call("validate", str(huge), "--memory-limit", "4GiB")
+    assert code == 2 and "block_seeds" in err and "even one seed needs" in err, err
+    code, _, err = call("run", str(huge), "--store", str(tmp_path / "huge.zarr"),
+                        "--scheduler", made_scheduler(made))
+    assert code == 2 and "even one seed needs" in err, err
+    assert not (tmp_path / "huge.zarr").exists()
+
+
+def made_scheduler(made) -> str:
+    """The scheduler the `made` store was written with (kept on the spec file's folder)."""
+    return (made[0].parent / "scheduler.txt").read_text()
+
+
+def test_figures_on_a_store_named_like_a_paper_sweep_without_its_parameters(made, tmp_path):
+    spec, store = made
+    renamed = tmp_path / "paper-fig1-gd.toml"
+    renamed.write_text(SPEC.replace('name = "cli-test"', 'name = "paper-fig1-gd"'))
+    target = tmp_path / "fig2.zarr"
+    code, _, err = call("run", str(renamed), "--store", str(target), "--scheduler",
+                        made_scheduler(made))
+    assert code == 0, err
+    code, _, err = call("figures", "--store", str(target), "--out", str(tmp_path / "figs"))
+    assert code == 2 and "paper-fig1-gd" in err and "Traceback" not in err, err
+
+
+def test_ctrl_c_stops_the_run_and_the_workers_quietly(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: exit 130, and no worker
+    prints a KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    spec = tmp_path / "long.toml"
+    spec.write_text(tiny_spec("long", seeds=400, block_seeds=2))
+    store = tmp_path / "long.zarr"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(spec),
+                             "--store", str(store), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        ledger_dir = store / "_mimflow" / "ledger"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ledger_dir.is_dir() and len(list(ledger_dir.glob("*.json"))) >= 2:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode()
+    assert proc.returncode == 130, text
+    assert "interrupted" in text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

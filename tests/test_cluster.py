@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 import pipeline
-from pipeline import _testhooks, ledger
+from pipeline import _testhooks, ledger, verify
 from pipeline.cli import _parser, main
 from pipeline.ledger import StoreRef
 from pipeline.lock import RunLock, StoreLocked, read_lock
@@ -352,6 +352,7 @@ def test_killed_driver_resumes_identically_and_its_orphans_are_harmless(cluster,
     (run,) = ledger.runs(ref)
     assert set(run["computed"]) == set(records) - done_before
     assert read_lock(ref) is None
+    assert verify.temporaries(ref) == []  # no *.partial left by the killed writers
 
 
 def test_a_second_driver_on_the_same_store_is_refused(cluster, reference, spec_file, tmp_path):

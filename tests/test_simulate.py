@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import pipeline
+from pipeline.engine.simulate import simulate
 from pipeline.engine.snapshots import default_snapshot_times
+from pipeline.errors import SpecError
 
 H3 = {"teacher": "h3", "d": 1000, "k": 4, "init": "positive"}
 
@@ -139,3 +141,34 @@ def test_bad_seeds_are_named(seeds, match):
 def test_bad_root_seed_is_named():
     with pytest.raises(pipeline.SpecError, match="root_seed"):
         pipeline.simulate(H3, 1, root_seed=-3)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"point": None}, "point"), ({"point": "h3"}, "point"),
+    ({"seeds": 2**63}, "seeds"), ({"seeds": np.zeros((2, 2), dtype=int)}, "seeds"),
+    ({"seeds": [2**63]}, "seeds"), ({"seeds": "3"}, "seeds"),
+    ({"threads": -1}, "threads"), ({"threads": "2"}, "threads"),
+    ({"snapshots": [[1.0, 2.0], [3.0, 4.0]]}, "snapshots"),
+])
+def test_bad_arguments_of_the_python_api_are_named(kwargs, field):
+    args = {"point": {"teacher": "h3", "d": 100, "k": 2}, "seeds": 2, **kwargs}
+    with pytest.raises(SpecError) as info:
+        simulate(args.pop("point"), args.pop("seeds"), **args)
+    assert info.value.field == field
+
+
+def test_ignored_settings_warn_in_the_python_api():
+    from pipeline.errors import IgnoredSettingWarning
+
+    with pytest.warns(IgnoredSettingWarning, match="lr is ignored"):
+        simulate({"teacher": "h3", "d": 100, "k": 2, "lr": 0.3, "t_max": 10.0}, 1)
+    with pytest.warns(IgnoredSettingWarning, match="after t_max"):
+        simulate({"teacher": "h3", "d": 100, "k": 2, "t_max": 10.0}, 1, snapshots=[1.0, 100.0])
+
+
+def test_open_results_names_a_bad_path():
+    from pipeline.store import open_results
+
+    for bad in (None, 3):
+        with pytest.raises(SpecError, match="store|path"):
+            open_results(bad)

@@ -130,3 +130,61 @@ def test_zip_columns_may_repeat_values_but_rows_may_not(tmp_path):
                     '[[zip]]\nk = [4, 4]\nbeta = [0.2, 0.2]\n')
     with pytest.raises(SpecError, match=r"zip\[0\].*distinct rows"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(("old", "new", "field", "allowed"), [
+    ("gamma = [1.0, 1.5]", "gamma = [1e308, 1.5]", "zip[0].gamma", "n = ceil(gamma k)"),
+    ("gamma = [1.0, 1.5]", "gamma = [1e300, 1.5]", "zip[0].gamma", "n = ceil(gamma k)"),
+    ("gamma = [1.0, 1.5]", "n = [100000000000, 1]", "zip[0].n", "[1, 10^6]"),
+    ('teacher = "h3"', 'teacher = "h3"\nmax_steps = 1e23', "params.max_steps", "10^15"),
+    ('teacher = "h3"', "teacher = {3 = 1e100}", "params.teacher", "magnitude <= 1e+06"),
+    ('name = "t"', 'name = "t\\n"', "name", "letters, digits"),
+    ("[grid]", "[observe]\nsnapshots = [[1.0, 2.0], [3.0, 4.0]]\n[grid]",
+     "observe.snapshots", "flat list"),
+    ('teacher = "h3"', 'teacher = "h3"\ngram = [[true, false, false], [false, true, false], '
+     "[false, false, true]]\nk = 3", "params.gram", "not booleans"),
+])
+def test_extreme_and_meaningless_values_are_refused_by_name(old, new, field, allowed):
+    text = BASE.replace(old, new)
+    if "\nk = 3" in new:  # a fixed k and gram: drop the zipped k
+        text = text.replace("[[zip]]\nk = [2, 3]\ngamma = [1.0, 1.5]\n", "")
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, source="x.toml")
+    assert info.value.field == field and allowed in str(info.value), str(info.value)
+    assert str(info.value).startswith("x.toml: ")
+
+
+def test_one_activation_under_two_spellings_is_one_point():
+    text = BASE.replace('teacher = "h3"\n', "").replace(
+        "d = [100, 1000]", 'd = [100, 1000]\nteacher = ["h3", {3 = 1.0}]')
+    with pytest.raises(SpecError, match="same Hermite coefficients") as info:
+        parse_spec(text, source="x.toml")
+    assert info.value.field == "grid.teacher"
+
+
+def test_ignored_settings_are_warned_about():
+    spec = parse_spec(BASE.replace('teacher = "h3"', 'teacher = "h3"\nlr = 0.5'), source="x")
+    assert any("lr is ignored with method 'flow'" in w.message for w in spec.warnings)
+    gd = parse_spec(BASE.replace('teacher = "h3"', 'teacher = "h3"\nlr = 0.5\nmethod = "gd"'),
+                    source="x")
+    assert not any("ignored" in w.message for w in gd.warnings)
+    late = parse_spec(BASE + "[observe]\nt_max = 100.0\nsnapshots = [1.0, 1000.0]\n",
+                      source="x")
+    (w,) = [w for w in late.warnings if "after t_max" in w.message]
+    assert "1 of 2 snapshot times" in w.message and len(w.points) == 4
+
+
+def test_block_counts_are_computed_not_enumerated():
+    import time
+
+    t0 = time.perf_counter()
+    spec = parse_spec(BASE.replace("seeds = 10\nblock_seeds = 4",
+                                   "seeds = 2147483648\nblock_seeds = 1"), source="x")
+    assert spec.n_blocks == 4 * 2**31 and time.perf_counter() - t0 < 5
+    assert "blocks" not in spec.__dict__  # never enumerated
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/"])
+def test_a_spec_that_is_not_a_regular_file_is_refused(path):
+    with pytest.raises(SpecError, match="a regular TOML file"):
+        load_spec(path)

@@ -163,6 +163,10 @@ class Activation:
         return np.tensordot(self.coefficients, hermite_table(x, self.degree), axes=1)
 
 
+#: Largest Hermite coefficient accepted in a table (see ``_parse_mixture``).
+MAX_COEFFICIENT = 1e6
+
+
 def _parse_mixture(spec: Mapping, degree: int, field_name: str) -> dict[int, float]:
     table: dict[int, float] = {}
     for key, value in spec.items():
@@ -184,6 +188,13 @@ def _parse_mixture(spec: Mapping, degree: int, field_name: str) -> dict[int, flo
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         if not numeric or not math.isfinite(value):
             raise SpecError(field_name, dict(spec), "finite numeric Hermite coefficients")
+        if abs(value) > MAX_COEFFICIENT:
+            # products of coefficients enter the flow's right-hand side squared and cubed:
+            # beyond this they overflow float64 in the kernel instead of giving a trajectory
+            raise SpecError(field_name, dict(spec),
+                            f"Hermite coefficients of magnitude <= {MAX_COEFFICIENT:g}",
+                            hint="scaling an activation by c only rescales time (by c^2 for "
+                                 "teacher and student alike): scale t_max instead")
         table[p] = float(value)
     if not table or all(v == 0.0 for v in table.values()):
         raise SpecError(field_name, dict(spec), "a table with at least one non-zero coefficient")

@@ -7,6 +7,8 @@ diagonal, positive definite.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import SpecError
@@ -24,12 +26,26 @@ def equiangular_gram(k: int, beta: float) -> np.ndarray:
     return (1.0 - beta) * np.eye(k) + beta * np.ones((k, k))
 
 
+def has_booleans(value: Any) -> bool:
+    """True when ``value`` is or holds a boolean (``float(True)`` is 1.0: flags are not numbers)."""
+    if isinstance(value, bool | np.bool_):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == bool or (value.dtype == object
+                                       and any(has_booleans(x) for x in value.ravel()))
+    if isinstance(value, list | tuple):
+        return any(has_booleans(x) for x in value)
+    return False
+
+
 def validate_gram(gram, *, field: str = "gram") -> np.ndarray:
     """Validate a user Gram matrix and return it as a float array.
 
     Raises :class:`SpecError` unless it is a square, finite, symmetric matrix with unit
     diagonal that is positive definite (linearly independent unit index vectors).
     """
+    if has_booleans(gram):  # float(True) is 1.0: a matrix of flags is not a Gram matrix
+        raise SpecError(field, gram, "a square matrix of numbers (list of rows), not booleans")
     try:
         A = np.array(gram, dtype=float)
     except (TypeError, ValueError):

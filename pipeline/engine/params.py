@@ -27,10 +27,17 @@ FULL_D_MAX = 100_000
 K_MAX = 4096
 #: d must be an exactly representable integer.
 D_MAX = 2**53
+#: Largest n accepted: a state of n neurons (n^2 + nk numbers with the MSE loss) per seed;
+#: beyond this no worker holds even one seed (the resource guard judges what fits below it).
+N_MAX = 1_000_000
+#: Largest max_steps accepted: the kernels count steps in int64.
+MAX_STEPS_MAX = 10**15
 #: The integrator cannot keep the gradient norm below ~ its relative accuracy: gtol must
 #: leave this margin above rtol (see docs/design.md §2).
 GTOL_OVER_RTOL = 10.0
 DEFAULT_LR = 0.1
+#: What a spec or simulate() says of an ``lr`` that the point's method does not use.
+IGNORED_LR = "lr is ignored with method 'flow' (it is the step size of method 'gd')"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +96,11 @@ class Interval:
         number = (int, float, np.integer, np.floating)
         if isinstance(value, bool) or not isinstance(value, number):
             raise _kind_error(name, value, "an integer" if self.integer else "a number", doc)
-        if not math.isfinite(float(value)):
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an int beyond float range
+            finite = False
+        if not finite:
             raise _kind_error(name, value, "a finite number", doc)
         if self.integer:
             if float(value) != math.floor(float(value)):
@@ -169,7 +180,7 @@ PARAMETERS: tuple[Param, ...] = (
           "ambient dimension (at least k)"),
     Param("k", Interval(1, K_MAX, integer=True), REQUIRED_VALUE,
           "number of index vectors"),
-    Param("n", Interval(1, None, integer=True), None, "number of student neurons",
+    Param("n", Interval(1, N_MAX, integer=True, high_text="10^6"), None, "number of student neurons",
           derived="ceil(gamma k) with gamma, else 1"),
     Param("gamma", Interval(0, None, closed="neither", note="(n = ceil(gamma k))"), None,
           "alternative to n: n = ceil(gamma k)"),
@@ -199,7 +210,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("gtol", Interval(0, None, closed="neither"), 1e-6,
           "convergence when the spherical gradient norm falls below this, after escape",
           section="observe"),
-    Param("max_steps", Interval(1, None, integer=True), 1_000_000,
+    Param("max_steps", Interval(1, MAX_STEPS_MAX, integer=True, high_text="10^15"), 1_000_000,
           "limit on accepted steps", section="observe"),
 )
 
@@ -380,6 +391,9 @@ def _resolve(raw: dict[str, Any]) -> Point:
         raise SpecError("n", p["n"], f"either n or gamma, not both (gamma = {p['gamma']!r})",
                         hint="drop one of them: n = ceil(gamma k)")
     gamma = v.get("gamma")
+    if gamma is not None and gamma * k > N_MAX:
+        raise SpecError("gamma", gamma, f"a number > 0 and <= {N_MAX:g} / k (n = "
+                        f"ceil(gamma k) <= {N_MAX:g}; k = {k})")
     n = max(1, math.ceil(gamma * k - 1e-9)) if gamma is not None else v.get("n", 1)
 
     beta, gram = None, None

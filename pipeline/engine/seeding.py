@@ -28,18 +28,30 @@ def validate_root_seed(root_seed: int) -> int:
     return int(root_seed)
 
 
+#: Largest seed index + 1 (and largest seed count) accepted: 2^31, as in sweep specs.
+SEED_LIMIT = 2**31
+
+
 def validate_seeds(seeds: Iterable[int] | int) -> np.ndarray:
-    """Seed indices as an int64 array (an int ``m`` means ``range(m)``); distinct, >= 0."""
+    """Seed indices as an int64 array (an int ``m`` means ``range(m)``); distinct, in
+    ``[0, 2^31)``, one-dimensional. Anything else raises :class:`SpecError` naming ``seeds``."""
+    allowed = "a count in [1, 2^31] or a 1-d list of distinct integer indices in [0, 2^31)"
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        if not 1 <= int(seeds) <= SEED_LIMIT:
+            raise SpecError("seeds", seeds, allowed)
         seeds = range(int(seeds))
+    if isinstance(seeds, str | bytes | bool | float) or seeds is None:
+        raise SpecError("seeds", seeds, allowed)
     try:
-        arr = np.asarray(list(seeds))
-    except TypeError:
-        raise SpecError("seeds", seeds, "an iterable of integer seed indices") from None
+        arr = seeds if isinstance(seeds, np.ndarray) else np.asarray(list(seeds))
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError("seeds", seeds, allowed) from None
+    if arr.ndim != 1:
+        raise SpecError("seeds", f"an array of shape {arr.shape}", allowed)
     if arr.size == 0:
         raise SpecError("seeds", list(arr), "at least one seed index")
-    if arr.dtype.kind not in "iu" or np.any(arr < 0):
-        raise SpecError("seeds", arr.tolist()[:8], "integer seed indices >= 0")
+    if arr.dtype.kind not in "iu" or np.any(arr < 0) or np.any(arr >= SEED_LIMIT):
+        raise SpecError("seeds", arr.tolist()[:8], allowed)
     if np.unique(arr).size != arr.size:
         raise SpecError("seeds", arr.tolist()[:8], "distinct seed indices")
     return arr.astype(np.int64)

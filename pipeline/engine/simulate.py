@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from ..errors import IgnoredSettingWarning, SpecError
 from . import dynamics, mse
 from .activations import (
     check_assumptions,
@@ -27,7 +29,7 @@ from .initial import (
     sample_orthogonal_factor,
 )
 from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, solve
-from .params import Point, content_hash, resolve_point
+from .params import IGNORED_LR, Point, content_hash, resolve_point
 from .seeding import (
     STREAM_FULL,
     STREAM_ORTHOGONAL,
@@ -35,7 +37,7 @@ from .seeding import (
     validate_root_seed,
     validate_seeds,
 )
-from .snapshots import validate_snapshots
+from .snapshots import late_snapshots, validate_snapshots
 
 
 def simulate(
@@ -78,10 +80,20 @@ def simulate(
         neuron2), the final student Gram ``W^T W``, and with snapshots ``loss_t`` (seed, time).
         ``u0`` equals the correlation point's ``u0`` for the same seed (common random numbers).
     """
+    if not isinstance(point, Mapping | Point):
+        raise SpecError("point", point, "a mapping of parameters such as {'teacher': 'h3', "
+                        "'d': 1000, 'k': 2}, or a pipeline.params.Point")
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
     root_seed = validate_root_seed(root_seed)
     times = validate_snapshots(snapshots, p.t_max)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise SpecError("threads", threads, "None (all cores) or an integer >= 1")
+    if isinstance(point, Mapping) and point.get("lr") is not None and p.method == "flow":
+        warnings.warn(IGNORED_LR, IgnoredSettingWarning, stacklevel=2)
+    if (late := late_snapshots(times, p.t_max)) is not None:
+        warnings.warn(late, IgnoredSettingWarning, stacklevel=2)
 
     teacher = get_activation(p.teacher, p.degree, field_name="teacher")
     student = get_activation(p.student, p.degree, field_name="student")
