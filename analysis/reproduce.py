@@ -37,7 +37,8 @@ def reproduce(out: Path, *, scheduler: str | None = None, workers: int | None = 
     """Run every paper sweep (resuming what exists) and write stores, tables, figures and
     ``report.md`` under ``out``. Returns the report's path. Raises ``RuntimeError`` naming
     the sweeps whose blocks are missing (after writing what could be written)."""
-    from pipeline.execute import open_client, run_sweep
+    from pipeline.cluster import open_client
+    from pipeline.execute import run_sweep
     from sweeps.spec import load_spec
 
     stream = stream if stream is not None else sys.stderr

@@ -352,12 +352,12 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_MISSING
 
 
-def describe(spec) -> str:
-    """What ``mimflow validate`` prints for a valid spec."""
-    from .execute import block_memory_bytes, human_bytes
-    from .store import Layout
+def describe(spec, layout) -> str:
+    """What ``mimflow validate`` prints for a valid spec (``layout``: its store layout)."""
+    from dask.utils import format_bytes
 
-    layout = Layout.for_spec(spec)
+    from .resources import block_memory_bytes
+
     per_point = -(-spec.seeds // spec.block_seeds)
     lines = [f"spec {spec.source}: sweep {spec.name!r} is valid"]
     if spec.description:
@@ -369,9 +369,9 @@ def describe(spec) -> str:
         f"seeds; {spec.n_neuron_trajectories} neuron paths)",
         f"  blocks:        {spec.n_blocks} ({per_point} per point, {spec.block_seeds} "
         f"seeds each)",
-        f"  memory/block:  ~{human_bytes(block_memory_bytes(spec, layout))} on a worker "
-        f"(results {human_bytes(layout.block_nbytes())})",
-        f"  store size:    <= {human_bytes(layout.store_nbytes())} uncompressed "
+        f"  memory/block:  ~{format_bytes(block_memory_bytes(spec, layout))} on a worker "
+        f"(results {format_bytes(layout.block_nbytes())})",
+        f"  store size:    <= {format_bytes(layout.store_nbytes())} uncompressed "
         f"(n padded to {layout.n_max}, k to {layout.k_max}"
         + (f", {len(layout.times)} snapshot times" if layout.times is not None else "")
         + ")",
@@ -384,16 +384,13 @@ def describe(spec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def memory_check(spec, args: argparse.Namespace) -> str:
+def memory_check(spec, layout, args: argparse.Namespace) -> str:
     """The ``worker memory`` line of ``mimflow validate`` and, when a block does not fit, a
     warning with the largest ``block_seeds`` that does."""
-    from .execute import (
-        default_worker_memory,
-        embedded_workers,
-        human_bytes,
-        memory_advice,
-        memory_refusal,
-    )
+    from dask.utils import format_bytes
+
+    from .cluster import default_worker_memory, embedded_workers
+    from .resources import memory_advice, memory_refusal
 
     if args.memory_limit:
         limit, where = args.memory_limit, "--memory-limit"
@@ -409,11 +406,11 @@ def memory_check(spec, args: argparse.Namespace) -> str:
         n = embedded_workers(args.workers)
         limit = default_worker_memory(n)
         where = f"embedded cluster: this machine's memory over {n} workers"
-    refusal = memory_refusal(spec, limit, where)
+    refusal = memory_refusal(spec, layout, limit, where)
     if refusal is not None:
         raise refusal
-    line = f"  worker memory: {human_bytes(limit)} ({where})\n"
-    advice = memory_advice(spec, limit, where)
+    line = f"  worker memory: {format_bytes(limit)} ({where})\n"
+    advice = memory_advice(spec, layout, limit, where)
     if advice:
         line += f"  warning (memory): {advice}\n"
     return line
@@ -422,12 +419,14 @@ def memory_check(spec, args: argparse.Namespace) -> str:
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    from .execute import check_block_count
+    from .resources import check_block_count
+    from .store import Layout
 
     spec = load_spec(args.spec)
     check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
-    out.write(describe(spec))
-    out.write(memory_check(spec, args))
+    layout = Layout.for_spec(spec)
+    out.write(describe(spec, layout))
+    out.write(memory_check(spec, layout, args))
     return EXIT_OK
 
 

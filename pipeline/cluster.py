@@ -1,6 +1,6 @@
 """Where a run's workers come from: TLS credentials and cluster configuration files.
 
-``mimflow run`` gets a ``distributed.Client`` in one of three ways (``execute.open_client``):
+``mimflow run`` gets a ``distributed.Client`` in one of three ways (:func:`open_client`):
 an embedded ``LocalCluster`` (loopback only), an existing scheduler (``--scheduler
 tcp://...`` or ``tls://...`` with :func:`tls_security`), or a cluster described by a YAML
 file (``--cluster cluster/slurm.yaml``, :func:`load_cluster_config`). Such a file is data:
@@ -10,8 +10,10 @@ it is read with ``yaml.safe_load`` and its values become keyword arguments of
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -202,3 +204,112 @@ def open_cluster(config: ClusterConfig, out: TextIO) -> Iterator[Any]:
             client.close()
     finally:
         cluster.close()  # scancel of every job this run submitted
+
+
+def embedded_workers(workers: int | None = None) -> int:
+    """Worker processes of the embedded ``LocalCluster``: ``workers``, or one per CPU."""
+    return workers or os.cpu_count() or 1
+
+
+def default_worker_memory(workers: int | None = None) -> int:
+    """The memory limit of a worker of the embedded ``LocalCluster`` of ``workers``
+    processes: the machine's (or container's) memory divided among them, as Dask does."""
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT // embedded_workers(workers))
+
+
+@contextmanager
+def open_client(scheduler: str | None = None, workers: int | None = None,
+                out: TextIO | None = None, *, security: Any = None,
+                cluster: str | os.PathLike | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: on the cluster at ``scheduler`` (``tcp://`` or ``tls://``
+    with ``security``, a ``distributed.security.Security``), on a cluster started from the
+    configuration file ``cluster`` (``cluster/slurm.yaml``), or on an embedded
+    ``LocalCluster`` of ``workers`` processes with one thread each, listening on 127.0.0.1
+    only (scheduler, workers, nannies and dashboard).
+    """
+    from distributed import Client, LocalCluster
+
+    out = out if out is not None else sys.stderr
+    if cluster is not None:
+        with open_cluster(load_cluster_config(cluster), out) as client:
+            yield client
+        return
+    if scheduler:
+        check_address(scheduler, security)
+        try:
+            client = Client(scheduler, security=security, timeout="20s")
+        except Exception as err:  # refused, unreachable, TLS handshake failed, ...
+            tls = scheduler.startswith("tls://")
+            hint = f"{type(err).__name__}: {err}".strip()
+            if tls:
+                hint += ("; with TLS, the scheduler refuses a client whose certificate is "
+                         "not signed by its CA, and this client refuses a scheduler whose "
+                         "certificate is not signed by --tls-ca-file")
+            raise SpecError("scheduler", scheduler, "the address of a running Dask "
+                            "scheduler (tcp://host:8786 or tls://...)", hint=hint) from None
+        out.write(f"mimflow: scheduler {scheduler}, dashboard {client.dashboard_link}\n")
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = embedded_workers(workers)
+    # Loopback only: nothing outside this machine can submit code to these workers.
+    with _children_ignore_sigint():
+        cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                silence_logs=logging.ERROR)
+    client = Client(cluster_)
+    out.write(f"mimflow: local cluster of {n} worker processes (1 thread each) at "
+              f"{cluster_.scheduler_address}, dashboard {cluster_.dashboard_link}\n")
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster_.close()
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Start processes that ignore SIGINT (inherited through spawn: Python keeps an ignored
+    SIGINT ignored). Ctrl-C in a terminal signals the whole process group; the driver alone
+    handles it (cancels, closes the cluster, exits 130), instead of every worker printing
+    a KeyboardInterrupt traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def worker_memory_limit(client: Any) -> int | None:
+    """The smallest memory limit among the cluster's workers now (``None``: no workers
+    yet, e.g. an adaptive cluster, or no limits)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # older distributed: no n_workers argument
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # the check is advice; never fail a run over it
+        return None
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else None
+
+
+@contextmanager
+def client_for(client: Any, cluster: str | os.PathLike | None, scheduler: str | None,
+                  security: Any, workers: int | None, out: TextIO) -> Iterator[Any]:
+    """``client`` itself when given, else a client from :func:`open_client` (closed after)."""
+    if client is not None:
+        yield client
+    else:
+        with open_client(scheduler, workers, out, security=security, cluster=cluster) as cl:
+            yield cl

@@ -1,159 +1,39 @@
-"""Running a sweep: blocks become Dask tasks that simulate and write their own store region.
+"""The driver of a run: blocks become Dask tasks that simulate and write their own regions.
 
-The driver (this module's :func:`run_sweep`) validates, takes the store's run lock
-(:mod:`pipeline.lock`: one live driver per store), prepares the store (metadata once),
-submits one task per block that is not in the ledger (with Dask ``retries`` for blocks that
-raise), shows progress, reports failures with the failing point's parameters and seeds, and
-consolidates the metadata at the end. Results never travel through the driver: a task returns
-a small summary (status counts, warnings). Re-running a block, by Dask after a worker died or
-by a later driver, is harmless (see :func:`run_block`), which is what makes a killed worker or
-a killed driver lose nothing.
+:func:`run_sweep` validates, takes the store's run lock (:mod:`pipeline.lock`: one live
+driver per store), prepares the store (metadata once, :mod:`pipeline.preflight` decides
+whether to create or resume), submits one task per block that the ledger does not list (with
+Dask ``retries`` for blocks that raise), shows progress, reports failures with the failing
+point's parameters and seeds, and consolidates the metadata at the end. The task itself is
+:func:`pipeline.worker.run_block`; results never travel through the driver, only a small
+summary (status counts, warnings). Re-running a block, by Dask after a worker died or by a
+later driver, is harmless (see ``run_block``), which is what makes a killed worker or a
+killed driver lose nothing. Clusters come from :mod:`pipeline.cluster`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import socket
 import sys
 import time
-import traceback
 import uuid
-import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
-
-from . import _testhooks, ledger, verify
+from . import ledger, verify
 from . import store as zstore
-from .engine.simulate import simulate
-from .errors import DamagedFile, SpecError
+from .cluster import client_for, worker_memory_limit
 from .ledger import StoreRef
 from .lock import DEFAULT_TTL, RunLock, describe_holder
+from .preflight import check_store, store_attrs
 from .progress import Progress
-from .provenance import git_revision, utc_now, versions
+from .provenance import utc_now
+from .resources import check_block_count, memory_advice, memory_refusal
+from .worker import BlockError, BlockTask, run_block
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
-
-
-class BlockError(RuntimeError):
-    """A block failed. ``str()`` names the block, its point's parameters and its seeds;
-    ``details`` (the second argument) holds the original traceback."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "block failed"
-
-    @property
-    def details(self) -> str:
-        """The traceback of the original error, as text."""
-        return str(self.args[1]) if len(self.args) > 1 else ""
-
-
-@dataclass(frozen=True)
-class BlockTask:
-    """Everything a worker needs to compute one block and write it (small and picklable)."""
-
-    store: StoreRef
-    layout: zstore.Layout
-    block_id: str
-    point_index: int
-    point_hash: str
-    params: dict[str, Any]
-    where: str
-    """The point's swept parameters as text, for messages (``d=1000, k=2``)."""
-    start: int
-    stop: int
-    root_seed: int
-    run_id: str
-    store_id: str | None = None
-    """The store incarnation the block belongs to (``store_id`` of its ``initialized``
-    marker): a block never writes into a store that was replaced after it was submitted."""
-    recompute: bool = False
-    """Compute and write the block even if its ledger marker says it is done (its data was
-    found damaged, or its marker is)."""
-
-    @property
-    def label(self) -> str:
-        """``block 000003-0000000064 (point d=1000, k=2; seeds 64..95)``."""
-        return (f"block {self.block_id} (point {self.where}; seeds "
-                f"{self.start}..{self.stop - 1})")
-
-
-class StoreReplaced(RuntimeError):
-    """The store was deleted or re-created (``--overwrite`` by a later run) after this
-    block was submitted: the block must not write into it."""
-
-
-def _check_store_id(task: BlockTask) -> None:
-    if task.store_id is None:
-        return
-    init = ledger.get_json(task.store, ledger.INITIALIZED)
-    if (init or {}).get("store_id") != task.store_id:
-        raise StoreReplaced(f"the store {task.store.url} was replaced or deleted since this "
-                            "block was submitted (a later run with --overwrite?); nothing "
-                            "was written")
-
-
-def run_block(task: BlockTask) -> dict[str, Any]:
-    """Simulate one block, write its region, then record it in the ledger.
-
-    Runs on a worker (one thread: ``threads=1``). Warnings are captured and returned, not
-    printed once per block. Any failure is raised as :class:`BlockError` naming the point's
-    parameters and the seeds; the block then has no ledger entry and a re-run computes it.
-
-    Safe to run twice, even at once (Dask re-runs a task whose worker died; a driver killed
-    mid-sweep leaves tasks running while the next run resubmits them): the block's region is
-    whole chunks of its own, recomputed bit for bit, and each chunk is replaced atomically
-    (a temporary file renamed, or one object-store put), so a second writer only rewrites
-    the same bytes and a writer killed mid-way leaves the old chunk or the new one. The
-    ledger marker is written after the data, so a block without one is simply done again;
-    one that finds its marker already there returns that record without recomputing.
-    """
-    t0 = time.perf_counter()
-    try:
-        _testhooks.before_block(task.block_id)
-        _check_store_id(task)
-        existing = None if task.recompute else \
-            ledger.get_json(task.store, ledger.marker(task.block_id))
-        if existing is not None and isinstance(existing.get("status_counts"), dict):
-            existing.pop("block", None)  # the same record as the execution that wrote it
-            return existing
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            times = task.layout.times
-            ds = simulate(task.params, range(task.start, task.stop), root_seed=task.root_seed,
-                          snapshots=None if times is None else list(times), threads=1)
-        # Checked again just before writing: a replacement of the store (--overwrite by a
-        # later run) while this block computed must not receive this block's chunks.
-        _check_store_id(task)
-        zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
-                           ds)
-        # What was stored, read back: the ledger's record of this block's integrity.
-        chunks = verify.stored_chunks(task.store, (v.name for v in task.layout.variables),
-                                      task.point_index, task.start, task.layout.block_seeds)
-        _testhooks.after_write(task.block_id)
-        status = ds["status"].values
-        counts = {zstore.STATUS_FLAGS[int(s)]: int(c)
-                  for s, c in zip(*np.unique(status, return_counts=True), strict=True)}
-        record = {
-            "point": task.point_index, "point_hash": task.point_hash,
-            "seeds": [task.start, task.stop], "status_counts": counts, "chunks": chunks,
-            "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
-            "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
-            "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
-        }
-        _check_store_id(task)  # (replaced while this block wrote: no marker either)
-        ledger.mark_done(task.store, task.block_id, record)
-    except Exception as err:
-        raise BlockError(f"{task.label} failed: {type(err).__name__}: {err}",
-                         traceback.format_exc()) from None
-    return record
 
 
 def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
@@ -173,323 +53,6 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
                              block.id in recompute))
     return out
 
-
-def block_memory_bytes(spec: Spec, layout: zstore.Layout, block_seeds: int | None = None) -> int:
-    """Rough peak memory of one block on a worker (of ``block_seeds`` seeds; default the
-    spec's).
-
-    The results exist about three times (simulate's dataset, the padded region, the encoded
-    chunks) and the integrator's states about four times (initial, current, final, overlaps);
-    a state is k + 1 numbers per neuron, or d with the full-d backend.
-    """
-    seeds = spec.block_seeds if block_seeds is None else block_seeds
-    if seeds != layout.block_seeds:
-        layout = replace(layout, block_seeds=seeds)
-    width = max((p.point.d if p.point.backend == "full" else p.point.k + 1)
-                for p in spec.points)
-    state = seeds * layout.n_max * width * 8
-    if any(p.point.loss == "mse" for p in spec.points):  # the Gram Q: n x n per seed
-        state += seeds * layout.n_max * layout.n_max * 8
-    return 3 * layout.block_nbytes() + 4 * state
-
-
-def memory_budget(limit: int) -> int:
-    """What one block may use on a worker with memory limit ``limit`` (bytes): the fraction
-    at which Dask pauses the worker (``distributed.worker.memory.pause``, 0.8 by default)."""
-    import dask
-
-    fraction = dask.config.get("distributed.worker.memory.pause", 0.8)
-    if not fraction:
-        fraction = dask.config.get("distributed.worker.memory.terminate", 0.95) or 1.0
-    return int(limit * float(fraction))
-
-
-def memory_advice(spec: Spec, limit: int | None, where: str = "") -> str | None:
-    """A warning (text) when one block of ``spec`` needs more memory than a worker with
-    memory limit ``limit`` bytes can give it, with the largest ``block_seeds`` that fits;
-    ``None`` when it fits or the limit is unknown (``None`` or 0: no limit)."""
-    if not limit:
-        return None
-    layout = zstore.Layout.for_spec(spec)
-    need = block_memory_bytes(spec, layout)
-    budget = memory_budget(limit)
-    if need <= budget:
-        return None
-    per_seed = block_memory_bytes(spec, layout, 1)
-    fits = budget // per_seed
-    source = f" ({where})" if where else ""
-    text = (f"a block needs ~{human_bytes(need)}, more than {human_bytes(budget)}, the part of the "
-            f"worker memory limit {human_bytes(limit)}{source} at which Dask pauses a worker; ")
-    if fits >= 1:
-        text += (f"use block_seeds = {fits} or fewer in the spec (now {spec.block_seeds}), "
-                 "or give each worker more memory")
-    else:
-        text += ("even one seed per block does not fit: give each worker more memory (or "
-                 "record fewer snapshot times)")
-    return text
-
-
-def memory_refusal(spec: Spec, limit: int | None, where: str = "") -> SpecError | None:
-    """The error (to raise) when even one seed of a block needs more memory than a worker
-    with memory limit ``limit`` has at all: such a run could only die; ``None`` otherwise."""
-    if not limit:
-        return None
-    layout = zstore.Layout.for_spec(spec)
-    one = block_memory_bytes(spec, layout, 1)
-    if one <= limit:
-        return None
-    big = max(spec.points, key=lambda p: p.point.n * (p.point.d if p.point.backend == "full"
-                                                      else p.point.k + 1))
-    source = f" ({where})" if where else ""
-    return SpecError("block_seeds", spec.block_seeds,
-                     f"blocks that fit in a worker's memory limit {human_bytes(limit)}{source}",
-                     hint=f"even one seed needs ~{human_bytes(one)} (n padded to "
-                          f"{layout.n_max}, k to {layout.k_max}; the largest point is "
-                          f"{big.describe()}): lower n or the number of snapshot times, or "
-                          "give each worker more memory")
-
-
-#: Most blocks one sweep may have: the driver holds one task per block.
-MAX_BLOCKS = 2_000_000
-
-
-def check_block_count(spec: Spec) -> None:
-    """Refuse a sweep of more blocks than a driver can hold (:data:`MAX_BLOCKS`)."""
-    if spec.n_blocks > MAX_BLOCKS:
-        fewer = -(-spec.seeds * len(spec.points) // MAX_BLOCKS)
-        raise SpecError("block_seeds", spec.block_seeds,
-                        f"a block size that makes at most {MAX_BLOCKS} blocks (this sweep "
-                        f"has {spec.n_blocks})",
-                        hint=f"use block_seeds = {max(fewer, spec.block_seeds + 1)} or more",
-                        source=spec.source)
-
-
-def human_bytes(nbytes: float) -> str:
-    """``512 B``, ``3.5 KiB``, ``4 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.3g} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return f"{nbytes:.3g} TiB"  # pragma: no cover
-
-
-def embedded_workers(workers: int | None = None) -> int:
-    """Worker processes of the embedded ``LocalCluster``: ``workers``, or one per CPU."""
-    return workers or os.cpu_count() or 1
-
-
-def default_worker_memory(workers: int | None = None) -> int:
-    """The memory limit of a worker of the embedded ``LocalCluster`` of ``workers``
-    processes: the machine's (or container's) memory divided among them, as Dask does."""
-    from distributed.system import MEMORY_LIMIT
-
-    return int(MEMORY_LIMIT // embedded_workers(workers))
-
-
-# ---------------------------------------------------------------------------------------------
-# The store's relation to a spec.
-
-
-def check_store(spec: Spec, ref: StoreRef, *, overwrite: bool = False) -> str:
-    """Decide what to do with the location ``ref`` for ``spec``, touching nothing.
-
-    Returns ``"create"`` (nothing there, an interrupted creation, or ``overwrite``) or
-    ``"resume"`` (a store of this very spec). Raises :class:`SpecError` for a store of
-    another spec (unless ``overwrite``) and, always, for anything that is not a mimflow
-    store: ``--overwrite`` never deletes data mimflow did not write.
-
-    Without ``overwrite`` nothing that holds data is ever replaced: a store whose
-    ``initialized.json`` is missing or damaged (copied with another tool, or damaged) is
-    refused when it holds any block chunk or ledger marker, with the ways out. Only a
-    creation that mimflow itself interrupted (``creating.json``, written before it deletes
-    anything) or one that left metadata and nothing else is created again.
-    """
-    creating = _has(ref, ledger.CREATING)
-    attrs = zstore.read_attrs(ref)
-    if attrs is None:
-        if creating or not ref.exists() or _is_empty_dir(ref):
-            return "create"
-        raise SpecError("store", ref.url, "a new location or an existing mimflow store",
-                        hint="something else is there; choose another --store")
-    if "mimflow_layout" not in attrs:
-        raise SpecError("store", ref.url, "a new location or an existing mimflow store",
-                        hint="a zarr store not written by mimflow is there; choose another "
-                             "--store (--overwrite does not delete foreign data)")
-    if overwrite or creating:
-        return "create"  # asked for, or a creation (maybe an --overwrite) was interrupted
-    if attrs.get("spec_hash") != spec.hash:
-        raise SpecError(
-            "store", ref.url,
-            f"a store of this spec ({spec.name!r}, spec hash {spec.hash})",
-            hint=f"it holds sweep {attrs.get('name')!r} (spec hash {attrs.get('spec_hash')}, "
-                 f"created {attrs.get('created')}); pass --overwrite to replace it or "
-                 "--store to write elsewhere")
-    ways_out = (f"run `mimflow verify {ref.url} --repair` to check it and adopt it, pass "
-                "--overwrite to discard it, or --store to write elsewhere")
-    try:
-        init = ledger.read_json(ref, ledger.INITIALIZED)
-    except DamagedFile as e:
-        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
-                        hint=f"its bookkeeping file {e.path} {e.problem}; {ways_out}"
-                        ) from None
-    if init is None:
-        held = _held_data(ref)
-        if not held:
-            return "create"  # creation was interrupted before the metadata was complete
-        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
-                        hint=f"it holds {held} but no {ledger.INITIALIZED} (a copy made "
-                             "without mimflow's _mimflow folder, or a damaged store), so "
-                             f"nothing says which of its blocks are complete; {ways_out}")
-    if init.get("spec_hash") != spec.hash:
-        raise SpecError("store", ref.url, "a healthy mimflow store of this spec",
-                        hint=f"its {ledger.INITIALIZED} names spec hash "
-                             f"{init.get('spec_hash')!r}, its attributes {spec.hash!r}; "
-                             f"{ways_out}")
-    return "resume"
-
-
-def _has(ref: StoreRef, key: str) -> bool:
-    fs, root = ref.fs()
-    try:
-        return fs.exists(ref.path(key, root))
-    except OSError:
-        return False
-
-
-def _held_data(ref: StoreRef) -> str:
-    """What a store holds that a re-creation would delete (``"12 chunks of u0, ... and 8
-    ledger markers"``), or ``""`` when it holds only metadata."""
-    from .verify import chunk_sizes
-
-    names = [v.name for v in zstore.VARIABLES]
-    chunks = chunk_sizes(ref, names)
-    markers = ledger.done_ids(ref)
-    parts = []
-    if chunks:
-        parts.append(f"{len(chunks)} data chunks")
-    if markers:
-        parts.append(f"{len(markers)} ledger markers")
-    return " and ".join(parts)
-
-
-def _is_empty_dir(ref: StoreRef) -> bool:
-    """True for an empty folder, or one holding only mimflow's own bookkeeping folder (the
-    run lock, or what a run killed before it created the store left there)."""
-    fs, root = ref.fs()
-    try:
-        if not fs.isdir(root):
-            return False
-        names = {n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(root, detail=False)}
-    except FileNotFoundError:
-        return True
-    return names <= {ledger.BOOK}
-
-
-def store_attrs(spec: Spec) -> dict[str, Any]:
-    """The store's root attributes: the spec (text and identity) and provenance."""
-    return {
-        "mimflow_layout": zstore.LAYOUT_VERSION,
-        "name": spec.name,
-        "description": spec.description,
-        "spec_file": spec.source,
-        "spec_text": spec.text,
-        "spec_hash": spec.hash,
-        "seeds": spec.seeds,
-        "root_seed": spec.root_seed,
-        "block_seeds": spec.block_seeds,
-        "points": len(spec.points),
-        "blocks": len(spec.blocks),
-        # coordinate names (a parameter that is also a data variable is renamed: loss_type)
-        "swept": json.dumps([zstore.coord_name(n) for n in spec.swept]),
-        "index": json.dumps([zstore.coord_name(n) for n in spec.index]),
-        "fixed_params": json.dumps(spec.fixed, sort_keys=True, default=str),
-        "warnings": json.dumps([f"{w.category}: {w.message} ({len(w.points)} of "
-                                f"{len(spec.points)} points)" for w in spec.warnings]),
-        "versions": json.dumps(versions(), sort_keys=True),
-        "git_revision": git_revision(),
-        "created": utc_now(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# The cluster.
-
-
-@contextmanager
-def open_client(scheduler: str | None = None, workers: int | None = None,
-                out: TextIO | None = None, *, security: Any = None,
-                cluster: str | os.PathLike | None = None) -> Iterator[Any]:
-    """A ``distributed.Client``: on the cluster at ``scheduler`` (``tcp://`` or ``tls://``
-    with ``security``, a ``distributed.security.Security``), on a cluster started from the
-    configuration file ``cluster`` (``cluster/slurm.yaml``), or on an embedded
-    ``LocalCluster`` of ``workers`` processes with one thread each, listening on 127.0.0.1
-    only (scheduler, workers, nannies and dashboard).
-    """
-    from distributed import Client, LocalCluster
-
-    from .cluster import check_address, load_cluster_config, open_cluster
-
-    out = out if out is not None else sys.stderr
-    if cluster is not None:
-        with open_cluster(load_cluster_config(cluster), out) as client:
-            yield client
-        return
-    if scheduler:
-        check_address(scheduler, security)
-        try:
-            client = Client(scheduler, security=security, timeout="20s")
-        except Exception as err:  # refused, unreachable, TLS handshake failed, ...
-            tls = scheduler.startswith("tls://")
-            hint = f"{type(err).__name__}: {err}".strip()
-            if tls:
-                hint += ("; with TLS, the scheduler refuses a client whose certificate is "
-                         "not signed by its CA, and this client refuses a scheduler whose "
-                         "certificate is not signed by --tls-ca-file")
-            raise SpecError("scheduler", scheduler, "the address of a running Dask "
-                            "scheduler (tcp://host:8786 or tls://...)", hint=hint) from None
-        out.write(f"mimflow: scheduler {scheduler}, dashboard {client.dashboard_link}\n")
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n = embedded_workers(workers)
-    # Loopback only: nothing outside this machine can submit code to these workers.
-    with _children_ignore_sigint():
-        cluster_ = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                silence_logs=logging.ERROR)
-    client = Client(cluster_)
-    out.write(f"mimflow: local cluster of {n} worker processes (1 thread each) at "
-              f"{cluster_.scheduler_address}, dashboard {cluster_.dashboard_link}\n")
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster_.close()
-
-
-@contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Start processes that ignore SIGINT (inherited through spawn: Python keeps an ignored
-    SIGINT ignored). Ctrl-C in a terminal signals the whole process group; the driver alone
-    handles it (cancels, closes the cluster, exits 130), instead of every worker printing
-    a KeyboardInterrupt traceback."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be changed from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# ---------------------------------------------------------------------------------------------
-# The driver.
 
 #: Automatic re-runs of a block that raised, before it is reported as failed (Dask's task
 #: ``retries``; a worker that dies is handled separately: its tasks are re-run elsewhere,
@@ -562,10 +125,12 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     for w in spec.warnings:
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
-    with _maybe_client(client, cluster, scheduler, security, workers, out) as cl:
+    with client_for(client, cluster, scheduler, security, workers, out) as cl:
         # A point whose one seed exceeds a worker's memory could only kill workers: refused
         # before the lock (whose folder would be the first trace in the store).
-        refusal = memory_refusal(spec, _worker_memory(cl), "of this cluster's workers")
+        layout = zstore.Layout.for_spec(spec)  # computed once, handed to all that need it
+        refusal = memory_refusal(spec, layout, worker_memory_limit(cl),
+                                 "of this cluster's workers")
         if refusal is not None:
             raise refusal
         # The lock is taken once the cluster is up (a cluster that cannot start leaves no
@@ -574,17 +139,17 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
             if lock.took_over is not None:
                 out.write("mimflow: took over the lock of a run that is no longer alive: "
                           f"{describe_holder(lock.took_over)}\n")
-            return _run_locked(spec, ref, cl, run_id, lock, overwrite, retries, out)
+            return _run_locked(spec, layout, ref, cl, run_id, lock, overwrite, retries, out)
 
 
-def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLock,
-                overwrite: bool, retries: int, out: TextIO) -> RunReport:
+def _run_locked(spec: Spec, layout: zstore.Layout, ref: StoreRef, client: Any, run_id: str,
+                lock: RunLock, overwrite: bool, retries: int, out: TextIO) -> RunReport:
     # Decided again under the lock: another run may have created or replaced the store
     # between the first look and now.
     action = check_store(spec, ref, overwrite=overwrite)
     started = time.time()
     report = RunReport(run_id, ref.url, len(spec.blocks))
-    done, recompute = _done_blocks(spec, ref, out) if action == "resume" else (set(), set())
+    done, recompute = _done_blocks(spec, layout, ref, out) if action == "resume" else (set(), set())
     report.already_done = sum(b.id in done for b in spec.blocks)
     pending = len(spec.blocks) - report.already_done
     if action == "resume":
@@ -598,13 +163,12 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         zstore.consolidate(ref)
         out.write("mimflow: nothing to do, every block is in the store\n")
         return report
-    advice = memory_advice(spec, _worker_memory(client), "of this cluster's workers")
+    advice = memory_advice(spec, layout, worker_memory_limit(client),
+                           "of this cluster's workers")
     if advice:
         out.write(f"mimflow: warning (memory): {advice}\n")
     if action == "create":
-        layout = zstore.create(ref, spec, store_attrs(spec))
-    else:
-        layout = zstore.Layout.for_spec(spec)
+        zstore.create(ref, spec, store_attrs(spec), layout=layout)
     store_id = (ledger.get_json(ref, ledger.INITIALIZED) or {}).get("store_id")
     tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id,
                       recompute=recompute)
@@ -618,12 +182,12 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
         out.write("mimflow: this run lost the store's lock (its heartbeat stopped for longer "
                   "than the lease, and another run took the store over); stopped; finished "
                   "blocks are kept\n")
-        report.missing = _missing(spec, ref)
+        report.missing = _missing(spec, layout, ref)
         return report
     _clean_temporaries(ref, started, out)
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
-    report.missing = _missing(spec, ref)
+    report.missing = _missing(spec, layout, ref)
     _summarize(spec, report, out)
     ledger.write_run(ref, run_id, {
         "run": run_id, "spec_hash": spec.hash, "finished": utc_now(),
@@ -635,13 +199,13 @@ def _run_locked(spec: Spec, ref: StoreRef, client: Any, run_id: str, lock: RunLo
     return report
 
 
-def _done_blocks(spec: Spec, ref: StoreRef, out: TextIO) -> tuple[set[str], set[str]]:
+def _done_blocks(spec: Spec, layout: zstore.Layout, ref: StoreRef, out: TextIO
+                 ) -> tuple[set[str], set[str]]:
     """(done, recompute): blocks of ``spec`` whose marker is valid and whose chunks are all
     there with the sizes they stored, and blocks to compute again although a marker exists
     (a damaged marker, or data found missing or truncated); each of the latter is named."""
     markers = ledger.read_markers(ref)
     records = {b.id: markers.records[b.id] for b in spec.blocks if b.id in markers.records}
-    layout = zstore.Layout.for_spec(spec)
     damaged = verify.quick_check(ref, [v.name for v in layout.variables], records,
                                  spec.block_seeds)
     blocks = {b.id: b for b in spec.blocks}
@@ -669,38 +233,15 @@ def _clean_temporaries(ref: StoreRef, started: float, out: TextIO) -> None:
                   "writers\n")
 
 
-def _missing(spec: Spec, ref: StoreRef) -> list[str]:
+def _missing(spec: Spec, layout: zstore.Layout, ref: StoreRef) -> list[str]:
     """Ids of the blocks of ``spec`` without a valid completion marker (nor found damaged
     by a quick look at their chunks)."""
     markers = ledger.read_markers(ref)
-    layout = zstore.Layout.for_spec(spec)
     finished = set(markers.records) - set(verify.quick_check(
         ref, [v.name for v in layout.variables], markers.records, spec.block_seeds))
     return [b.id for b in spec.blocks if b.id not in finished]
 
 
-def _worker_memory(client: Any) -> int | None:
-    """The smallest memory limit among the cluster's workers now (``None``: no workers
-    yet, e.g. an adaptive cluster, or no limits)."""
-    try:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    except TypeError:  # older distributed: no n_workers argument
-        workers = client.scheduler_info().get("workers", {})
-    except Exception:  # the check is advice; never fail a run over it
-        return None
-    limits = [w.get("memory_limit") or 0 for w in workers.values()]
-    limits = [m for m in limits if m > 0]
-    return min(limits) if limits else None
-
-
-@contextmanager
-def _maybe_client(client: Any, cluster: str | os.PathLike | None, scheduler: str | None,
-                  security: Any, workers: int | None, out: TextIO) -> Iterator[Any]:
-    if client is not None:
-        yield client
-    else:
-        with open_client(scheduler, workers, out, security=security, cluster=cluster) as cl:
-            yield cl
 
 
 def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO, *,

@@ -215,7 +215,8 @@ def _encoding(layout: Layout) -> dict[str, dict[str, Any]]:
     return enc
 
 
-def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
+def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any], *, layout: Layout | None = None
+           ) -> Layout:
     """Write the store's metadata, coordinates, masks and attributes (no block data).
 
     Replaces whatever is at ``ref`` (the caller decides whether that is allowed), except the
@@ -223,9 +224,10 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
     :data:`~pipeline.ledger.CREATING` is written before anything is deleted and removed at
     the end; :data:`~pipeline.ledger.INITIALIZED` is deleted first and written last, with a
     new ``store_id``: a block of an older incarnation of the store (a run replaced by
-    ``--overwrite``) recognizes that the store is no longer its own.
+    ``--overwrite``) recognizes that the store is no longer its own. ``layout`` is
+    ``Layout.for_spec(spec)`` when the caller has it already.
     """
-    layout = Layout.for_spec(spec)
+    layout = layout if layout is not None else Layout.for_spec(spec)
     # First the marker that says "being created": from here on an interruption leaves a
     # store that every command recognizes as abandoned (not a complete one with holes).
     put_json(ref, CREATING, {"spec_hash": spec.hash, "started": attrs.get("created")})

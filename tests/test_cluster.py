@@ -265,7 +265,7 @@ def reference(cluster, spec_file, tmp_path_factory) -> dict[str, bytes]:
     assert f"computed {N_BLOCKS} blocks" in err and f"scheduler {cluster.address}" in err
     data = data_bytes(store)
     # run's memory check sees the workers' limits through the scheduler
-    from pipeline.execute import _worker_memory
+    from pipeline.cluster import worker_memory_limit as _worker_memory
 
     assert _worker_memory(cluster.client) > 0
     # and it is what simulate() gives in this process for the same point and seeds
@@ -435,8 +435,10 @@ def test_a_block_that_keeps_failing_is_reported_after_its_retries(cluster, refer
 
 
 def test_a_block_run_twice_is_harmless_and_never_writes_into_a_replaced_store(tmp_path):
-    from pipeline.execute import BlockError, run_block, store_attrs, tasks_for
+    from pipeline.execute import tasks_for
+    from pipeline.preflight import store_attrs
     from pipeline.store import Layout, create
+    from pipeline.worker import BlockError, run_block
 
     spec = parse_spec(SPEC, source="x")
     ref = StoreRef.parse(tmp_path / "store.zarr")
@@ -465,7 +467,7 @@ def test_a_block_run_twice_is_harmless_and_never_writes_into_a_replaced_store(tm
 def test_the_embedded_cluster_listens_on_loopback_only(warm_numba):
     import psutil
 
-    from pipeline.execute import open_client
+    from pipeline.cluster import open_client
 
     me = psutil.Process()
 
@@ -846,7 +848,9 @@ snapshots = {logspace = [-2, 4, 200]}
 
 
 def test_validate_warns_when_a_block_exceeds_a_worker_and_suggests_a_block_size(tmp_path):
-    from pipeline.execute import block_memory_bytes, human_bytes, memory_budget
+    from dask.utils import format_bytes as human_bytes
+
+    from pipeline.resources import block_memory_bytes, memory_budget
     from pipeline.store import Layout
 
     path = tmp_path / "memory.toml"

@@ -17,7 +17,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 import pipeline
-from pipeline import execute, ledger
+from pipeline import execute, ledger, worker
 from pipeline.cli import main
 from pipeline.execute import run_sweep
 from pipeline.ledger import StoreRef
@@ -140,7 +140,7 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
     spec_path = tmp_path / "exec.toml"
     spec_path.write_text(SPEC)
     store = str(tmp_path / "fail.zarr")
-    real = execute.simulate
+    real = worker.simulate
 
     def flaky(params, seeds, **kwargs):
         if params["d"] == 1000 and params["k"] == 3 and seeds.start == 4:
@@ -150,7 +150,7 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
     # workers in this process (threads), so that the patched simulate is the one they call
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
-        monkeypatch.setattr(execute, "simulate", flaky)
+        monkeypatch.setattr(worker, "simulate", flaky)
         err = io.StringIO()
         code = main(["run", str(spec_path), "--store", store,
                      "--scheduler", cluster.scheduler_address], err=err)

@@ -159,7 +159,7 @@ def test_of_many_racing_drivers_exactly_one_takes_a_dead_lock(tmp_path):
 
 
 def test_recreating_the_store_keeps_the_lock(tmp_path):
-    from pipeline.execute import store_attrs
+    from pipeline.preflight import store_attrs
     from sweeps.spec import parse_spec
 
     spec = parse_spec('name = "x"\nseeds = 2\n[params]\nteacher = "h3"\nk = 2\nd = 100\n',

@@ -13,8 +13,8 @@ import pipeline
 from pipeline import ledger
 from pipeline import store as zstore
 from pipeline.errors import SpecError
-from pipeline.execute import check_store, store_attrs
 from pipeline.ledger import StoreRef
+from pipeline.preflight import check_store, store_attrs
 from sweeps.spec import parse_spec
 
 from conftest import tiny_spec

@@ -20,9 +20,9 @@ from distributed import LocalCluster
 
 from pipeline import ledger, verify
 from pipeline.cli import main
-from pipeline.execute import check_store
 from pipeline.ledger import StoreRef
 from pipeline.lock import LOCK, RunLock
+from pipeline.preflight import check_store
 from pipeline.store import open_results
 from sweeps.spec import load_spec
 
