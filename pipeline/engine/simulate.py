@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import dynamics, mse
+from . import dynamics, mse, sgd
 from .activations import (
     check_assumptions,
     dual_activation,
@@ -81,7 +81,8 @@ def simulate(
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
     root_seed = validate_root_seed(root_seed)
-    times = validate_snapshots(snapshots, p.t_max)
+    # An SGD point's snapshot grid and budget are sample counts (engine/sgd.py).
+    times = validate_snapshots(snapshots, p.max_samples if p.method == "sgd" else p.t_max)
 
     teacher = get_activation(p.teacher, p.degree, field_name="teacher")
     student = get_activation(p.student, p.degree, field_name="student")
@@ -90,18 +91,12 @@ def simulate(
     warn_assumptions(issues, stacklevel=2)
 
     key = content_hash(p.initial_key())
-    model, args, y0, u0 = _initial_state(p, A, student.coefficients, teacher.coefficients,
-                                         root_seed, key, seed_idx)
-    res = solve(
-        model, y0, args, method=p.method, lr=p.lr,
-        tolerances=Tolerances(p.rtol, p.atol),
-        stop=StopRule(p.t_max, p.gtol, p.max_steps),
-        observe=Observation(p.escape_threshold, times),
-        threads=threads,
-    )
-    out = _outputs(p, res, args, A, student.coefficients, teacher.coefficients, seed_idx.size,
-                   times)
-    ds = _dataset(p, u0, out, seed_idx, times)
+    if p.method == "sgd":  # online SGD: a Markov chain, not an ODE
+        ds = sgd.simulate_sgd(p, A, student.coefficients, teacher.coefficients, root_seed,
+                              key, seed_idx, times, threads)
+    else:
+        ds = _simulate_ode(p, A, student.coefficients, teacher.coefficients, root_seed, key,
+                           seed_idx, times, threads)
     ds.attrs.update({
         "point": json.dumps(p.canonical(), sort_keys=True),
         "point_hash": p.hash,
@@ -116,6 +111,22 @@ def simulate(
         "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
     })
     return ds
+
+
+def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
+                  key: str, seed_idx: np.ndarray, times: np.ndarray | None,
+                  threads: int | None) -> xr.Dataset:
+    """Gradient flow or GD of point ``p``: initial states, the integrator, the dataset."""
+    model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
+    res = solve(
+        model, y0, args, method=p.method, lr=p.lr,
+        tolerances=Tolerances(p.rtol, p.atol),
+        stop=StopRule(p.t_max, p.gtol, p.max_steps),
+        observe=Observation(p.escape_threshold, times),
+        threads=threads,
+    )
+    out = _outputs(p, res, args, A, a, b, seed_idx.size, times)
+    return _dataset(p, u0, out, seed_idx, times)
 
 
 def _initial_state(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
