@@ -29,9 +29,9 @@ chi-square per step, whatever ``d``.
 depend on the thread that runs it. Each trajectory here owns a xoshiro256** state (seeded by
 ``numpy.random.SeedSequence`` in ``sgd.py``), draws in a fixed order (per sample: the ``k``
 Gaussians of ``z``, then ``xi``; per step: the chi-square), and is therefore bit-identical
-whatever the batch, block or thread count. Gaussians are Box-Muller pairs (the spare one is
-kept in the trajectory's state); chi-squares are Marsaglia-Tsang gammas, exact for any
-degrees of freedom, at a cost that does not grow with them.
+whatever the batch, block or thread count. Gaussians come from a 256-layer ziggurat;
+chi-squares are Marsaglia-Tsang gammas, exact for any degrees of freedom, at a cost that does
+not grow with them.
 
 The activations are the truncated Hermite series the flow uses (``sigma = sum a_p h_p``), so
 the expected SGD direction is exactly the flow's field.
@@ -47,7 +47,6 @@ from numba import prange, uint64
 from ._jit import jit as njit
 
 CONVERGED, SAMPLE_BUDGET, NON_FINITE = 0, 1, 3
-_TWO_PI = 2.0 * math.pi
 _INV_2_53 = 1.0 / 9007199254740992.0
 
 
@@ -56,7 +55,7 @@ def _rotl(x, k):
     return (x << uint64(k)) | (x >> uint64(64 - k))
 
 
-@njit
+@njit(inline="always")
 def next_u64(s):
     """One xoshiro256** output; advances the 4-word state ``s`` in place."""
     result = _rotl(s[1] * uint64(5), 7) * uint64(9)
@@ -70,26 +69,57 @@ def next_u64(s):
     return result
 
 
-@njit
+@njit(inline="always")
 def uniform(s):
     """A uniform number in (0, 1) (never 0: its log is taken)."""
     return (float(next_u64(s) >> uint64(11)) + 0.5) * _INV_2_53
 
 
-@njit
+def _ziggurat_tables(layers: int = 256, r: float = 3.6541528853610088,
+                     v: float = 0.00492867323399) -> tuple[np.ndarray, np.ndarray]:
+    """Marsaglia & Tsang's (2000) 256-layer ziggurat of the Gaussian: layer edges and pdf.
+
+    ``x[0] = v / f(r)`` is the width of the base strip (with the tail beyond ``r``), ``x[1] =
+    r``, each layer has area ``v``, ``x[layers] = 0``; ``f`` is the unnormalized pdf.
+    """
+    x = np.empty(layers + 1)
+    x[0] = v / math.exp(-0.5 * r * r)
+    x[1] = r
+    for i in range(2, layers):
+        x[i] = math.sqrt(-2.0 * math.log(v / x[i - 1] + math.exp(-0.5 * x[i - 1] ** 2)))
+    x[layers] = 0.0
+    return x, np.exp(-0.5 * x * x)
+
+
+_ZIG_X, _ZIG_F = _ziggurat_tables()
+_ZIG_R = float(_ZIG_X[1])
+
+
+@njit(inline="always")
 def normal(s, spare):
-    """A standard Gaussian (Box-Muller; ``spare = [flag, value]`` keeps the second of a pair)."""
-    if spare[0] != 0.0:
-        spare[0] = 0.0
-        return spare[1]
-    radius = math.sqrt(-2.0 * math.log(uniform(s)))
-    angle = _TWO_PI * uniform(s)
-    spare[0] = 1.0
-    spare[1] = radius * math.sin(angle)
-    return radius * math.cos(angle)
+    """A standard Gaussian by the ziggurat (one 64-bit draw in ~99% of the calls).
+
+    ``spare`` is unused (kept so that the draw order of a chain is one function's business).
+    """
+    X, F = _ZIG_X, _ZIG_F
+    while True:
+        bits = next_u64(s)
+        i = int(bits & uint64(255))
+        u = 2.0 * (float(bits >> uint64(11)) * _INV_2_53) - 1.0
+        x = u * X[i]
+        if abs(x) < X[i + 1]:
+            return x
+        if i == 0:  # the tail beyond r (Marsaglia 1964)
+            while True:
+                xt = math.log(uniform(s)) / _ZIG_R
+                yt = math.log(uniform(s))
+                if -2.0 * yt >= xt * xt:
+                    return xt - _ZIG_R if u < 0.0 else _ZIG_R - xt
+        if F[i + 1] + (F[i] - F[i + 1]) * uniform(s) < math.exp(-0.5 * x * x):
+            return x
 
 
-@njit
+@njit(inline="always")
 def gamma(s, spare, shape):
     """A Gamma(shape, 1) variate (Marsaglia & Tsang 2000; boosted for shape < 1)."""
     if shape <= 0.0:
@@ -112,13 +142,13 @@ def gamma(s, spare, shape):
             return boost * dd * v
 
 
-@njit
+@njit(inline="always")
 def chi2(s, spare, df):
     """A chi-square variate with ``df`` (>= 0, any real) degrees of freedom."""
     return 2.0 * gamma(s, spare, 0.5 * df)
 
 
-@njit
+@njit(inline="always")
 def hermite_series(coef, t):
     """``sum_p coef_p He_p(t)`` (probabilists' Hermite, ``He_{p+1} = t He_p - p He_{p-1}``).
 
@@ -139,7 +169,7 @@ def hermite_series(coef, t):
     return acc
 
 
-@njit
+@njit(inline="always")
 def _population_grad_norm(u, r, A, Ainv, c, a, du):
     """Spherical gradient norm of the population correlation at ``(u, r)`` (as the flow)."""
     k = u.size
@@ -167,7 +197,7 @@ def _population_grad_norm(u, r, A, Ainv, c, a, du):
     return math.sqrt(max(q, 0.0) + (ua * r) ** 2)
 
 
-@njit
+@njit(inline="always")
 def _record(u_t, b, col, u):
     for j in range(u.size):
         u_t[b, col, j] = u[j]
@@ -374,7 +404,7 @@ def _full_chain(b, W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, g
     status[b] = st
 
 
-@njit
+@njit(inline="always")
 def _quad(Ainv, u):
     q = 0.0
     for i in range(u.size):
