@@ -293,6 +293,8 @@ class Point:
     gamma: float | None = None
     batch: int = 1
     max_samples: int = DEFAULT_MAX_SAMPLES
+    #: The power law ``{scale, d_power}`` that ``lr`` was resolved from (None: a number).
+    lr_law: dict | None = None
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -320,6 +322,8 @@ class Point:
             # points carry these keys, so the hashes of flow and GD points are unchanged.)
             del out["t_max"], out["max_steps"]
             out["lr"], out["batch"], out["max_samples"] = self.lr, self.batch, self.max_samples
+            if self.lr_law is not None:  # groups points of one law across d (analysis)
+                out["lr_law"] = dict(self.lr_law)
         elif self.method == "gd":
             out["lr"] = self.lr
         else:
@@ -460,6 +464,7 @@ def _resolve(raw: dict[str, Any]) -> Point:
         init=init, method=method, lr=lr, backend=backend, degree=degree,
         escape_threshold=threshold, t_max=v["t_max"], rtol=rtol, atol=v["atol"], gtol=gtol,
         max_steps=v["max_steps"], gamma=gamma, batch=v["batch"], max_samples=v["max_samples"],
+        lr_law=v.get("lr") if method == "sgd" and isinstance(v.get("lr"), dict) else None,
     )
 
 
