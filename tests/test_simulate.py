@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline.engine.simulate import default_snapshot_times
+from pipeline.engine.snapshots import default_snapshot_times
 
 H3 = {"teacher": "h3", "d": 1000, "k": 4, "init": "positive"}
 
