@@ -77,6 +77,10 @@ def simulate(
         (a surplus neuron may never escape: NaN). Extra variables: ``q`` (seed, neuron,
         neuron2), the final student Gram ``W^T W``, and with snapshots ``loss_t`` (seed, time).
         ``u0`` equals the correlation point's ``u0`` for the same seed (common random numbers).
+
+        With ``method = "sgd"`` (online SGD, ``engine/sgd.py``) the budget and the snapshot
+        grid count samples: ``escape_samples`` replaces ``escape_time`` (NaN), ``t_final`` is
+        ``lr x steps`` and status 1 is the sample budget ``max_samples``.
     """
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
