@@ -64,6 +64,67 @@ def test_reduced_chain_matches_explicit_sgd(case):
         assert np.isfinite(a.escape_samples.values).mean() > 0.5
 
 
+def _mse_chains(d, batch, teacher, beta, backend, root_seed, *, k=2, chains=CHAINS,
+                lr_scale=0.5):
+    point = dict(teacher=teacher, d=d, k=k, n=3, beta=beta, loss="mse", method="sgd",
+                 batch=batch, lr={"scale": lr_scale, "d_power": -1.0}, backend=backend,
+                 max_samples=int(STEPS[-1]) * batch)
+    return simulate(point, chains, root_seed=root_seed, snapshots=STEPS * batch)
+
+
+def _mse_ks_pvalues(a, b):
+    """KS p-values of every neuron's overlaps and ||u|| at every snapshot, of the loss and
+    of every neuron's escape step."""
+    out = {}
+    for i, steps in enumerate(STEPS):
+        for neuron in range(3):
+            ua, ub = a.u_t.values[:, neuron, i], b.u_t.values[:, neuron, i]
+            for j in range(ua.shape[1]):
+                out[f"u{neuron},{j}@{steps}"] = ks_2samp(ua[:, j], ub[:, j]).pvalue
+            out[f"|u{neuron}|@{steps}"] = ks_2samp(np.linalg.norm(ua, axis=1),
+                                                  np.linalg.norm(ub, axis=1)).pvalue
+    out["loss"] = ks_2samp(a.loss.values[:, 0], b.loss.values[:, 0]).pvalue
+    for neuron in range(3):
+        ea = np.nan_to_num(a.escape_samples.values[:, neuron], nan=np.inf)
+        eb = np.nan_to_num(b.escape_samples.values[:, neuron], nan=np.inf)
+        out[f"escape{neuron}"] = ks_2samp(ea, eb).pvalue
+    return out
+
+
+MSE_CASES = [  # (d, B, teacher, beta)
+    (8, 8, "h3", 0.3),
+    (40, 1, "h4", 0.0),
+]
+
+
+@pytest.mark.parametrize("case", MSE_CASES)
+def test_coupled_mse_chain_matches_explicit_sgd(case):
+    """n = 3 neurons of the MSE loss on shared samples: one coupled chain against explicit
+    SGD in R^d. 37 KS tests per case, hence the Bonferroni level."""
+    p = _mse_ks_pvalues(_mse_chains(*case, "reduced", 0), _mse_chains(*case, "full", 1))
+    assert min(p.values()) > ALPHA / 4, p
+
+
+def test_coupled_chain_when_d_minus_k_is_below_n():
+    """d - k = 2 < n = 3: the perp parts span 2 directions and no batch can add more."""
+    case = (4, 8, "h3", 0.0)
+    p = _mse_ks_pvalues(_mse_chains(*case, "reduced", 0, chains=1000),
+                        _mse_chains(*case, "full", 1, chains=1000))
+    assert min(p.values()) > ALPHA / 4, p
+
+
+def test_coupled_mse_chain_converges_to_the_mse_flow():
+    base = dict(teacher="h3", d=20, k=2, n=2, loss="mse", init="positive")
+    t = np.array([0.5])
+    flow = simulate({**base, "rtol": 1e-10, "gtol": 1e-8}, 50, snapshots=t).u_t.values
+    err = []
+    for lr in (1e-3, 1e-4, 1e-5):
+        ds = simulate({**base, "method": "sgd", "lr": lr, "max_samples": int(t[-1] / lr) + 1},
+                      50, snapshots=t / lr)
+        err.append(np.sqrt(np.mean((ds.u_t.values - flow) ** 2)))
+    assert err[0] > err[1] > err[2] and err[2] < min(0.1, err[0] / 4), err
+
+
 def test_ks_has_power_against_wrong_chi_square(monkeypatch):
     """The same comparison fails for a chain whose remainder has d - 1 degrees of freedom
     instead of d - k - 1 (the error of forgetting that z already took k directions)."""
@@ -134,7 +195,6 @@ def test_power_law_lr_resolves_per_d_and_hashes():
 
 @pytest.mark.parametrize("bad, field", [
     (dict(method="sgd"), "lr"),
-    (dict(method="sgd", lr=0.1, loss="mse"), "method"),
     (dict(method="sgd", lr={"scale": 0.1}), "lr"),
     (dict(method="sgd", lr={"scale": -1, "d_power": 0}), "lr.scale"),
     (dict(method="sgd", lr=0.1, batch=0), "batch"),
@@ -154,3 +214,14 @@ def test_reduced_chain_matches_explicit_sgd_grid(d, batch, teacher, beta):
     case = (d, batch, teacher, beta, 2)
     p = _ks_pvalues(_chains(*case, "reduced", 0), _chains(*case, "full", 1))
     assert min(p.values()) > ALPHA / 24, p  # 24 configurations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [8, 40, 200])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("teacher", ["h3", "h4"])
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_coupled_mse_chain_matches_explicit_sgd_grid(d, batch, teacher, beta):
+    case = (d, batch, teacher, beta)
+    p = _mse_ks_pvalues(_mse_chains(*case, "reduced", 0), _mse_chains(*case, "full", 1))
+    assert min(p.values()) > ALPHA / 24 / 4, p

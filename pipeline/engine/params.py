@@ -204,8 +204,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("init", Options(("uniform", "positive", "uncollected")), "uniform",
           "initial law: uniform on the sphere, positive overlaps, or v_k collected by none"),
     Param("method", Options(("flow", "gd", "sgd")), "flow",
-          "flow (gradient flow), gd (projected gradient descent) or sgd (online SGD, "
-          "correlation loss)"),
+          "flow (gradient flow), gd (projected gradient descent) or sgd (online SGD)"),
     Param("lr", Rate(), None, "learning rate of methods gd and sgd",
           derived=f"{DEFAULT_LR} with method gd; required with sgd"),
     Param("batch", Interval(1, None, integer=True), 1,
@@ -441,7 +440,7 @@ def _resolve(raw: dict[str, Any]) -> Point:
     init, method, backend = v["init"], v["method"], v["backend"]
     if init == "uncollected" and k < 2:
         raise SpecError("init", init, "'uncollected' needs k >= 2 (there is one index vector)")
-    lr = _learning_rate(v.get("lr"), method, d, v["loss"])
+    lr = _learning_rate(v.get("lr"), method, d)
     if backend == "full" and d > FULL_D_MAX:
         raise SpecError("d", d, f"d <= {FULL_D_MAX} with backend 'full' (explicit d-vectors)",
                         hint="use backend = 'reduced', which is exact for any d")
@@ -468,14 +467,10 @@ def _resolve(raw: dict[str, Any]) -> Point:
     )
 
 
-def _learning_rate(lr: float | dict | None, method: str, d: int, loss: str) -> float | None:
+def _learning_rate(lr: float | dict | None, method: str, d: int) -> float | None:
     """The number a point's ``lr`` stands for (``c d^q`` for a power law); None for flow."""
     if method == "flow":
         return None
-    if method == "sgd" and loss != "correlation":
-        raise SpecError("method", method, "'sgd' with loss = 'correlation' (online SGD of the "
-                        "coupled MSE network is not implemented)",
-                        hint="use loss = 'correlation', or method 'flow'/'gd' for the MSE loss")
     if lr is None:
         if method == "sgd":
             raise SpecError("lr", None, "a value with method 'sgd': a number or a power law "
