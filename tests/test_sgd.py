@@ -105,6 +105,23 @@ def test_coupled_mse_chain_matches_explicit_sgd(case):
     assert min(p.values()) > ALPHA / 4, p
 
 
+def test_coupled_ks_has_power_against_wrong_bartlett_degrees(monkeypatch):
+    """The MSE comparison fails when the batch's remainders live in d - k - m + 2 directions
+    instead of d - k - m."""
+    case = (8, 8, "h3", 0.3)
+    b = _mse_chains(*case, "full", 1)
+    kernel = sgd.coupled_chains
+
+    def wrong_dk(*args):
+        args = list(args)
+        args[11] = args[11] + 2.0  # dk = d - k
+        return kernel(*args)
+
+    monkeypatch.setattr(sgd, "coupled_chains", wrong_dk)
+    a = _mse_chains(*case, "reduced", 0)
+    assert min(_mse_ks_pvalues(a, b).values()) < 1e-6
+
+
 def test_coupled_chain_when_d_minus_k_is_below_n():
     """d - k = 2 < n = 3: the perp parts span 2 directions and no batch can add more."""
     case = (4, 8, "h3", 0.0)
@@ -168,6 +185,18 @@ def test_bit_identical_whatever_the_batch_of_seeds_or_threads():
     # The initial conditions are those of the flow point with the same initial law.
     flow = simulate({**point, "method": "flow", "lr": None}, range(6))
     np.testing.assert_array_equal(whole.u0.values, flow.u0.values)
+
+
+def test_coupled_chain_bit_identical_and_starts_where_the_mse_flow_starts():
+    point = dict(teacher="h3", d=10**9, k=2, n=3, loss="mse", method="sgd", lr=0.01,
+                 batch=4, max_samples=800)
+    whole = simulate(point, range(5), threads=1)
+    part = simulate(point, [3, 0], threads=2)
+    for name in ("u", "q", "escape_samples", "loss"):
+        np.testing.assert_array_equal(whole[name].sel(seed=[3, 0]).values, part[name].values)
+    flow = simulate({**point, "method": "flow", "lr": None, "t_max": 1e-9}, range(5))
+    np.testing.assert_array_equal(whole.u0.values, flow.u0.values)
+    np.testing.assert_allclose(np.diagonal(whole.q.values, axis1=1, axis2=2), 1.0, atol=1e-12)
 
 
 def test_escape_units_and_status():
