@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from pipeline import dynamics
+from pipeline.engine import dynamics
 from pipeline.engine.activations import dual_coefficients, get_activation
 from pipeline.engine.frames import equiangular_gram, explicit_frame
 from pipeline.engine.initial import explicit_weights, sample_initial

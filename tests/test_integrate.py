@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import dynamics
+from pipeline.engine import dynamics
 from pipeline.engine.integrate import (
     CONVERGED,
     MAX_STEPS,

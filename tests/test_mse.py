@@ -15,7 +15,7 @@ from scipy import stats
 from scipy.stats import ortho_group
 
 import pipeline
-from pipeline import dynamics, mse
+from pipeline.engine import dynamics, mse
 from pipeline.engine.activations import get_activation
 from pipeline.engine.frames import equiangular_gram, explicit_frame
 from pipeline.engine.initial import (
