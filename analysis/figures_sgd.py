@@ -30,8 +30,9 @@ from ._points import iter_points  # noqa: E402
 from .escape import SampleComplexity  # noqa: E402
 from .figures import Tables, _have, _save  # noqa: E402
 
-#: The parameters that fix a point's initial law (and hence u(0) seed by seed).
-_INITIAL = ("teacher", "student", "d", "k", "n", "init", "degree", "escape_threshold")
+#: The parameters that fix a point's model and initial law (hence u(0) seed by seed).
+_INITIAL = ("loss", "teacher", "student", "d", "k", "n", "init", "degree",
+            "escape_threshold")
 
 
 def flow_counterpart(params: dict, **observe) -> dict:
