@@ -254,3 +254,31 @@ def test_coupled_mse_chain_matches_explicit_sgd_grid(d, batch, teacher, beta):
     case = (d, batch, teacher, beta)
     p = _mse_ks_pvalues(_mse_chains(*case, "reduced", 0), _mse_chains(*case, "full", 1))
     assert min(p.values()) > ALPHA / 24 / 4, p
+
+
+def test_coupled_chain_with_correlation_factors_matches_the_single_neuron_chain():
+    """The coupled chain's machinery (Bartlett remainders, QR compression) at n = 1 with the
+    correlation factors is the single-neuron chain: same law of u after 600 steps."""
+    from pipeline.engine.activations import get_activation
+    from pipeline.engine.frames import equiangular_gram
+    from pipeline.engine.initial import sample_initial_batch
+    from pipeline.engine.seeding import seed_rngs
+
+    d, k, batch, chains = 40, 2, 8, 10_000  # both chains are cheap: a sharper test
+    A = equiangular_gram(k, 0.3)
+    a = get_activation("h4").coefficients
+    seeds = np.arange(chains)
+    draw = sample_initial_batch(seed_rngs(5, "00ff", seeds), 1, d, A, "uniform")
+    U = np.ascontiguousarray(draw.u)
+    Z = np.ascontiguousarray(draw.r[:, :, None])
+    snaps = np.array([600])
+    u_t = np.full((chains, 1, 1, k), np.nan)
+    sgd.coupled_chains(U, Z, 1, sgd.chain_states(5, "00ff", seeds, 1), np.linalg.cholesky(A),
+                       np.linalg.inv(A), sgd._trim(sgd.he_coefficients(a)),
+                       sgd._trim(sgd.he_coefficients(sgd.derivative_coefficients(a))),
+                       sgd._trim(sgd.he_coefficients(a)), 1.0 / d, batch, float(d - k), False,
+                       0.5, 600, snaps, np.full((chains, 1), -1), np.zeros(chains, np.int64),
+                       np.zeros(chains, np.int8), u_t, np.zeros(chains, np.int64))
+    ref = _chains(d, batch, "h4", 0.3, k, "reduced", 0, chains=chains)
+    for j in range(k):
+        assert ks_2samp(u_t[:, 0, 0, j], ref.u_t.values[:, 0, -1, j]).pvalue > ALPHA
