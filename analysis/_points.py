@@ -37,8 +37,16 @@ def point_params(ds: xr.Dataset) -> pd.DataFrame:
             params["gram"] = json.dumps(params["gram"])
         params["teacher"] = _label(params["teacher"])
         params["student"] = _label(params["student"])
+        if params.get("method") == "sgd":
+            # Points of one step-size law differ in lr across d; the law is their group.
+            law = params.get("lr_law")
+            params["lr_law"] = (json.dumps(law, sort_keys=True) if law is not None
+                                else repr(params["lr"]))
         rows.append(params)
     table = pd.DataFrame(rows)
+    if "lr_law" in table.columns and "lr" in table.columns:  # GD points beside SGD ones
+        bare = table["lr_law"].isna() & table["lr"].notna()
+        table.loc[bare, "lr_law"] = table.loc[bare, "lr"].map(repr)
     table["p_star"] = [p_star(t, deg) for t, deg in zip(table["teacher"], table["degree"],
                                                         strict=True)]
     return table
@@ -79,6 +87,23 @@ def iter_points(ds: xr.Dataset, table: pd.DataFrame | None = None
         yield params, sub
 
 
+def finished(params: dict[str, Any], status: np.ndarray) -> np.ndarray:
+    """Trajectories whose final state counts as the end of training.
+
+    Flow and GD: converged (status 0). Online SGD never comes to rest, so a chain that used
+    its whole sample budget (status 1) has finished training too."""
+    status = np.asarray(status)
+    if params.get("method") == "sgd":
+        return (status == 0) | (status == 1)
+    return status == 0
+
+
 def group_columns(table: pd.DataFrame, varying: str) -> list[str]:
-    """Parameters that define a group of points varying only in ``varying``."""
-    return [c for c in table.columns if c != varying]
+    """Parameters that define a group of points varying only in ``varying``.
+
+    With ``varying = "d"``, SGD points are grouped by their step-size law (``lr_law``)
+    rather than by ``lr``, which a power law makes differ with d."""
+    drop = {varying}
+    if varying == "d" and "lr_law" in table.columns:
+        drop.add("lr")
+    return [c for c in table.columns if c not in drop]

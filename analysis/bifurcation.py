@@ -12,15 +12,19 @@ from scipy.stats import binomtest
 
 import pipeline
 
-from ._points import dual_c, group_columns, iter_points, point_params
+from ._points import dual_c, finished, group_columns, iter_points, point_params
 from .hessian import hessian_critical_beta
 from .theory import beta_c
 
 
-def at_average(u: np.ndarray, status: np.ndarray, tol: float = 1e-3) -> np.ndarray:
-    """Which converged neurons sit at the average point: all overlaps equal within ``tol``."""
+def at_average(u: np.ndarray, status: np.ndarray, tol: float = 1e-3,
+               done: np.ndarray | None = None) -> np.ndarray:
+    """Which converged neurons sit at the average point: all overlaps equal within ``tol``.
+
+    ``done`` overrides which trajectories count as finished (default: status 0)."""
     spread = np.nanmax(u, axis=-1) - np.nanmin(u, axis=-1)
-    return (spread < tol) & (np.nanmin(u, axis=-1) > 0) & (status == 0)
+    done = (status == 0) if done is None else done
+    return (spread < tol) & (np.nanmin(u, axis=-1) > 0) & done
 
 
 class BifurcationPoint:
@@ -35,6 +39,9 @@ class BifurcationPoint:
         The fraction that defines beta_f (the paper's "at least half": 0.5).
     confidence:
         Level of the Wilson intervals on the fractions.
+    sgd_tol:
+        ``tol`` for online SGD points, whose final state fluctuates around its limit (a chain
+        that spent its sample budget counts as finished).
 
     Attributes
     ----------
@@ -48,8 +55,9 @@ class BifurcationPoint:
     """
 
     def __init__(self, tol: float = 1e-3, threshold: float = 0.5,
-                 confidence: float = 0.95) -> None:
+                 confidence: float = 0.95, sgd_tol: float = 0.1) -> None:
         self.tol = tol
+        self.sgd_tol = sgd_tol
         self.threshold = threshold
         self.confidence = confidence
 
@@ -59,7 +67,9 @@ class BifurcationPoint:
         rows = []
         for params, sub in iter_points(ds, table):
             u = np.asarray(sub["u"].values, dtype=float)
-            hits = at_average(u, np.asarray(sub["status"].values), self.tol)
+            status = np.asarray(sub["status"].values)
+            tol = self.sgd_tol if params.get("method") == "sgd" else self.tol
+            hits = at_average(u, status, tol, finished(params, status))
             ci = binomtest(int(hits.sum()), hits.size).proportion_ci(self.confidence, "wilson")
             rows.append({**params, "at_average": hits.mean(), "lo": ci.low, "hi": ci.high,
                          "max_overlap": float(np.nanmean(np.nanmax(u, axis=-1)))})

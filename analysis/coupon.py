@@ -7,7 +7,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import binomtest
 
-from ._points import iter_points
+from ._points import finished, iter_points
 from .theory import coupon_failure_exact, coupon_limit, coupon_lower_bound, coupon_union_bound
 
 
@@ -42,7 +42,7 @@ class CouponCollector:
         for params, sub in iter_points(ds):
             k, n = int(params["k"]), int(params["n"])
             u = np.asarray(sub["u"].values, dtype=float)          # (seed, neuron, index)
-            converged = np.asarray(sub["status"].values) == 0      # (seed, neuron)
+            converged = finished(params, sub["status"].values)  # (seed, neuron)
             matched = ((u >= self.match_threshold) & converged[..., None]).any(axis=1)
             failed = ~matched.all(axis=1)
             u0 = np.asarray(sub["u0"].values, dtype=float)
@@ -53,7 +53,8 @@ class CouponCollector:
             exact = coupon_failure_exact(n, k)
             se = np.sqrt(exact * (1 - exact) / seeds)
             rows.append({
-                **{c: params[c] for c in ("teacher", "init", "beta", "d") if c in params},
+                **{c: params[c] for c in ("teacher", "init", "beta", "d", "method")
+                   if c in params},
                 "k": k, "n": n, "gamma": n / k, "seeds": seeds, "failures": failures,
                 "failure": failures / seeds, "lo": ci.low, "hi": ci.high,
                 "failure_at_init": float((~collected.all(axis=1)).mean()),

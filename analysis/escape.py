@@ -8,7 +8,7 @@ import xarray as xr
 from scipy import stats
 
 from ._points import group_columns, iter_points, point_params
-from .theory import escape_exponent
+from .theory import escape_exponent, sample_exponent
 
 _STATS = {"median": np.median, "mean": np.mean}
 
@@ -39,6 +39,11 @@ class EscapeScaling:
         interval, which holds statistical error only, not the finite-d bias).
     """
 
+    #: The variable fitted and its theory exponent (subclasses fit other escape measures).
+    _variable = "escape_time"
+    _theory = staticmethod(escape_exponent)
+    _log_law = "log d"
+
     def __init__(self, statistic: str = "median", n_resamples: int = 1000,
                  confidence: float = 0.95, random_state: int = 0) -> None:
         self.statistic = statistic
@@ -54,7 +59,9 @@ class EscapeScaling:
         table = point_params(ds)
         samples, rows = [], []
         for params, sub in iter_points(ds, table):
-            t = np.asarray(sub["escape_time"].values, dtype=float).ravel()
+            if self._variable not in sub:
+                continue
+            t = np.asarray(sub[self._variable].values, dtype=float).ravel()
             escaped = np.isfinite(t)
             t = t[escaped]
             samples.append(t)
@@ -64,6 +71,9 @@ class EscapeScaling:
                          "trajectories": escaped.size})
         per_d = pd.DataFrame(rows)
         keys = group_columns(table, "d")
+        if per_d.empty:
+            self.per_d_, self.summary_ = per_d, pd.DataFrame()
+            return self
         summary = []
         for key, grp in per_d.groupby(keys, dropna=False, sort=True):
             grp = grp.sort_values("d")
@@ -83,7 +93,7 @@ class EscapeScaling:
                 return np.polyfit(log_d, s.T, 1)[0]
 
             p_star = int(grp["p_star"].iloc[0])
-            theory = escape_exponent(p_star)
+            theory = self._theory(p_star)
             a_lo, a_hi = self._interval(data, alpha)
             b_lo, b_hi = self._interval(data, log_slope)
             row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -92,7 +102,7 @@ class EscapeScaling:
                 "alpha": float(alpha(*data)), "alpha_lo": a_lo, "alpha_hi": a_hi,
                 "log_slope": float(log_slope(*data)), "log_slope_lo": b_lo,
                 "log_slope_hi": b_hi, "theory_alpha": theory,
-                "law": "log d" if p_star == 2 else f"d^{theory:g}",
+                "law": self._log_law if p_star == 2 else f"d^{theory:g}",
                 "deviation": float(alpha(*data)) - theory if p_star > 2 else np.nan,
                 # Only statistical error is in the interval; over a finite d range the O(1)
                 # offset of the escape time also biases the slope by ~0.01-0.02.
@@ -110,3 +120,22 @@ class EscapeScaling:
                               confidence_level=self.confidence, method="percentile",
                               vectorized=True, random_state=self.random_state)
         return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+class SampleComplexity(EscapeScaling):
+    """Online SGD's samples to escape against d: the exponent of ``n ~ d^alpha``.
+
+    Fits ``escape_samples`` (SGD points only; flow points have none) exactly as
+    :class:`EscapeScaling` fits escape times, per group of points that differ only in ``d``
+    (one step-size law ``lr = c d^q`` is one group), beside the theory ``p* - 1`` at
+    ``q = -p*/2`` (Ben Arous, Gheissari & Jagannath 2021). For ``p* = 2`` the law is
+    ``d log d``: the exponent then sits slightly above 1 over a finite range, and
+    ``log_slope`` is the slope of ``n`` against ``log d``.
+
+    Parameters and fitted attributes are those of :class:`EscapeScaling`; ``theory_alpha``
+    is ``p* - 1`` and the statistic is in samples.
+    """
+
+    _variable = "escape_samples"
+    _theory = staticmethod(sample_exponent)
+    _log_law = "d log d"

@@ -15,6 +15,7 @@ from pipeline.engine.integrate import STATUS_NAMES
 from pipeline.provenance import git_revision, utc_now, versions
 
 from . import figures as F
+from . import figures_sgd as FS
 from .tables import analyze, hessian_table
 
 #: Figure builders by spec name (the `name` field of each sweeps/paper spec). Each is called
@@ -28,6 +29,8 @@ FIGURES = {
     "escape-scaling": F.figure_escape,
     "coupon-collector": F.figure_coupon,
     "beta-f-vs-k": F.figure_beta_f,
+    "sgd-sample-complexity": FS.figure_sample_complexity,
+    "sgd-lr-to-flow": FS.figure_lr_to_flow,
 }
 
 
@@ -82,6 +85,47 @@ def _img(figures: dict[str, list[Path]], key: str, out: Path) -> str:
         return "_(figure not produced: its store is missing)_\n"
     png = figures[key][0]
     return f"![{key}]({png.relative_to(out)})  \n([PDF]({figures[key][1].relative_to(out)}))\n"
+
+
+def _sgd_sections(results, figures, out: Path) -> list[str]:
+    """Beyond the paper: online SGD beside the flow (the sweeps of ``sweeps/sgd``)."""
+    lines = ["## Beyond the paper: online SGD, exact at every d", "",
+             "Online SGD on the correlation loss is simulated as an exact Markov chain on "
+             "(u, ||P_perp w||): B(k+1) Gaussians and one chi-square per step, whatever d "
+             "(docs/design.md §1.4). SGD points count samples; status 1 there means the "
+             "sample budget.", "",
+             "### Samples to escape against d", "",
+             "Prediction (Ben Arous, Gheissari & Jagannath 2021): at lr ~ d^(-p*/2), "
+             "n ~ d^(p*-1) samples for p* >= 3 and d log d for p* = 2. Measured: exponent of "
+             "the median samples to escape (bootstrap 95% CI), lr = 0.5 d^(-p*/2). The d "
+             "ranges are what the reproduce budget allows (for p* = 5 less than a decade, "
+             "so finite-d bias dominates there); the right panel puts SGD's escape in "
+             "flow time, lr x steps, beside the flow's escape from the same u(0).", ""]
+    sc = results.get("sgd-sample-complexity", {}).get("samples_summary")
+    if sc is not None and len(sc):
+        lines += [_md(sc, ["teacher", "p_star", "d_min", "d_max", "alpha", "alpha_lo",
+                           "alpha_hi", "theory_alpha", "law", "deviation"]), ""]
+    lines += [_img(figures, "sgd-sample-complexity", out), "",
+              "### lr -> 0: SGD approaches the flow at t = lr x steps", "",
+              "Same u(0) seed by seed (common random numbers); the RMS distance shrinks "
+              "like sqrt(lr) once lr d is small.", "",
+              _img(figures, "sgd-lr-to-flow", out), ""]
+    bf = results.get("sgd-beta-f", {}).get("beta_f")
+    lines += ["### Does SGD noise move beta_f?", "",
+              "Flow (converged) and SGD (after its sample budget, t = 30) on one beta grid. An "
+              "SGD chain is at the average point when its overlaps agree within 0.1: near "
+              "beta_c the direction along the average is flat and the noise spreads them.", ""]
+    if bf is not None and len(bf):
+        lines += [_md(bf, ["method", "teacher", "k", "d", "beta_f_lo", "beta_f_hi",
+                           "beta_c"]), ""]
+    cc = results.get("sgd-coupon", {}).get("coupon")
+    lines += ["### Coupon collector under SGD", "",
+              "Each SGD neuron runs on its own sample stream (independent neurons, as at "
+              "initialization); a neuron matches v_j when u_j >= 0.9 at the end.", ""]
+    if cc is not None and len(cc):
+        lines += [_md(cc, ["method", "k", "n", "gamma", "seeds", "failure", "lo", "hi",
+                           "failure_at_init", "exact"]), ""]
+    return lines
 
 
 def _report(results, figures, hess, out: Path, timings: dict[str, float],
@@ -165,6 +209,7 @@ def _report(results, figures, hess, out: Path, timings: dict[str, float],
               "## Figure 6: phase portraits, d = k = 2", "",
               _img(figures, "phase-portraits", out), ""]
 
+    lines += _sgd_sections(results, figures, out)
     lines += ["## Trajectory status per sweep", ""]
     for name, tables in results.items():
         st = tables["status"]

@@ -1,6 +1,7 @@
 """The main job: run every paper sweep, then write tables, figures and ``report.md``.
 
-``reproduce`` runs (or resumes) each spec of ``sweeps/paper/`` into ``OUT/stores/<name>.zarr``
+``reproduce`` runs (or resumes) each spec of ``sweeps/paper/`` and of ``sweeps/sgd/`` (online
+SGD beside the flow, beyond the paper) into ``OUT/stores/<name>.zarr``
 on one Dask client, then hands the stores to :func:`analysis.report.write_outputs`, which
 writes ``OUT/tables/*.csv``, ``OUT/figures/*.{png,pdf}`` and ``OUT/report.md``.
 """
@@ -18,13 +19,28 @@ import xarray as xr
 from .report import FIGURES, write_outputs
 from .tables import analyze
 
-__all__ = ["FIGURES", "analyze", "paper_specs", "reproduce", "spec_name", "write_outputs"]
+__all__ = ["FIGURES", "analyze", "default_specs", "paper_specs", "reproduce", "sgd_specs",
+           "spec_name", "write_outputs"]
+
+
+def _specs(folder: str) -> list[Path]:
+    root = resources.files("sweeps") / folder
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml"))
 
 
 def paper_specs() -> list[Path]:
     """The spec files of ``sweeps/paper`` (installed with the package), in name order."""
-    folder = resources.files("sweeps") / "paper"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml"))
+    return _specs("paper")
+
+
+def sgd_specs() -> list[Path]:
+    """The spec files of ``sweeps/sgd``: online SGD beside the flow (beyond the paper)."""
+    return _specs("sgd")
+
+
+def default_specs() -> list[Path]:
+    """What ``reproduce`` runs by default: the paper's sweeps, then the SGD ones."""
+    return paper_specs() + sgd_specs()
 
 
 def spec_name(ds: xr.Dataset) -> str:
@@ -44,7 +60,7 @@ def reproduce(out: Path, *, scheduler: str | None = None, workers: int | None = 
     stream = stream if stream is not None else sys.stderr
     out = Path(out)
     (out / "stores").mkdir(parents=True, exist_ok=True)
-    specs = specs if specs is not None else paper_specs()
+    specs = specs if specs is not None else default_specs()
     loaded = [load_spec(p) for p in specs]  # every spec validated before anything runs
     timings: dict[str, float] = {}
     failed: list[str] = []

@@ -19,7 +19,7 @@ from pipeline.engine.integrate import STATUS_NAMES
 from ._points import iter_points, point_params
 from .bifurcation import BifurcationPoint
 from .coupon import CouponCollector
-from .escape import EscapeScaling
+from .escape import EscapeScaling, SampleComplexity
 from .hessian import hessian_critical_beta
 from .theory import average_overlap, beta_c
 
@@ -94,8 +94,12 @@ def analyze(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
     varies = {c for c in table.columns if table[c].nunique(dropna=False) > 1}
     tables: dict[str, pd.DataFrame] = {"status": status_table(ds, table)}
     if "d" in varies:
-        est = EscapeScaling().fit(ds)
-        tables["escape_summary"], tables["escape_per_d"] = est.summary_, est.per_d_
+        if (table["method"] != "sgd").any():  # escape times (flow, GD), never samples
+            est = EscapeScaling().fit(ds)
+            tables["escape_summary"], tables["escape_per_d"] = est.summary_, est.per_d_
+        if (table["method"] == "sgd").any():  # samples to escape (SGD)
+            est = SampleComplexity().fit(ds)
+            tables["samples_summary"], tables["samples_per_d"] = est.summary_, est.per_d_
     if "beta" in varies and (table["loss"] == "correlation").all():
         est = BifurcationPoint().fit(ds)
         tables["beta_f"], tables["beta_f_fractions"] = est.summary_, est.fractions_

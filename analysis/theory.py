@@ -20,6 +20,12 @@ def escape_exponent(p_star: int) -> float:
     return p_star / 2 - 1
 
 
+def sample_exponent(p_star: int) -> float:
+    """Exponent of online SGD's samples to escape, ``n ~ d^(p* - 1)`` at step size
+    ``~ d^(-p*/2)`` (Ben Arous, Gheissari & Jagannath 2021); ``p* = 2`` is ``d log d``."""
+    return p_star - 1.0
+
+
 def coupon_failure_exact(n: int, k: int) -> float:
     """P(some of k index vectors is collected by none of n neurons), inclusion-exclusion.
 

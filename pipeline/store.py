@@ -63,7 +63,8 @@ class Variable:
     long_name: str
     when: tuple[str, ...] = ()
     """Features the sweep must have for the store to hold this variable: ``"snapshots"``
-    (it records u(t)), ``"mse"`` (some point uses the MSE loss). Empty: always."""
+    (it records u(t)), ``"mse"`` (some point uses the MSE loss), ``"sgd"`` (some point is
+    online SGD). Empty: always."""
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -71,11 +72,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("u", ("neuron", "index"), "float64", np.nan, "final overlaps V^T w"),
     Variable("escape_time", ("neuron",), "float64", np.nan,
              "first t with ||u||_2 >= escape_threshold (NaN: never)"),
-    Variable("t_final", ("neuron",), "float64", np.nan, "time at which integration stopped"),
+    Variable("t_final", ("neuron",), "float64", np.nan,
+             "time at which integration stopped (SGD: lr x steps)"),
     Variable("steps", ("neuron",), "int64", -1, "accepted steps (-1: missing or padding)"),
     Variable("status", ("neuron",), "int8", STATUS_MISSING,
-             "0 converged, 1 t_max, 2 max_steps, 3 non-finite, -1 missing or padding"),
+             "0 converged, 1 t_max (SGD: max_samples), 2 max_steps, 3 non-finite, "
+             "-1 missing or padding"),
     Variable("loss", ("neuron",), "float64", np.nan, "final loss (C = 0)"),
+    Variable("escape_samples", ("neuron",), "float64", np.nan,
+             "SGD: samples seen when ||u||_2 first reaches escape_threshold (NaN: never, "
+             "or not an SGD point)", when=("sgd",)),
     Variable("u_t", ("neuron", "time", "index"), "float64", np.nan,
              "overlaps at the snapshot times", when=("snapshots",)),
     Variable("q", ("neuron", "neuron2"), "float64", np.nan,
@@ -111,7 +117,8 @@ class Layout:
         """The layout of ``spec``'s store."""
         mse = any(p.point.loss == "mse" for p in spec.points)
         times = None if spec.snapshots is None else tuple(float(t) for t in spec.snapshots)
-        features = {"snapshots": times is not None, "mse": mse}
+        sgd = any(p.point.method == "sgd" for p in spec.points)
+        features = {"snapshots": times is not None, "mse": mse, "sgd": sgd}
         return cls(len(spec.points), spec.seeds, spec.block_seeds, spec.n_max, spec.k_max,
                    times, tuple(v for v in VARIABLES if all(features[f] for f in v.when)))
 
@@ -197,7 +204,9 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
         if name not in spec.swept:
             coords[name] = ("point", values.astype(np.int64))
     if layout.times is not None:
-        coords["time"] = np.asarray(layout.times, dtype=np.float64)
+        sgd = any(v.name == "escape_samples" for v in layout.variables)
+        coords["time"] = ("time", np.asarray(layout.times, dtype=np.float64),
+                          {"units": "samples" if sgd else "time"})
     if any(v.name == "q" for v in layout.variables):
         coords["neuron2"] = np.arange(layout.n_max, dtype=np.int64)
     return xr.Dataset(data, coords=coords, attrs=attrs)

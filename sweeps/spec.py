@@ -296,6 +296,8 @@ def _parse(text: str, source: str) -> Spec:
 
     index = _index(axes, points, sections)
     t_max = max(sp.point.t_max for sp in points)
+    if snapshots_raw not in (None, False) and any(sp.point.method == "sgd" for sp in points):
+        t_max = _sample_grid_end(points)  # an SGD sweep's snapshots count samples
     snapshots = _snapshots(snapshots_raw, t_max)
     spec_warnings = _check_activations(points, sections)
     spec_warnings += _ignored_settings(points, snapshots)
@@ -454,6 +456,19 @@ def _resolve(params: dict, assigned: dict, sections: dict[str, str]) -> Point:
         at = ", ".join(f"{k}={_show(v)}" for k, v in assigned.items())
         hint = "; ".join(x for x in (err.hint, f"at the point {at}" if at else None) if x)
         raise SpecError(where, err.value, err.allowed, hint=hint or None) from None
+
+
+def _sample_grid_end(points: list[SweepPoint]) -> float:
+    """The largest sample budget, for a sweep whose snapshots are sample counts (SGD).
+
+    The store has one ``time`` axis, so a sweep with snapshots may not mix SGD points (grid
+    in samples) with flow or GD points (grid in time)."""
+    methods = sorted({sp.point.method for sp in points})
+    if methods != ["sgd"]:
+        raise SpecError("method", methods, "only 'sgd', or no 'sgd', in a sweep with "
+                        "snapshots (SGD snapshots count samples, the others time)",
+                        hint="split the sweep into an SGD spec and a flow/GD spec")
+    return float(max(sp.point.max_samples for sp in points))
 
 
 def _snapshots(value: Any, t_max: float) -> np.ndarray | None:

@@ -10,7 +10,7 @@ import pytest
 from analysis._testing import simulate_points
 from analysis.bifurcation import BifurcationPoint, bisect_beta_f
 from analysis.coupon import CouponCollector
-from analysis.escape import EscapeScaling
+from analysis.escape import EscapeScaling, SampleComplexity
 from analysis.theory import beta_c
 
 
@@ -75,3 +75,51 @@ def test_beta_f_sits_just_above_beta_c_for_k2_h3():
     # the bisection resolution) and the gap is small (the paper's Figure 2).
     assert lo >= bc - 1e-3
     assert hi - bc < 0.05
+
+
+def _sgd_escape_sweep(teacher, ds, seeds, **extra):
+    p_star = int(teacher[1:])
+    points = [{"teacher": teacher, "d": int(d), "k": 1, "init": "positive", "method": "sgd",
+               "lr": {"scale": 0.5, "d_power": -p_star / 2}, "gtol": 1e3,  # stop at escape
+               "max_samples": 10**11, **extra} for d in ds]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulate_points(points, seeds)
+
+
+def test_sample_complexity_exponent_p3_over_two_decades():
+    """Online SGD at lr = 0.5 d^-1.5: samples to escape ~ d^2 (BAJ 2021), d = 10 .. 1000."""
+    sweep = _sgd_escape_sweep("h3", np.logspace(1, 3, 5), 64)
+    est = SampleComplexity(n_resamples=500).fit(sweep)
+    row = est.summary_.iloc[0]
+    assert row["theory_alpha"] == 2.0 and row["law"] == "d^2"
+    assert row["alpha"] == pytest.approx(2.0, abs=0.15), row.to_dict()
+    assert row["alpha_lo"] < row["alpha"] < row["alpha_hi"]
+    assert (est.per_d_["escaped"] == 1).all() and len(est.summary_) == 1  # one lr law
+    # Flow estimators skip SGD points: escape times are never mixed with sample counts.
+    assert EscapeScaling().fit(sweep).summary_.empty
+
+
+@pytest.mark.slow
+def test_sample_complexity_exponent_p4_over_two_decades():
+    """p* = 4 at lr = 0.5 d^-2: samples ~ d^3, d = 10 .. 1000 (the top point is ~2.5e8
+    samples per chain: minutes)."""
+    sweep = _sgd_escape_sweep("h4", np.logspace(1, 3, 5), 24)
+    row = SampleComplexity(n_resamples=500).fit(sweep).summary_.iloc[0]
+    assert row["alpha"] == pytest.approx(3.0, abs=0.15), row.to_dict()
+
+
+def test_sgd_bifurcation_and_coupon_count_chains_at_their_budget():
+    """SGD never comes to rest: chains that used their sample budget (status 1) are
+    classified, with the looser SGD tolerance, next to the flow points of the same grid."""
+    base = {"teacher": "h3", "d": 50, "k": 2, "init": "positive", "lr": 1e-4,
+            "max_samples": 300_000, "gtol": 1e-6}
+    points = [{**base, "method": m, "beta": b} for m in ("flow", "sgd") for b in (0.2, 0.5)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sweep = simulate_points(points, 16)
+    frac = BifurcationPoint().fit(sweep).fractions_.set_index(["method", "beta"])["at_average"]
+    assert frac[("flow", 0.2)] == 0 and frac[("flow", 0.5)] == 1
+    assert frac[("sgd", 0.2)] == 0 and frac[("sgd", 0.5)] > 0.5
+    coupon = CouponCollector().fit(sweep.isel(point=[2])).table_
+    assert coupon["method"].iloc[0] == "sgd" and coupon["seeds"].iloc[0] == 16

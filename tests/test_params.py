@@ -112,10 +112,24 @@ def test_table_derives_defaults_integers_and_sections():
     from pipeline.engine.params import DEFAULTS, INTEGER_PARAMS, OBSERVE_PARAMS, REQUIRED
 
     assert REQUIRED == ("teacher", "d", "k")
-    assert INTEGER_PARAMS == {"d", "k", "n", "degree", "max_steps"}
+    assert INTEGER_PARAMS == {"d", "k", "n", "degree", "max_steps", "batch", "max_samples"}
     assert set(OBSERVE_PARAMS) == {"escape_threshold", "t_max", "rtol", "atol", "gtol",
-                                   "max_steps"}
+                                   "max_steps", "max_samples"}
     point = resolve_point({"teacher": "h3", "d": 100, "k": 2})
     for name, default in DEFAULTS.items():
         if default is not None:
             assert getattr(point, name) == default, name
+
+
+@pytest.mark.parametrize("point, digest", [
+    ({"teacher": "h3", "d": 1000, "k": 2, "beta": 0.2}, "369ae4fcdf13966e"),
+    ({"teacher": "h4", "d": 10**6, "k": 4, "method": "gd", "lr": 0.05, "init": "positive"},
+     "4b07ef3e05b8f5bb"),
+    ({"teacher": "relu", "d": 100, "k": 3, "loss": "mse", "n": 4}, "535be49fcada4fd6"),
+    ({"teacher": "h3", "d": 100, "k": 2, "gram": [[1, 0.3], [0.3, 1]], "method": "gd"},
+     "3fc2f07453a78e6c"),
+])
+def test_flow_gd_and_mse_hashes_are_those_of_existing_stores(point, digest):
+    """Adding SGD parameters (batch, max_samples, lr laws) must not re-identify older points:
+    these digests were computed before they existed."""
+    assert resolve_point(point).hash == digest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.reproduce import analyze, paper_specs, reproduce
+from analysis.reproduce import analyze, default_specs, reproduce
 from pipeline.cli import main
 from pipeline.store import open_results
 from sweeps.spec import load_spec
@@ -37,6 +37,22 @@ init = "positive"
 k = [2, 3]
 gamma = [1.0, 2.0]
 """,
+    "sgd-sample-complexity": """
+name = "sgd-sample-complexity"
+description = "tiny SGD sample complexity"
+seeds = 8
+block_seeds = 8
+[params]
+method = "sgd"
+teacher = "h3"
+k = 1
+init = "positive"
+lr = {scale = 0.5, d_power = -1.5}
+[grid]
+d = [10, 31, 100]
+[observe]
+gtol = 1e3
+""",
 }
 
 
@@ -66,6 +82,12 @@ def test_reproduce_writes_stores_tables_figures_and_report(run):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:4] == b"%PDF"
     assert "![paper-fig2-bifurcation](figures/figure2.png)" in text
+    # Online SGD: samples (never times) in their own table and figure.
+    assert "Samples to escape against d" in text
+    samples = pd.read_csv(out / "tables" / "sgd-sample-complexity__samples_summary.csv")
+    assert samples["theory_alpha"].tolist() == [2.0]
+    assert not (out / "tables" / "sgd-sample-complexity__escape_summary.csv").exists()
+    assert (out / "figures" / "sgd_sample_complexity.png").stat().st_size > 10_000
 
 
 def test_reproduce_resumes_without_recomputing(run, capsys):
@@ -73,7 +95,7 @@ def test_reproduce_resumes_without_recomputing(run, capsys):
     specs = sorted(p for p in out.parent.glob("*.toml"))
     reproduce(out, workers=1, specs=specs)
     err = capsys.readouterr().err
-    assert err.count("nothing to do, every block is in the store") == 2
+    assert err.count("nothing to do, every block is in the store") == len(TINY)
 
 
 def test_analyze_picks_the_estimators_that_apply(run, capsys):
@@ -90,9 +112,9 @@ def test_analyze_picks_the_estimators_that_apply(run, capsys):
 def test_paper_specs_are_valid_and_named_for_their_figures():
     from analysis.reproduce import FIGURES
 
-    names = {load_spec(p).name for p in paper_specs()}
+    names = {load_spec(p).name for p in default_specs()}
     assert set(FIGURES) <= names
-    assert len(names) == len(paper_specs())
+    assert len(names) == len(default_specs())
 
 
 def test_k_table_reports_beta_c_of_the_sweeps_own_teacher():

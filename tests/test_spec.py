@@ -188,3 +188,34 @@ def test_block_counts_are_computed_not_enumerated():
 def test_a_spec_that_is_not_a_regular_file_is_refused(path):
     with pytest.raises(SpecError, match="a regular TOML file"):
         load_spec(path)
+
+
+SGD_SPEC = """
+name = "sgd"
+seeds = 4
+[params]
+teacher = "h3"
+k = 1
+lr = {scale = 0.5, d_power = -1.5}
+[grid]
+d = [100, 1000]
+method = %s
+[observe]
+max_samples = 1000
+snapshots = %s
+"""
+
+
+def test_sgd_spec_power_law_lr_resolves_per_d_and_snapshots_count_samples():
+    spec = parse_spec(SGD_SPEC % ('["sgd"]', "true"))
+    assert [p.point.lr for p in spec.points] == pytest.approx([0.5 * 100**-1.5,
+                                                               0.5 * 1000**-1.5])
+    assert spec.snapshots[-1] == pytest.approx(1000)  # the default grid ends at the budget
+
+
+def test_sgd_spec_refuses_snapshots_mixing_samples_and_times():
+    with pytest.raises(SpecError) as err:
+        parse_spec(SGD_SPEC % ('["flow", "sgd"]', "[1, 10]"))
+    assert err.value.field == "method"
+    # Without snapshots, flow and SGD points share a store (as sweeps/sgd/beta_f.toml).
+    assert len(parse_spec(SGD_SPEC % ('["flow", "sgd"]', "false")).points) == 4

@@ -37,7 +37,9 @@ MAX_STEPS_MAX = 10**15
 GTOL_OVER_RTOL = 10.0
 DEFAULT_LR = 0.1
 #: What a spec or simulate() says of an ``lr`` that the point's method does not use.
-IGNORED_LR = "lr is ignored with method 'flow' (it is the step size of method 'gd')"
+IGNORED_LR = "lr is ignored with method 'flow' (it is the step size of methods 'gd' and 'sgd')"
+#: Default sample budget of method sgd.
+DEFAULT_MAX_SAMPLES = 10**9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +129,28 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A step size: a number > 0, or a power law in d ``{scale = c, d_power = q}`` (c d^q).
+
+    The power law is a single value (a table), so a spec can fix it while sweeping ``d``:
+    each point resolves it to the number ``c d^q`` (see :func:`_resolve`).
+    """
+
+    def describe(self) -> str:
+        return "a number > 0, or a power law {scale = c, d_power = q} meaning c d^q"
+
+    def check(self, name: str, value: Any, doc: str) -> float | dict[str, float]:
+        if isinstance(value, Mapping):
+            if set(value) != {"scale", "d_power"}:
+                raise SpecError(name, dict(value), self.describe())
+            scale = Interval(0, None, closed="neither").check(f"{name}.scale",
+                                                              value["scale"], doc)
+            power = Interval().check(f"{name}.d_power", value["d_power"], doc)
+            return {"scale": scale, "d_power": power}
+        return Interval(0, None, closed="neither").check(name, value, doc)
+
+
+@dataclass(frozen=True)
 class Matrix:
     """A symmetric positive definite matrix with unit diagonal (checked against k)."""
 
@@ -143,7 +167,7 @@ class Param:
     """One parameter of a sweep point: everything mimflow knows about it, in one place."""
 
     name: str
-    constraint: Options | Interval | Activation | Matrix
+    constraint: Options | Interval | Activation | Matrix | Rate
     default: Any
     doc: str
     #: Where a spec file may set it: ``model`` ([params], [grid], [[zip]]) or ``observe``
@@ -191,10 +215,13 @@ PARAMETERS: tuple[Param, ...] = (
           "explicit k x k Gram matrix of the index vectors (instead of beta)"),
     Param("init", Options(("uniform", "positive", "uncollected")), "uniform",
           "initial law: uniform on the sphere, positive overlaps, or v_k collected by none"),
-    Param("method", Options(("flow", "gd")), "flow",
-          "flow (gradient flow) or gd (projected gradient descent)"),
-    Param("lr", Interval(0, None, closed="neither", note="(learning rate of method gd)"),
-          None, "learning rate of method gd", derived=f"{DEFAULT_LR} with method gd"),
+    Param("method", Options(("flow", "gd", "sgd")), "flow",
+          "flow (gradient flow), gd (projected gradient descent) or sgd (online SGD)"),
+    Param("lr", Rate(), None, "learning rate of methods gd and sgd",
+          derived=f"{DEFAULT_LR} with method gd; required with sgd"),
+    # A step costs O(batch k): beyond 10^6 samples a step, use method gd (the batch limit).
+    Param("batch", Interval(1, 10**6, integer=True, high_text="10^6"), 1,
+          "fresh samples per step of method sgd"),
     Param("backend", Options(("reduced", "full")), "reduced",
           "reduced (exact, any d) or full (explicit d-vectors, for validation)"),
     Param("degree", Interval(1, MAX_DEGREE, integer=True), DEFAULT_DEGREE,
@@ -213,6 +240,10 @@ PARAMETERS: tuple[Param, ...] = (
           section="observe"),
     Param("max_steps", Interval(1, MAX_STEPS_MAX, integer=True, high_text="10^15"), 1_000_000,
           "limit on accepted steps", section="observe"),
+    Param("max_samples", Interval(1, MAX_STEPS_MAX, integer=True, high_text="10^15"),
+          DEFAULT_MAX_SAMPLES,
+          "sample budget of method sgd (status 1 when reached; replaces t_max)",
+          section="observe"),
 )
 
 #: Parameters by name.
@@ -227,7 +258,8 @@ INTEGER_PARAMS = frozenset(p.name for p in PARAMETERS if p.integer)
 #: Parameters whose single value is itself a list (a list of them is not a sweep).
 MATRIX_PARAMS = frozenset(p.name for p in PARAMETERS if isinstance(p.constraint, Matrix))
 #: Parameters whose single value may be a table (a Hermite mixture such as {3 = 1.0}).
-TABLE_PARAMS = frozenset(p.name for p in PARAMETERS if isinstance(p.constraint, Activation))
+TABLE_PARAMS = frozenset(p.name for p in PARAMETERS
+                         if isinstance(p.constraint, Activation | Rate))
 #: Parameters a spec may also set in [observe].
 OBSERVE_PARAMS = tuple(p.name for p in PARAMETERS if p.section == "observe")
 #: Store coordinate names that differ from the parameter's name.
@@ -272,6 +304,10 @@ class Point:
     gtol: float
     max_steps: int
     gamma: float | None = None
+    batch: int = 1
+    max_samples: int = DEFAULT_MAX_SAMPLES
+    #: The power law ``{scale, d_power}`` that ``lr`` was resolved from (None: a number).
+    lr_law: dict | None = None
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -294,7 +330,14 @@ class Point:
             out["gram"] = [list(row) for row in self.gram]
         else:
             out["beta"] = self.beta
-        if self.method == "gd":
+        if self.method == "sgd":
+            # A chain counts samples: no time limit, no step limit, no tolerances. (Only SGD
+            # points carry these keys, so the hashes of flow and GD points are unchanged.)
+            del out["t_max"], out["max_steps"]
+            out["lr"], out["batch"], out["max_samples"] = self.lr, self.batch, self.max_samples
+            if self.lr_law is not None:  # groups points of one law across d (analysis)
+                out["lr_law"] = dict(self.lr_law)
+        elif self.method == "gd":
             out["lr"] = self.lr
         else:
             out["rtol"], out["atol"] = self.rtol, self.atol
@@ -376,7 +419,8 @@ def _resolve(raw: dict[str, Any]) -> Point:
     # Defaults first, then every value on its own (the table), then the combinations.
     p = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     v = {name: PARAMS[name].check(value) for name, value in p.items()
-         if value is not None and isinstance(PARAMS[name].constraint, Options | Interval)}
+         if value is not None and isinstance(PARAMS[name].constraint,
+                                             Options | Interval | Rate)}
 
     degree = v["degree"]
     teacher = canonical_activation_name(p["teacher"], "teacher", degree)
@@ -413,7 +457,7 @@ def _resolve(raw: dict[str, Any]) -> Point:
     init, method, backend = v["init"], v["method"], v["backend"]
     if init == "uncollected" and k < 2:
         raise SpecError("init", init, "'uncollected' needs k >= 2 (there is one index vector)")
-    lr = v.get("lr", DEFAULT_LR) if method == "gd" else None
+    lr = _learning_rate(v.get("lr"), method, d)
     if backend == "full" and d > FULL_D_MAX:
         raise SpecError("d", d, f"d <= {FULL_D_MAX} with backend 'full' (explicit d-vectors)",
                         hint="use backend = 'reduced', which is exact for any d")
@@ -435,5 +479,24 @@ def _resolve(raw: dict[str, Any]) -> Point:
         loss=v["loss"], teacher=teacher, student=student, d=d, k=k, n=n, beta=beta, gram=gram,
         init=init, method=method, lr=lr, backend=backend, degree=degree,
         escape_threshold=threshold, t_max=v["t_max"], rtol=rtol, atol=v["atol"], gtol=gtol,
-        max_steps=v["max_steps"], gamma=gamma,
+        max_steps=v["max_steps"], gamma=gamma, batch=v["batch"], max_samples=v["max_samples"],
+        lr_law=v.get("lr") if method == "sgd" and isinstance(v.get("lr"), dict) else None,
     )
+
+
+def _learning_rate(lr: float | dict | None, method: str, d: int) -> float | None:
+    """The number a point's ``lr`` stands for (``c d^q`` for a power law); None for flow."""
+    if method == "flow":
+        return None
+    if lr is None:
+        if method == "sgd":
+            raise SpecError("lr", None, "a value with method 'sgd': a number or a power law "
+                            "{scale = c, d_power = q}", hint="e.g. lr = {scale = 0.5, "
+                            "d_power = -1.5} for a step size 0.5 d^-1.5")
+        return DEFAULT_LR
+    if isinstance(lr, dict):
+        value = lr["scale"] * float(d) ** lr["d_power"]
+        if not (math.isfinite(value) and value > 0):
+            raise SpecError("lr", lr, f"a power law with c d^q finite and > 0 at d = {d}")
+        return value
+    return lr

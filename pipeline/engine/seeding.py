@@ -18,6 +18,8 @@ from ..errors import SpecError
 STREAM_INITIAL, STREAM_FULL = 0, 1
 #: Sub-stream of the MSE loss's extra draw: the Bartlett factor of the neurons' perp parts.
 STREAM_ORTHOGONAL = 2
+#: Sub-stream of online SGD's samples (``sgd.chain_states``), one per neuron.
+STREAM_SGD = 3
 
 
 def validate_root_seed(root_seed: int) -> int:

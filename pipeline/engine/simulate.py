@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import IgnoredSettingWarning, SpecError
-from . import dynamics, mse
+from . import dynamics, mse, sgd
 from .activations import (
     check_assumptions,
     dual_activation,
@@ -79,6 +79,10 @@ def simulate(
         (a surplus neuron may never escape: NaN). Extra variables: ``q`` (seed, neuron,
         neuron2), the final student Gram ``W^T W``, and with snapshots ``loss_t`` (seed, time).
         ``u0`` equals the correlation point's ``u0`` for the same seed (common random numbers).
+
+        With ``method = "sgd"`` (online SGD, ``engine/sgd.py``) the budget and the snapshot
+        grid count samples: ``escape_samples`` replaces ``escape_time`` (NaN), ``t_final`` is
+        ``lr x steps`` and status 1 is the sample budget ``max_samples``.
     """
     if not isinstance(point, Mapping | Point):
         raise SpecError("point", point, "a mapping of parameters such as {'teacher': 'h3', "
@@ -86,13 +90,15 @@ def simulate(
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
     root_seed = validate_root_seed(root_seed)
-    times = validate_snapshots(snapshots, p.t_max)
+    # An SGD point's snapshot grid and budget are sample counts (engine/sgd.py).
+    horizon = p.max_samples if p.method == "sgd" else p.t_max
+    times = validate_snapshots(snapshots, horizon)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise SpecError("threads", threads, "None (all cores) or an integer >= 1")
     if isinstance(point, Mapping) and point.get("lr") is not None and p.method == "flow":
         warnings.warn(IGNORED_LR, IgnoredSettingWarning, stacklevel=2)
-    if (late := late_snapshots(times, p.t_max)) is not None:
+    if (late := late_snapshots(times, horizon)) is not None:
         warnings.warn(late, IgnoredSettingWarning, stacklevel=2)
 
     teacher = get_activation(p.teacher, p.degree, field_name="teacher")
@@ -102,18 +108,12 @@ def simulate(
     warn_assumptions(issues, stacklevel=2)
 
     key = content_hash(p.initial_key())
-    model, args, y0, u0 = _initial_state(p, A, student.coefficients, teacher.coefficients,
-                                         root_seed, key, seed_idx)
-    res = solve(
-        model, y0, args, method=p.method, lr=p.lr,
-        tolerances=Tolerances(p.rtol, p.atol),
-        stop=StopRule(p.t_max, p.gtol, p.max_steps),
-        observe=Observation(p.escape_threshold, times),
-        threads=threads,
-    )
-    out = _outputs(p, res, args, A, student.coefficients, teacher.coefficients, seed_idx.size,
-                   times)
-    ds = _dataset(p, u0, out, seed_idx, times)
+    if p.method == "sgd":  # online SGD: a Markov chain, not an ODE
+        ds = sgd.simulate_sgd(p, A, student.coefficients, teacher.coefficients, root_seed,
+                              key, seed_idx, times, threads)
+    else:
+        ds = _simulate_ode(p, A, student.coefficients, teacher.coefficients, root_seed, key,
+                           seed_idx, times, threads)
     ds.attrs.update({
         "point": json.dumps(p.canonical(), sort_keys=True),
         "point_hash": p.hash,
@@ -128,6 +128,22 @@ def simulate(
         "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
     })
     return ds
+
+
+def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
+                  key: str, seed_idx: np.ndarray, times: np.ndarray | None,
+                  threads: int | None) -> xr.Dataset:
+    """Gradient flow or GD of point ``p``: initial states, the integrator, the dataset."""
+    model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
+    res = solve(
+        model, y0, args, method=p.method, lr=p.lr,
+        tolerances=Tolerances(p.rtol, p.atol),
+        stop=StopRule(p.t_max, p.gtol, p.max_steps),
+        observe=Observation(p.escape_threshold, times),
+        threads=threads,
+    )
+    out = _outputs(p, res, args, A, a, b, seed_idx.size, times)
+    return _dataset(p, u0, out, seed_idx, times)
 
 
 def _initial_state(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
