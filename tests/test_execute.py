@@ -182,9 +182,10 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
 
 def test_progress_bar_text():
     assert render(0, 40) == "[------------------------------] 0/40 blocks (0%), 0:00 elapsed"
-    line = render(10, 40, failed=2, elapsed=12.0)
+    line = render(10, 40, failed=2, elapsed=12.0, left=28.0)
     assert line.startswith("[########----------------------] 10/40 blocks (25%), 2 failed")
     assert "0:12 elapsed, ~0:28 left" in line
+    assert "left" not in render(10, 40, elapsed=12.0)  # no estimate: none shown
     out = io.StringIO()  # not a terminal: the first block, then one line per tenth
     bar = Progress(20, out)
     for _ in range(20):
