@@ -30,6 +30,7 @@ from .preflight import check_store, store_attrs
 from .progress import Progress
 from .provenance import utc_now
 from .resources import check_block_count, memory_advice, memory_refusal
+from .warmup import slots, sweep_kinds, warm_cluster
 from .worker import BlockError, BlockTask, run_block
 
 if TYPE_CHECKING:
@@ -173,7 +174,11 @@ def _run_locked(spec: Spec, layout: zstore.Layout, ref: StoreRef, client: Any, r
     tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id,
                       recompute=recompute)
     try:
-        _execute(client, tasks, report, out, retries=retries, lock=lock)
+        # The kernels the sweep needs, compiled once per machine before any block runs.
+        compile_seconds = warm_cluster(client, sweep_kinds(spec), layout.times is not None,
+                                       out)
+        _execute(client, tasks, report, out, retries=retries, lock=lock,
+                 compile_seconds=compile_seconds)
     except KeyboardInterrupt:
         report.interrupted = True
         out.write("\nmimflow: interrupted; finished blocks are kept\n")
@@ -245,7 +250,8 @@ def _missing(spec: Spec, layout: zstore.Layout, ref: StoreRef) -> list[str]:
 
 
 def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO, *,
-             retries: int = DEFAULT_RETRIES, lock: RunLock | None = None) -> None:
+             retries: int = DEFAULT_RETRIES, lock: RunLock | None = None,
+             compile_seconds: float | None = None) -> None:
     from distributed import as_completed
 
     keys = [f"mimflow-{t.block_id}-{t.run_id}" for t in tasks]
@@ -253,7 +259,10 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
     # re-running is harmless (see run_block).
     futures = client.map(run_block, tasks, key=keys, pure=False, retries=retries)
     task_of = {f.key: (f, t) for f, t in zip(futures, tasks, strict=True)}
-    progress = Progress(len(tasks), out)
+    # slots: each worker thread's first block may still pay one-off costs (imports, loading
+    # the kernels), which the remaining-time estimate leaves out (pipeline.progress).
+    progress = Progress(len(tasks), out, slots=slots(client))
+    progress.compile_seconds = compile_seconds
     # Results (small records) come back in batches, errors as values: one bad block must not
     # stop the loop.
     pending = as_completed(futures, with_results=True, raise_errors=False)

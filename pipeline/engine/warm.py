@@ -1,0 +1,83 @@
+"""Compiling the kernels a sweep needs, ahead of its blocks, and counting compilations.
+
+A sweep's points use a handful of compiled kernels, one per *kernel kind*
+``(loss, method, backend)``; the numbers of a point (``d``, ``k``, ``n``, activations,
+tolerances, frame) are all arrays and floats of fixed types, so they never select another
+compilation. :func:`warm` runs a tiny point of each kind, which compiles the kind's kernels
+into numba's on-disk cache (``_jit``: one cache per kernel-source digest) or loads them from
+it; every other process on the machine that uses the same cache directory then loads them
+in a fraction of a second instead of compiling them again (the driver arranges one
+:func:`warm` per machine, :mod:`pipeline.warmup`).
+
+:func:`compilations` counts the compilations this process did for mimflow's kernels (numba's
+per-dispatcher cache-miss counters), which is how the tests see that a kernel was compiled
+once per machine and loaded everywhere else.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from .params import Point
+
+#: The parameters that select compiled kernels.
+KIND_FIELDS = ("loss", "method", "backend")
+#: Every kernel kind (what an image built for any sweep compiles: ``cluster/Dockerfile``).
+ALL_KINDS = tuple((loss, method, backend) for loss in ("correlation", "mse")
+                  for method in ("flow", "gd", "sgd") for backend in ("reduced", "full"))
+
+
+def kernel_kind(point: Point) -> tuple[str, str, str]:
+    """``(loss, method, backend)`` of a resolved point: which kernels it runs."""
+    return (point.loss, point.method, point.backend)
+
+
+def tiny_point(kind: tuple[str, str, str]) -> dict[str, Any]:
+    """A point of ``kind`` that runs in milliseconds once compiled."""
+    loss, method, backend = kind
+    p: dict[str, Any] = {"teacher": "h3", "d": 16, "k": 2, "n": 2, "loss": loss,
+                         "method": method, "backend": backend}
+    if method == "sgd":
+        p.update(lr=0.01, max_samples=64)
+    else:
+        p.update(t_max=10.0, max_steps=50)
+        if method == "gd":
+            p["lr"] = 0.1
+    return p
+
+
+def warm(kinds: Iterable[tuple[str, str, str]], snapshots: bool = False) -> dict[str, Any]:
+    """Compile (or load from the cache) the kernels of every kind in ``kinds``.
+
+    ``snapshots``: whether the sweep records snapshots (its kernels are then called with a
+    time grid). Returns ``{"seconds", "compiled"}``: the time taken and the number of
+    compilations this process did for it (0: everything came from the cache).
+    """
+    from .simulate import simulate
+
+    before = compilations()
+    t0 = time.perf_counter()
+    for kind in sorted(set(map(tuple, kinds))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            simulate(tiny_point(kind), 1, snapshots=[1.0] if snapshots else None, threads=1)
+    return {"seconds": time.perf_counter() - t0, "compiled": compilations() - before}
+
+
+def compilations() -> int:
+    """Compilations this process has done for mimflow's kernels: numba's cache misses,
+    summed over every compiled function of ``pipeline.engine`` that is loaded."""
+    from numba.core.dispatcher import Dispatcher
+
+    total = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("pipeline.engine.") or module is None:
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, Dispatcher) and obj.__module__ == name:
+                total += sum(obj.stats.cache_misses.values())
+    return total

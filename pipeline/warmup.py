@@ -1,0 +1,95 @@
+"""Compile the kernels a sweep needs once per machine, before its blocks are dispatched.
+
+Without this every worker process compiles the same numba kernels at the same time in its
+first block (two workers: twice the CPU for the same minute of compilation; a laptop with 8
+workers: eight times). :func:`warm_cluster` instead runs :func:`pipeline.engine.warm.warm`
+on *one* worker per host, for exactly the kernel kinds ``(loss, method, backend)`` of the
+sweep's points, and waits for it; numba writes the compiled code to the machine's cache
+(``pipeline/engine/_jit.py``), from which every other worker process on that host loads it
+in its first block. Workers on other machines (SLURM, Kubernetes) are warmed the same way,
+each host with its own cache; the Kubernetes image compiles at build time
+(``cluster/Dockerfile``), so its warm-up only loads. The driver itself compiles nothing (it
+may run on a login node without the workers' CPU).
+
+A warm-up that fails is reported and the run goes on: each block then compiles what it
+needs, as before. A worker that joins later (an adaptive cluster, a new host) compiles in
+its first block.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .progress import _clock
+
+if TYPE_CHECKING:
+    from sweeps.spec import Spec
+
+
+def sweep_kinds(spec: Spec) -> list[tuple[str, str, str]]:
+    """The kernel kinds ``(loss, method, backend)`` the points of ``spec`` use."""
+    from .engine.warm import kernel_kind
+
+    return sorted({kernel_kind(sp.point) for sp in spec.points})
+
+
+def _warm_here(kinds: list[tuple[str, str, str]], snapshots: bool) -> dict[str, Any]:
+    """The warm-up task, on one worker of a host."""
+    import socket
+
+    from .engine.warm import warm
+
+    return {**warm(kinds, snapshots), "host": socket.gethostname()}
+
+
+def one_worker_per_host(client: Any) -> list[str]:
+    """The address of one worker on each host of the cluster (none while no worker is up)."""
+    chosen: dict[str, str] = {}
+    for addr, info in sorted(client.scheduler_info().get("workers", {}).items()):
+        chosen.setdefault(str(info.get("host", addr)), addr)
+    return list(chosen.values())
+
+
+def slots(client: Any) -> int:
+    """How many blocks the cluster runs at once (its worker threads; at least 1)."""
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def warm_cluster(client: Any, kinds: list[tuple[str, str, str]], snapshots: bool,
+                 out: TextIO) -> float | None:
+    """Warm the kernels of ``kinds`` on one worker per host (see the module) and say so on
+    ``out``. Returns the seconds spent when something was compiled, else ``None``."""
+    import time
+
+    from distributed import wait
+
+    addrs = one_worker_per_host(client)
+    if not addrs or not kinds:
+        return None
+    names = ", ".join("/".join(k) for k in kinds)
+    out.write(f"mimflow: compiling kernels (once per machine, {len(addrs)} "
+              f"machine{'s' if len(addrs) != 1 else ''}): {names}\n")
+    out.flush()
+    t0 = time.perf_counter()
+    futures = [client.submit(_warm_here, kinds, snapshots, workers=[a],
+                             allow_other_workers=False, pure=False,
+                             key=f"mimflow-warm-{a}-{time.time_ns()}") for a in addrs]
+    wait(futures)
+    seconds = time.perf_counter() - t0
+    compiled, failed = 0, []
+    for fut in futures:
+        if fut.status == "finished":
+            compiled += fut.result()["compiled"]
+        else:
+            failed.append(f"{type(fut.exception()).__name__}: {fut.exception()}")
+        fut.release()
+    if failed:
+        out.write(f"mimflow: warning: compiling the kernels ahead of the blocks failed "
+                  f"({failed[0]}); each worker compiles what its blocks need\n")
+    if compiled:
+        out.write(f"mimflow: kernels compiled in {_clock(seconds)}; workers load them from "
+                  "the cache\n")
+        return seconds
+    out.write(f"mimflow: kernels loaded from the cache in {_clock(seconds)}\n")
+    return None

@@ -1,0 +1,93 @@
+"""Compile once per machine (issue 13): with a cold numba cache, a sweep on a 2-worker
+LocalCluster compiles each kernel it needs exactly once, on one worker, before its blocks
+run; the other worker loads the kernels from the cache. Compilations are counted by numba's
+own per-function cache-miss counters, in every process."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+
+from distributed import Client, LocalCluster
+
+from pipeline import ledger
+from pipeline.execute import run_sweep
+from pipeline.ledger import StoreRef
+from pipeline.warmup import one_worker_per_host, sweep_kinds
+from sweeps.spec import parse_spec
+
+from conftest import tiny_spec
+
+
+def _misses() -> dict[str, int]:
+    """Per compiled function (and signature) of mimflow, this process's compilations."""
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    out: dict[str, int] = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("pipeline.engine.") and module is not None:
+            for attr, obj in vars(module).items():
+                if isinstance(obj, Dispatcher) and obj.__module__ == name:
+                    for sig, n in obj.stats.cache_misses.items():
+                        out[f"{name}.{attr}{sig}"] = n
+    return out
+
+
+def test_cold_cache_sweep_compiles_each_kernel_once(tmp_path, monkeypatch):
+    # Workers are spawned with this environment: their numba cache starts empty.
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
+    spec = parse_spec(tiny_spec("cold", seeds=8, block_seeds=2).replace(
+        "t_max = 1e6", "t_max = 1e6\nsnapshots = [0.5, 5.0]"), source="cold.toml")
+    assert sweep_kinds(spec) == [("correlation", "flow", "reduced")]
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=":0",
+                           silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            assert len(one_worker_per_host(client)) == 1  # one machine: one warm-up
+            out = io.StringIO()
+            report = run_sweep(spec, tmp_path / "cold.zarr", client=client, out=out)
+            assert report.ok and len(report.computed) == 16
+            per_worker = client.run(_misses)
+    finally:
+        cluster.close()
+    text = out.getvalue()
+    assert "compiling kernels (once per machine, 1 machine): correlation/flow/reduced" in text
+    assert "kernels compiled in" in text
+    # The bar's final line says how long compilation took.
+    assert any(line.startswith("[###") and "16/16 blocks" in line
+               and "(kernels compiled in" in line for line in text.splitlines()), text
+    workers = {r["worker"] for r in ledger.read_markers(StoreRef.parse(
+        str(tmp_path / "cold.zarr"))).records.values()}
+    assert len(workers) == 2  # both workers ran blocks
+    # Both workers ran blocks, but only the one that warmed the cache compiled anything, and
+    # every kernel was compiled once in all.
+    counts = sorted(sum(m.values()) for m in per_worker.values())
+    assert counts[0] == 0 and counts[1] > 0, per_worker
+    total = Counter()
+    for m in per_worker.values():
+        total.update(m)
+    assert set(total.values()) == {1}, total
+    assert any("_flow_batch" in name for name in total)
+    assert (tmp_path / "numba-cache").is_dir()
+
+
+def test_kinds_of_a_mixed_sweep_and_every_kind_has_a_tiny_point():
+    from pipeline.engine.params import resolve_point
+    from pipeline.engine.warm import ALL_KINDS, tiny_point
+
+    spec = parse_spec(tiny_spec("mixed").replace('teacher = "h3"',
+                                                 'teacher = "h3"\nloss = "mse"')
+                      .replace("d = [100, 1000]", 'd = [100, 1000]\nmethod = ["flow", "gd"]'),
+                      source="mixed.toml")
+    assert sweep_kinds(spec) == [("mse", "flow", "reduced"), ("mse", "gd", "reduced")]
+    for kind in ALL_KINDS:  # what the Kubernetes image compiles at build time
+        p = resolve_point(tiny_point(kind))
+        assert (p.loss, p.method, p.backend) == kind
+    from pathlib import Path
+    dockerfile = (Path(__file__).parents[1] / "cluster" / "Dockerfile").read_text()
+    assert "warm(ALL_KINDS)" in dockerfile and "warm(ALL_KINDS, snapshots=True)" in dockerfile
