@@ -879,6 +879,6 @@ def test_validate_warns_when_a_block_exceeds_a_worker_and_suggests_a_block_size(
                                                           "--memory-limit", str(one_seed))[1]
     # the memory of a worker of a cluster file: the job's memory over its processes
     code, out = call("validate", str(path), "--cluster", str(CLUSTER / "slurm.yaml"))
-    assert code == 0 and "worker memory: 4 GiB (from" in out, out
+    assert code == 0 and "worker memory: 4.00 GiB (from" in out, out
     # the embedded cluster's by default
     assert "embedded cluster" in call("validate", str(path), "--workers", "2")[1]
