@@ -17,7 +17,7 @@ from pathlib import Path
 import numba
 
 #: Modules whose njit functions call each other; any edit to one of them must recompile all.
-KERNEL_MODULES = ("dynamics.py", "integrate.py", "mse.py")
+KERNEL_MODULES = ("continuation.py", "dynamics.py", "integrate.py", "mse.py")
 
 
 def _kernel_digest() -> str:

@@ -27,7 +27,7 @@ from .initial import (
     sample_initial_batch,
     sample_orthogonal_factor,
 )
-from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, solve
+from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, convergence_rule, solve
 from .params import Point, content_hash, resolve_point
 from .seeding import (
     STREAM_FULL,
@@ -139,6 +139,7 @@ def simulate(
         "teacher_relative_tail": teacher.relative_tail,
         "student_relative_tail": student.relative_tail,
         "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
+        "convergence_rule": convergence_rule(p.loss, p.method),
     })
     return ds
 
