@@ -19,7 +19,10 @@ Stopping, checked after every accepted step:
   ``gtol``, and must not be mistaken for convergence. "After the escape" is
   ``dynamics.escapes_to_converge`` and ``dynamics.settled``: every neuron for the
   correlation loss; for the MSE loss, whose coupled neurons need not all reach the threshold,
-  at least one neuron and no other neuron still leaving the saddle;
+  at least one neuron and no other neuron still leaving the saddle. For the MSE flow this
+  is only a candidate: the kernel hands the trajectory to ``continuation.finish``, which
+  continues the flow to ten times the candidate's time and gives status 0 only if nothing
+  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Radau IIA);
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
 * status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
   is flagged and its batch goes on.
