@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from pipeline.engine.integrate import STATUS_NAMES
+from pipeline.engine.status import STATUS_NAMES
 from pipeline.provenance import git_revision, utc_now, versions
 
 from . import figures as F

@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.engine.activations import dual_coefficients, get_activation
-from pipeline.engine.integrate import STATUS_NAMES
+from pipeline.engine.status import STATUS_NAMES
 
 from ._points import iter_points, point_params
 from .bifurcation import BifurcationPoint
@@ -25,7 +25,7 @@ from .theory import average_overlap, beta_c
 
 
 def status_table(ds: xr.Dataset, table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Status counts per point, one column per ``pipeline.engine.integrate.STATUS_NAMES`` entry
+    """Status counts per point, one column per ``pipeline.engine.status.STATUS_NAMES`` entry
     (converged, t_max, max_steps, non_finite). ``table`` is ``point_params(ds)`` if known."""
     rows = []
     for params, sub in iter_points(ds, table):

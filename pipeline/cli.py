@@ -204,6 +204,10 @@ def _plugins() -> list:
         except Exception as e:  # noqa: BLE001 - a broken plugin must not break mimflow
             sys.stderr.write(f"mimflow: warning: command plugin {ep.name!r} ({ep.value}) "
                              f"could not be loaded: {type(e).__name__}: {e}\n")
+    if not found:  # e.g. the source is used without installing it: say where they went
+        sys.stderr.write("mimflow: note: no command plugins are installed, so analyze, "
+                         "figures and reproduce are missing; install mimflow (pip install -e "
+                         ".) to register them\n")
     return found
 
 

@@ -10,6 +10,7 @@ it is read with ``yaml.safe_load`` and its values become keyword arguments of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -267,8 +268,24 @@ def open_client(scheduler: str | None = None, workers: int | None = None,
     try:
         yield client
     finally:
+        _quiet_teardown(client)
         client.close()
         cluster_.close()
+
+
+def _silence_distributed() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _quiet_teardown(client: Any) -> None:
+    """Silence the embedded workers' logs before the cluster closes.
+
+    A worker whose scheduler closes first logs its failed heartbeat as an ERROR with a
+    traceback; after an interrupted run (Ctrl-C) that is the last thing a user would see,
+    although nothing is wrong. Errors that matter reach the driver through the futures.
+    """
+    with contextlib.suppress(Exception):
+        client.run(_silence_distributed, wait=True)
 
 
 @contextmanager

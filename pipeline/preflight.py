@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ledger
 from . import store as zstore
+from .engine.integrate import convergence_rule
 from .errors import DamagedFile, SpecError
 from .ledger import StoreRef
 from .provenance import git_revision, utc_now, versions
@@ -116,6 +117,12 @@ def _is_empty_dir(ref: StoreRef) -> bool:
     return names <= {ledger.BOOK}
 
 
+def convergence_rules(spec: Spec) -> dict[str, str]:
+    """``{"loss/method": rule}`` for every (loss, method) the sweep's points use."""
+    return {f"{sp.point.loss}/{sp.point.method}": convergence_rule(sp.point.loss, sp.point.method)
+            for sp in spec.points}
+
+
 def store_attrs(spec: Spec) -> dict[str, Any]:
     """The store's root attributes: the spec (text and identity) and provenance."""
     return {
@@ -136,6 +143,8 @@ def store_attrs(spec: Spec) -> dict[str, Any]:
         "fixed_params": json.dumps(spec.fixed, sort_keys=True, default=str),
         "warnings": json.dumps([f"{w.category}: {w.message} ({len(w.points)} of "
                                 f"{len(spec.points)} points)" for w in spec.warnings]),
+        # Which rule decided status 0 (per loss and method), so a store reads on its own.
+        "convergence_rules": json.dumps(convergence_rules(spec), sort_keys=True),
         "versions": json.dumps(versions(), sort_keys=True),
         "git_revision": git_revision(),
         "created": utc_now(),

@@ -39,6 +39,7 @@ from zarr.core.sync import sync  # runs a coroutine on zarr's own I/O loop
 
 from . import _testhooks
 from .engine.params import RENAMED, json_plain
+from .engine.status import STORE_FLAGS
 from .errors import SpecError
 from .ledger import CREATING, INITIALIZED, StoreRef, put_json
 from .lock import LOCK
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 #: Version of this layout, recorded in every store.
 LAYOUT_VERSION = 1
 STATUS_MISSING = -1
-STATUS_FLAGS = {-1: "missing", 0: "converged", 1: "t_max", 2: "max_steps", 3: "non_finite"}
+#: The status flags of the store (one vocabulary: :mod:`pipeline.engine.status`).
+STATUS_FLAGS = STORE_FLAGS
 
 
 @dataclass(frozen=True)

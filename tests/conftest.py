@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +67,47 @@ def data_bytes(path: str | Path, storage_options: dict | None = None) -> dict[st
            if ds[name].dims[:2] == ("point", "seed")}
     assert set(out) >= {"u0", "u", "escape_time", "status"}
     return out
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``mimflow argv`` in this process; returns (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main(list(argv), out=out, err=err)
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """Address of a Dask scheduler with in-process workers (two threads), per test module."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+def interrupt_cli(argv: list[str], ready: Callable[[], bool], env: dict | None = None,
+                  poll: float = 0.05) -> tuple[int, str]:
+    """Start ``mimflow argv`` in a new process group, wait until ``ready()`` (or the process
+    ends), then send SIGINT to the whole group as a terminal's Ctrl-C does; returns (exit
+    code, combined output)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out.decode()

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -15,24 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from distributed import LocalCluster
 
-from pipeline.cli import main
 from pipeline.store import open_results
 
-from conftest import tiny_spec
+from conftest import cli, interrupt_cli, tiny_spec
 
 SPEC = tiny_spec("cli-test", description="tiny sweep for the CLI tests")
 
 
-def call(*argv: str) -> tuple[int, str, str]:
-    """Run ``mimflow argv`` in this process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        code = main(list(argv), out=out, err=err)
-    except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+call = cli
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, str]]:
@@ -46,11 +36,6 @@ def snapshot(path: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -312,31 +297,13 @@ def test_figures_on_a_store_named_like_a_paper_sweep_without_its_parameters(made
 def test_ctrl_c_stops_the_run_and_the_workers_quietly(tmp_path):
     """SIGINT to the whole process group, as a terminal sends it: exit 130, and no worker
     prints a KeyboardInterrupt traceback."""
-    import signal
-    import time
-
     spec = tmp_path / "long.toml"
     spec.write_text(tiny_spec("long", seeds=400, block_seeds=2))
     store = tmp_path / "long.zarr"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(spec),
-                             "--store", str(store), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        ledger_dir = store / "_mimflow" / "ledger"
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ledger_dir.is_dir() and len(list(ledger_dir.glob("*.json"))) >= 2:
-                break
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = out.decode()
-    assert proc.returncode == 130, text
+    ledger_dir = store / "_mimflow" / "ledger"
+    code, text = interrupt_cli(
+        ["run", str(spec), "--store", str(store), "--workers", "2"],
+        lambda: ledger_dir.is_dir() and len(list(ledger_dir.glob("*.json"))) >= 2)
+    assert code == 130, text
     assert "interrupted" in text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

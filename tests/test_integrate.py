@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.engine import dynamics
-from pipeline.engine.integrate import (
-    CONVERGED,
-    MAX_STEPS,
-    NON_FINITE,
-    T_MAX,
-    Observation,
-    StopRule,
-    Tolerances,
-    solve,
-)
+from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
+from pipeline.engine.status import CONVERGED, MAX_STEPS, NON_FINITE, T_MAX
 
 
 def _k1(p: int, u0: np.ndarray):

@@ -25,8 +25,9 @@ from pipeline.engine.initial import (
     sample_initial_batch,
     sample_orthogonal_factor,
 )
-from pipeline.engine.integrate import CONVERGED, Observation, StopRule, Tolerances, solve
+from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
 from pipeline.engine.params import resolve_point
+from pipeline.engine.status import CONVERGED
 from pipeline.errors import AssumptionWarning
 
 from conftest import random_frame, uniform_sphere

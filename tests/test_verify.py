@@ -6,9 +6,7 @@ One tiny store is made once (through ``mimflow run``); every case damages its ow
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import shutil
 import time
@@ -16,17 +14,15 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from distributed import LocalCluster
 
 from pipeline import ledger, verify
-from pipeline.cli import main
 from pipeline.ledger import StoreRef
 from pipeline.lock import LOCK, RunLock
 from pipeline.preflight import check_store
 from pipeline.store import open_results
 from sweeps.spec import load_spec
 
-from conftest import tiny_spec
+from conftest import cli, interrupt_cli, tiny_spec
 
 SPEC = tiny_spec("verify-test")
 #: A block whose escape_time chunk is stored (some neuron escaped) in the tiny sweep.
@@ -34,13 +30,7 @@ BLOCK = "000000-0000000004"
 BLOCK_LABEL = "block 000000-0000000004 (point d=100, k=2, gamma=1.0; seeds 4..7)"
 
 
-def call(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        code = main(list(argv), out=out, err=err)
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+call = cli
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -61,11 +51,6 @@ def chunks(path: Path) -> dict[str, bytes]:
             k.split("/")[0] in {"u0", "u", "escape_time", "t_final", "steps", "status", "loss"}}
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -372,31 +357,13 @@ def test_ctrl_c_during_an_overwrite_of_a_real_run(original, store, scheduler, tm
     """`mimflow run --overwrite` interrupted (SIGINT to its process group) while deleting the
     old store: the half-deleted store is reported as such, never as complete, and the original
     spec run again creates it anew, identical to an uninterrupted run."""
-    import signal
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
-           "MIMFLOW_TEST_REMOVE_DELAY": "0.05"}
     before = len(files(store))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(original[0]),
-                             "--store", str(store), "--overwrite", "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(files(store)) < before - 10:  # deleting, file by file
-                break
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130, out.decode()
-    assert "Traceback" not in out.decode()
+    code, text = interrupt_cli(
+        ["run", str(original[0]), "--store", str(store), "--overwrite", "--workers", "1"],
+        lambda: len(files(store)) < before - 10,  # deleting, file by file
+        env={"MIMFLOW_TEST_REMOVE_DELAY": "0.05"})
+    assert code == 130, text
+    assert "Traceback" not in text
     code, out, _ = call("status", str(store))
     assert "0 of 12 done" in out and "interrupted" in out, out
     code, _, err = run(original, store, scheduler)

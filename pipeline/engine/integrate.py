@@ -19,7 +19,10 @@ Stopping, checked after every accepted step:
   ``gtol``, and must not be mistaken for convergence. "After the escape" is
   ``dynamics.escapes_to_converge`` and ``dynamics.settled``: every neuron for the
   correlation loss; for the MSE loss, whose coupled neurons need not all reach the threshold,
-  at least one neuron and no other neuron still leaving the saddle;
+  at least one neuron and no other neuron still leaving the saddle. For the MSE flow this
+  is only a candidate: the kernel hands the trajectory to ``continuation.finish``, which
+  continues the flow to ten times the candidate's time and gives status 0 only if nothing
+  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Radau IIA);
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
 * status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
   is flagged and its batch goes on.
@@ -38,7 +41,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
+from .continuation import CONVERGENCE_RULES, finish, implicit_applies
 from .dynamics import (
+    MSE_REDUCED,
     escapes_to_converge,
     gd_map,
     grad_norm,
@@ -51,10 +56,12 @@ from .dynamics import (
     vector_field,
     work_size,
 )
+from .status import CONVERGED, HANDOVER, MAX_STEPS, NON_FINITE, T_MAX
 
-CONVERGED, T_MAX, MAX_STEPS, NON_FINITE = 0, 1, 2, 3
-STATUS_NAMES = {CONVERGED: "converged", T_MAX: "t_max", MAX_STEPS: "max_steps",
-                NON_FINITE: "non_finite"}
+# Stiffness detection (Hairer's DOPRI5): h |lambda| estimated from the last two stages; the
+# explicit stability boundary is ~3.3, and 15 such steps (6 non-stiff ones in between reset
+# the count) mean the step size is limited by stability, not accuracy.
+STIFF_HLAMBDA, STIFF_COUNT, NONSTIFF_RESET = 3.25, 15, 6
 
 # Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, 1993), FSAL.
 C2, C3, C4, C5 = 1 / 5, 3 / 10, 4 / 5, 8 / 9
@@ -174,11 +181,17 @@ def _mark_escapes(model, y, args, work, threshold, t_esc, t):
 
 @njit
 def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-           y_out, snap_out, t_esc):
+           y_out, snap_out, t_esc, handover, stiff_handover):
     """Integrate one trajectory; returns ``(t_final, steps, status)``.
 
     The final state is written to ``y_out``, the snapshot overlaps to ``snap_out`` (one row
     per snapshot time) and each neuron's escape time to ``t_esc`` (NaN: never).
+
+    With ``handover`` (the MSE models) the kernel never declares convergence itself: when the
+    gradient test first passes, or (with ``stiff_handover``) when the step size has become
+    stability-limited (stiff), it stops with status ``HANDOVER``, and ``continuation.finish``
+    takes over from ``y_out`` at ``t_final``, with the snapshots taken so far (those at
+    times <= ``t_final``).
     """
     n = y0.size
     work = np.empty(work_size(model, args))
@@ -210,12 +223,17 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     h = _initial_step(model, y, k1, args, work, rtol, atol, t_max, ys, k2)
     facold = 1e-4
     last_rejected = False
+    n_stiff = 0
+    n_nonstiff = 0
     while True:
         # k1 is the velocity at y (first stage, FSAL), which spares the MSE models a field
         # evaluation per step.
         if n_escaped >= need and grad_norm_given(model, y, k1, args, work) < gtol \
                 and settled(model, y, args, work, threshold):
-            status = CONVERGED
+            status = HANDOVER if handover else CONVERGED
+            break
+        if stiff_handover and n_stiff >= STIFF_COUNT:
+            status = HANDOVER
             break
         if t >= t_max:
             status = T_MAX
@@ -273,6 +291,20 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
             continue
         # Accepted step [t, t + h].
         facold = max(err, 1e-4)
+        if stiff_handover:
+            # ys holds stage 6's argument, k6 and k7 the field there and at yn.
+            num = 0.0
+            den = 0.0
+            for i in range(n):
+                num += (k7[i] - k6[i]) ** 2
+                den += (yn[i] - ys[i]) ** 2
+            if den > 0.0 and h * math.sqrt(num / den) > STIFF_HLAMBDA:
+                n_stiff += 1
+                n_nonstiff = 0
+            else:
+                n_nonstiff += 1
+                if n_nonstiff == NONSTIFF_RESET:
+                    n_stiff = 0
         t_new = t + h
         if n_escaped < t_esc.size:
             for e in range(t_esc.size):
@@ -358,10 +390,11 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
 
 @njit(parallel=True)
 def _flow_batch(model, Y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-                Y, T, S, ST, TE, U_t):
+                Y, T, S, ST, TE, U_t, handover, stiff_handover):
     for b in prange(Y0.shape[0]):
         T[b], S[b], ST[b] = dopri5(model, Y0[b], args, rtol, atol, t_max, max_steps, gtol,
-                                   threshold, snaps, Y[b], U_t[b], TE[b])
+                                   threshold, snaps, Y[b], U_t[b], TE[b], handover,
+                                   stiff_handover)
 
 
 @njit(parallel=True)
@@ -400,6 +433,7 @@ def solve(
     stop: StopRule = StopRule(),
     observe: Observation = Observation(),
     threads: int | None = None,
+    integrator: str = "auto",
 ) -> BatchResult:
     """Advance a batch of trajectories of one model until each one stops.
 
@@ -419,8 +453,18 @@ def solve(
         Error control, stopping rule, and what to record.
     threads:
         Worker threads for the batch (default: all of numba's); results do not depend on it.
+    integrator:
+        MSE flow only (the correlation flow is never stiff). ``"auto"``: Dormand-Prince until
+        the first convergence candidate or a stiff phase, then Radau IIA (``continuation.py``,
+        which also runs the continuation check of the convergence rule); ``"explicit"``:
+        Dormand-Prince throughout (the check included); ``"implicit"``: Radau from t = 0.
+        States too large for a dense Jacobian (the full-d backend beyond a few hundred
+        numbers) always continue explicitly.
     """
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
+    if integrator not in ("auto", "explicit", "implicit"):
+        raise ValueError(f"integrator must be 'auto', 'explicit' or 'implicit', "
+                         f"got {integrator!r}")
     B = y0.shape[0]
     k = args[0].shape[1]
     neurons = n_neurons(model, args)
@@ -432,13 +476,30 @@ def solve(
     ST = np.empty(B, dtype=np.int64)
     TE = np.empty((B, neurons))
     U_t = np.empty((B, snaps.size, observables_size(model, args)))
+    coupled = method == "flow" and model >= MSE_REDUCED
+    implicit = coupled and integrator != "explicit" and B > 0 and implicit_applies(y0[0])
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:
         if method == "flow":
-            _flow_batch(model, y0, args, tolerances.rtol, tolerances.atol, stop.t_max,
-                        stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
-                        Y, T, S, ST, TE, U_t)
+            if implicit and integrator == "implicit":
+                # Straight to the continuation stage: everything below starts at t = 0.
+                Y[:], T[:], S[:], ST[:], TE[:] = y0, 0.0, 0, HANDOVER, np.nan
+                for b in range(B):
+                    _mark_escapes(model, y0[b], args, np.empty(work_size(model, args)),
+                                  observe.escape_threshold, TE[b], 0.0)
+                    for j in np.flatnonzero(snaps <= 0.0):
+                        observables(model, y0[b], args, U_t[b, j])
+            else:
+                # Stiff phases are handed over only where the implicit method will take them.
+                _flow_batch(model, y0, args, tolerances.rtol, tolerances.atol, stop.t_max,
+                            stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
+                            Y, T, S, ST, TE, U_t, coupled, implicit)
+            for b in np.flatnonzero(ST == HANDOVER):
+                Y[b], T[b], S[b], ST[b] = finish(
+                    model, Y[b], T[b], int(S[b]), args, tolerances.rtol, tolerances.atol,
+                    stop.t_max, stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
+                    U_t[b], TE[b], implicit=implicit)
         elif method == "gd":
             if lr is None or not lr > 0:
                 raise ValueError(f"method 'gd' needs a learning rate lr > 0, got {lr!r}")
@@ -452,3 +513,13 @@ def solve(
     loss_t = U_t[:, :, neurons * k] if U_t.shape[2] > neurons * k else None
     return BatchResult(Y, T, S, ST.astype(np.int8), TE,
                        np.ascontiguousarray(U_t[:, :, :neurons * k]), loss_t)
+
+
+def convergence_rule(loss: str, method: str = "flow") -> str:
+    """In words, the rule that decides status 0 for this loss and method (stored as an
+    attribute with every result)."""
+    if method == "sgd":
+        return CONVERGENCE_RULES[f"{loss}/sgd"]
+    if loss == "mse":
+        return CONVERGENCE_RULES["gd" if method == "gd" else "mse"]
+    return CONVERGENCE_RULES["correlation"]

@@ -34,7 +34,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .sgd_kernels import NON_FINITE, SAMPLE_BUDGET, chi2, hermite_series, normal
+from .sgd_kernels import chi2, hermite_series, normal
+from .status import NON_FINITE, SAMPLE_BUDGET
 
 
 @njit(inline="always")

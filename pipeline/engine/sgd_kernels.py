@@ -45,8 +45,8 @@ import numpy as np
 from numba import prange, uint64
 
 from ._jit import jit as njit
+from .status import CONVERGED, NON_FINITE, SAMPLE_BUDGET
 
-CONVERGED, SAMPLE_BUDGET, NON_FINITE = 0, 1, 3
 _INV_2_53 = 1.0 / 9007199254740992.0
 
 

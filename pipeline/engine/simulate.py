@@ -28,7 +28,7 @@ from .initial import (
     sample_initial_batch,
     sample_orthogonal_factor,
 )
-from .integrate import STATUS_NAMES, Observation, StopRule, Tolerances, solve
+from .integrate import Observation, StopRule, Tolerances, convergence_rule, solve
 from .params import IGNORED_LR, Point, content_hash, resolve_point
 from .seeding import (
     STREAM_FULL,
@@ -38,6 +38,7 @@ from .seeding import (
     validate_seeds,
 )
 from .snapshots import late_snapshots, validate_snapshots
+from .status import STATUS_NAMES
 
 
 def simulate(
@@ -86,7 +87,7 @@ def simulate(
     """
     if not isinstance(point, Mapping | Point):
         raise SpecError("point", point, "a mapping of parameters such as {'teacher': 'h3', "
-                        "'d': 1000, 'k': 2}, or a pipeline.params.Point")
+                        "'d': 1000, 'k': 2}, or a pipeline.Point")
     p = resolve_point(point)
     seed_idx = validate_seeds(seeds)
     root_seed = validate_root_seed(root_seed)
@@ -126,6 +127,7 @@ def simulate(
         "teacher_relative_tail": teacher.relative_tail,
         "student_relative_tail": student.relative_tail,
         "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
+        "convergence_rule": convergence_rule(p.loss, p.method),
     })
     return ds
 
