@@ -56,8 +56,12 @@ def slots(client: Any) -> int:
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
+#: Longest wait for the warm-up before the blocks are dispatched anyway.
+WARM_TIMEOUT = 900.0
+
+
 def warm_cluster(client: Any, kinds: list[tuple[str, str, str]], snapshots: bool,
-                 out: TextIO) -> float | None:
+                 out: TextIO, timeout: float = WARM_TIMEOUT) -> float | None:
     """Warm the kernels of ``kinds`` on one worker per host (see the module) and say so on
     ``out``. Returns the seconds spent when something was compiled, else ``None``."""
     import time
@@ -72,14 +76,22 @@ def warm_cluster(client: Any, kinds: list[tuple[str, str, str]], snapshots: bool
               f"machine{'s' if len(addrs) != 1 else ''}): {names}\n")
     out.flush()
     t0 = time.perf_counter()
+    # Loose restrictions: a warm-up whose worker is lost (restarted by its nanny, say) runs
+    # elsewhere instead of waiting for a worker that will never come back.
     futures = [client.submit(_warm_here, kinds, snapshots, workers=[a],
-                             allow_other_workers=False, pure=False,
+                             allow_other_workers=True, pure=False,
                              key=f"mimflow-warm-{a}-{time.time_ns()}") for a in addrs]
-    wait(futures)
+    try:
+        wait(futures, timeout=timeout)
+    except TimeoutError:
+        pass  # the blocks compile for themselves (reported below)
     seconds = time.perf_counter() - t0
     compiled, failed = 0, []
     for fut in futures:
-        if fut.status == "finished":
+        if fut.status == "pending":
+            client.cancel(fut)
+            failed.append(f"not finished after {_clock(timeout)}")
+        elif fut.status == "finished":
             compiled += fut.result()["compiled"]
         else:
             failed.append(f"{type(fut.exception()).__name__}: {fut.exception()}")
