@@ -36,8 +36,6 @@ def snapshot(path: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, scheduler):
     """A complete store of SPEC, written through `mimflow run`."""

@@ -51,8 +51,6 @@ def chunks(path: Path) -> dict[str, bytes]:
             k.split("/")[0] in {"u0", "u", "escape_time", "t_final", "steps", "status", "loss"}}
 
 
-
-
 @pytest.fixture(scope="module")
 def original(tmp_path_factory, scheduler):
     """(spec file, store): a complete, healthy store, never modified by a test."""
