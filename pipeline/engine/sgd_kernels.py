@@ -45,6 +45,7 @@ import numpy as np
 from numba import prange, uint64
 
 from ._jit import jit as njit
+from .dynamics import _ainv_quadratic, _ascent
 from .status import CONVERGED, NON_FINITE, SAMPLE_BUDGET
 
 _INV_2_53 = 1.0 / 9007199254740992.0
@@ -171,30 +172,19 @@ def hermite_series(coef, t):
 
 @njit(inline="always")
 def _population_grad_norm(u, r, A, Ainv, c, a, du):
-    """Spherical gradient norm of the population correlation at ``(u, r)`` (as the flow)."""
+    """Spherical gradient norm of the population correlation at ``(u, r)``: the flow's
+    ``du^T A^-1 du + ((u.a) r)^2``, from the flow's own pieces (``dynamics``)."""
     k = u.size
+    _ascent(u, c, a)
     ua = 0.0
-    P = c.size - 1
     for j in range(k):
-        power = 1.0
-        acc = 0.0
-        for p in range(1, P + 1):
-            acc += c[p] * p * power
-            power *= u[j]
-        a[j] = acc
-        ua += u[j] * acc
+        ua += u[j] * a[j]
     for i in range(k):
         acc = 0.0
         for j in range(k):
             acc += A[i, j] * a[j]
         du[i] = acc - ua * u[i]
-    q = 0.0
-    for i in range(k):
-        row = 0.0
-        for j in range(k):
-            row += Ainv[i, j] * du[j]
-        q += du[i] * row
-    return math.sqrt(max(q, 0.0) + (ua * r) ** 2)
+    return math.sqrt(_ainv_quadratic(Ainv, du) + (ua * r) ** 2)
 
 
 @njit(inline="always")
