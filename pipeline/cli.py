@@ -360,7 +360,7 @@ def describe(spec, layout) -> str:
     """What ``mimflow validate`` prints for a valid spec (``layout``: its store layout)."""
     from dask.utils import format_bytes
 
-    from .resources import block_memory_bytes
+    from .resources import block_memory_bytes, unit_memory_bytes
 
     per_point = -(-spec.seeds // spec.block_seeds)
     lines = [f"spec {spec.source}: sweep {spec.name!r} is valid"]
@@ -375,6 +375,9 @@ def describe(spec, layout) -> str:
         f"seeds each)",
         f"  memory/block:  ~{format_bytes(block_memory_bytes(spec, layout))} on a worker "
         f"(results {format_bytes(layout.block_nbytes())})",
+        f"  work units:    {layout.n_units} of {layout.unit_points} points x "
+        f"{layout.unit_seeds} seeds (one task, one shard per variable; memory "
+        f"~{format_bytes(unit_memory_bytes(spec, layout))})",
         f"  store size:    <= {format_bytes(layout.store_nbytes())} uncompressed "
         f"(n padded to {layout.n_max}, k to {layout.k_max}"
         + (f", {len(layout.times)} snapshot times" if layout.times is not None else "")
@@ -423,12 +426,12 @@ def memory_check(spec, layout, args: argparse.Namespace) -> str:
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    from .resources import check_block_count
+    from .resources import check_unit_count
     from .store import Layout
 
     spec = load_spec(args.spec)
-    check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
     layout = Layout.for_spec(spec)
+    check_unit_count(spec, layout)  # computed, never enumerated
     out.write(describe(spec, layout))
     out.write(memory_check(spec, layout, args))
     return EXIT_OK
@@ -444,6 +447,7 @@ def status_text(path: str, options: dict | None = None) -> str:
     ref, attrs = open_store(path, options)
     health = inspect(ref, attrs)
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
+    word = "unit" if "unit_points" in attrs else "block"
     ids = health.block_ids
     done = [i for i in ids if i in health.done] if not health.initialized else []
     counts: Counter = Counter()
@@ -461,10 +465,13 @@ def status_text(path: str, options: dict | None = None) -> str:
         + (f" - {attrs['description']}" if attrs.get("description") else ""),
         f"spec:      {attrs.get('spec_file')} (spec hash {attrs.get('spec_hash')})",
         f"points:    {points} (swept: {', '.join(json.loads(attrs.get('swept', '[]'))) or '-'})"
-        f", {seeds} seeds, {size} seeds per block",
-        f"blocks:    {len(done)} of {len(ids)} done ({100 * len(done) / max(len(ids), 1):.0f}%)",
+        f", {seeds} seeds, {size} seeds per block"
+        + (f", work units of {attrs['unit_points']} points x {attrs['unit_seeds']} seeds"
+           if "unit_points" in attrs else " (layout 1: one chunk per block)"),
+        f"{word + 's:':<10} {len(done)} of {len(ids)} done "
+        f"({100 * len(done) / max(len(ids), 1):.0f}%)",
         "status:    " + ", ".join(f"{name} {counts.get(name, 0)}" for name in order)
-        + " (neurons in done blocks)",
+        + f" (neurons in done {word}s)",
         f"created:   {attrs.get('created')}, git {attrs.get('git_revision')}",
         "versions:  " + ", ".join(f"{k} {v}" for k, v in versions.items()),
     ]
@@ -475,7 +482,7 @@ def status_text(path: str, options: dict | None = None) -> str:
                      f"{len(last.get('computed', []))}, failed {len(last.get('failed', []))})")
     missing = health.missing
     if missing:
-        lines.append(f"missing:   {len(missing)} blocks, e.g. " + ", ".join(missing[:5]))
+        lines.append(f"missing:   {len(missing)} {word}s, e.g. " + ", ".join(missing[:5]))
     for problem in health.problems(limit=10):
         lines.append(f"DAMAGED:   {problem}")
     if not health.healthy:

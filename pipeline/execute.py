@@ -18,7 +18,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import ledger, verify
@@ -29,9 +31,10 @@ from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .preflight import check_store, store_attrs
 from .progress import Progress
 from .provenance import utc_now
-from .resources import check_block_count, memory_advice, memory_refusal
+from .resources import check_unit_count, memory_advice, memory_refusal
+from .verify import describe_unit
 from .warmup import slots, sweep_kinds, warm_cluster
-from .worker import BlockError, BlockTask, run_block
+from .worker import BlockError, PointTask, UnitTask, run_unit
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
@@ -40,19 +43,17 @@ if TYPE_CHECKING:
 def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
               skip: set[str] | frozenset[str] = frozenset(),
               store_id: str | None = None,
-              recompute: set[str] | frozenset[str] = frozenset()) -> list[BlockTask]:
-    """One :class:`BlockTask` per block of ``spec`` whose id is not in ``skip``; those in
-    ``recompute`` are computed even though their marker says done."""
-    out = []
-    for block in spec.blocks:
-        if block.id in skip:
+              recompute: set[str] | frozenset[str] = frozenset()) -> Iterator[UnitTask]:
+    """One :class:`UnitTask` per work unit of ``layout`` whose id is not in ``skip``; those
+    in ``recompute`` are computed even though their marker says done. A generator: the
+    driver builds each task only when it submits it."""
+    for unit in layout.units():
+        if unit.id in skip:
             continue
-        sp = spec.points[block.point_index]
-        out.append(BlockTask(ref, layout, block.id, block.point_index, sp.point.hash,
-                             sp.params, spec.describe_point(block.point_index), block.start,
-                             block.stop, spec.root_seed, run_id, store_id,
-                             block.id in recompute))
-    return out
+        points = tuple(PointTask(i, spec.points[i].point.hash, spec.points[i].params,
+                                 spec.describe_point(i)) for i in range(unit.p0, unit.p1))
+        yield UnitTask(ref, layout, unit, points, spec.root_seed, run_id, store_id,
+                       unit.id in recompute)
 
 
 #: Automatic re-runs of a block that raised, before it is reported as failed (Dask's task
@@ -115,21 +116,23 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     path must be on a file system the workers share (or use an object-store URL).
     """
     out = out if out is not None else sys.stderr
-    check_block_count(spec)
     ref = StoreRef.parse(store, storage_options)
     # Before anything is started or written: a foreign store or another spec's is refused.
-    check_store(spec, ref, overwrite=overwrite)
+    action = check_store(spec, ref, overwrite=overwrite)
+    # A resumed store keeps the work units it was created with (its shards).
+    layout = zstore.Layout.for_spec(spec) if action == "create" else \
+        zstore.Layout.for_store(spec, zstore.read_attrs(ref) or {})
+    check_unit_count(spec, layout)
     run_id = new_run_id()
     out.write(f"mimflow: sweep {spec.name!r} from {spec.source}: {len(spec.points)} points x "
               f"{spec.seeds} seeds = {spec.n_trajectories} trajectories in "
-              f"{len(spec.blocks)} blocks\n")
+              f"{layout.n_units} {_unit_word(layout)}s\n")
     for w in spec.warnings:
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
     with client_for(client, cluster, scheduler, security, workers, out) as cl:
         # A point whose one seed exceeds a worker's memory could only kill workers: refused
         # before the lock (whose folder would be the first trace in the store).
-        layout = zstore.Layout.for_spec(spec)  # computed once, handed to all that need it
         refusal = memory_refusal(spec, layout, worker_memory_limit(cl),
                                  "of this cluster's workers")
         if refusal is not None:
@@ -143,26 +146,35 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
             return _run_locked(spec, layout, ref, cl, run_id, lock, overwrite, retries, out)
 
 
+def _unit_word(layout: zstore.Layout) -> str:
+    """What a store's units are called: blocks in layout 1, work units in layout 2."""
+    return "work unit" if layout.sharded else "block"
+
+
 def _run_locked(spec: Spec, layout: zstore.Layout, ref: StoreRef, client: Any, run_id: str,
                 lock: RunLock, overwrite: bool, retries: int, out: TextIO) -> RunReport:
     # Decided again under the lock: another run may have created or replaced the store
     # between the first look and now.
     action = check_store(spec, ref, overwrite=overwrite)
+    if action == "create" and not layout.sharded:
+        layout = zstore.Layout.for_spec(spec)  # (a layout-1 store replaced meanwhile)
     started = time.time()
-    report = RunReport(run_id, ref.url, len(spec.blocks))
-    done, recompute = _done_blocks(spec, layout, ref, out) if action == "resume" else (set(), set())
-    report.already_done = sum(b.id in done for b in spec.blocks)
-    pending = len(spec.blocks) - report.already_done
+    word = _unit_word(layout)
+    report = RunReport(run_id, ref.url, layout.n_units)
+    done, recompute = _done_units(spec, layout, ref, out) if action == "resume" \
+        else (set(), set())
+    report.already_done = len(done)
+    pending = layout.n_units - report.already_done
     if action == "resume":
-        out.write(f"mimflow: resuming {ref.url}: {report.already_done} of {len(spec.blocks)} "
-                  f"blocks already done\n")
+        out.write(f"mimflow: resuming {ref.url}: {report.already_done} of {layout.n_units} "
+                  f"{word}s already done\n")
     else:
         out.write(f"mimflow: creating {ref.url}\n")
     t0 = time.perf_counter()
     if pending == 0:
         _clean_temporaries(ref, started, out)
         zstore.consolidate(ref)
-        out.write("mimflow: nothing to do, every block is in the store\n")
+        out.write(f"mimflow: nothing to do, every {word} is in the store\n")
         return report
     advice = memory_advice(spec, layout, worker_memory_limit(client),
                            "of this cluster's workers")
@@ -174,26 +186,26 @@ def _run_locked(spec: Spec, layout: zstore.Layout, ref: StoreRef, client: Any, r
     tasks = tasks_for(spec, ref, layout, run_id, skip=done, store_id=store_id,
                       recompute=recompute)
     try:
-        # The kernels the sweep needs, compiled once per machine before any block runs.
+        # The kernels the sweep needs, compiled once per machine before any unit runs.
         compile_seconds = warm_cluster(client, sweep_kinds(spec), layout.times is not None,
                                        out)
-        _execute(client, tasks, report, out, retries=retries, lock=lock,
+        _execute(client, tasks, pending, report, out, retries=retries, lock=lock,
                  compile_seconds=compile_seconds)
     except KeyboardInterrupt:
         report.interrupted = True
-        out.write("\nmimflow: interrupted; finished blocks are kept\n")
+        out.write(f"\nmimflow: interrupted; finished {word}s are kept\n")
     if report.lock_lost:
         # Another run has the store now: leave metadata and run records to it.
         out.write("mimflow: this run lost the store's lock (its heartbeat stopped for longer "
                   "than the lease, and another run took the store over); stopped; finished "
-                  "blocks are kept\n")
-        report.missing = _missing(spec, layout, ref)
+                  f"{word}s are kept\n")
+        report.missing = _missing(layout, ref)
         return report
     _clean_temporaries(ref, started, out)
     zstore.consolidate(ref)
     report.seconds = time.perf_counter() - t0
-    report.missing = _missing(spec, layout, ref)
-    _summarize(spec, report, out)
+    report.missing = _missing(layout, ref)
+    _summarize(spec, layout, report, out)
     ledger.write_run(ref, run_id, {
         "run": run_id, "spec_hash": spec.hash, "finished": utc_now(),
         "seconds": round(report.seconds, 3), "computed": report.computed,
@@ -204,27 +216,34 @@ def _run_locked(spec: Spec, layout: zstore.Layout, ref: StoreRef, client: Any, r
     return report
 
 
-def _done_blocks(spec: Spec, layout: zstore.Layout, ref: StoreRef, out: TextIO
-                 ) -> tuple[set[str], set[str]]:
-    """(done, recompute): blocks of ``spec`` whose marker is valid and whose chunks are all
-    there with the sizes they stored, and blocks to compute again although a marker exists
-    (a damaged marker, or data found missing or truncated); each of the latter is named."""
+def _layout_attrs(layout: zstore.Layout) -> dict[str, Any]:
+    """What :func:`pipeline.verify.describe_unit` needs of a store, from its layout."""
+    return {"points": layout.points, "seeds": layout.seeds, **layout.attrs()}
+
+
+def _done_units(spec: Spec, layout: zstore.Layout, ref: StoreRef, out: TextIO
+                ) -> tuple[set[str], set[str]]:
+    """(done, recompute): units of ``layout`` whose marker is valid and whose shards (layout
+    1: chunks) are all there with the sizes they stored, and units to compute again although
+    a marker exists (a damaged marker, or data found missing or truncated); each of the
+    latter is named."""
+    units = {u.id: u for u in layout.units()}
     markers = ledger.read_markers(ref)
-    records = {b.id: markers.records[b.id] for b in spec.blocks if b.id in markers.records}
+    records = {i: r for i, r in markers.records.items()
+               if i in units and ledger.covers(r, units[i])}
     damaged = verify.quick_check(ref, [v.name for v in layout.variables], records,
-                                 spec.block_seeds)
-    blocks = {b.id: b for b in spec.blocks}
+                                 layout.grid)
     problems = [(i, f"its data is damaged: {why}") for i, why in sorted(damaged.items())]
     problems += [(i, f"its ledger marker {why}") for i, why in sorted(markers.damaged.items())
-                 if i in blocks]
-    for n, (block_id, why) in enumerate(problems):
+                 if i in units]
+    attrs = _layout_attrs(layout)
+    for n, (unit_id, why) in enumerate(problems):
         if n == 10:
-            out.write(f"mimflow: ... and {len(problems) - 10} more blocks to compute again\n")
+            out.write(f"mimflow: ... and {len(problems) - 10} more {_unit_word(layout)}s to "
+                      "compute again\n")
             break
-        b = blocks[block_id]
-        out.write(f"mimflow: warning: block {block_id} (point "
-                  f"{spec.describe_point(b.point_index)}; seeds {b.start}..{b.stop - 1}) is "
-                  f"computed again: {why}\n")
+        what = describe_unit(attrs, unit_id, layout.grid, spec.describe_point)
+        out.write(f"mimflow: warning: {what} is computed again: {why}\n")
     recompute = {i for i, _ in problems}
     return set(records) - recompute, recompute
 
@@ -238,42 +257,65 @@ def _clean_temporaries(ref: StoreRef, started: float, out: TextIO) -> None:
                   "writers\n")
 
 
-def _missing(spec: Spec, layout: zstore.Layout, ref: StoreRef) -> list[str]:
-    """Ids of the blocks of ``spec`` without a valid completion marker (nor found damaged
-    by a quick look at their chunks)."""
+def _missing(layout: zstore.Layout, ref: StoreRef) -> list[str]:
+    """Ids of the units of ``layout`` without a valid completion marker (nor found damaged
+    by a quick look at their shards)."""
+    units = {u.id: u for u in layout.units()}
     markers = ledger.read_markers(ref)
-    finished = set(markers.records) - set(verify.quick_check(
-        ref, [v.name for v in layout.variables], markers.records, spec.block_seeds))
-    return [b.id for b in spec.blocks if b.id not in finished]
+    records = {i: r for i, r in markers.records.items()
+               if i in units and ledger.covers(r, units[i])}
+    finished = set(records) - set(verify.quick_check(
+        ref, [v.name for v in layout.variables], records, layout.grid))
+    return [i for i in units if i not in finished]
 
 
+#: Work units on the scheduler at once, per worker thread: enough that no thread waits for
+#: its next unit, few enough that scheduler and driver memory do not grow with the sweep.
+WINDOW_PER_SLOT = 3
 
 
-def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO, *,
-             retries: int = DEFAULT_RETRIES, lock: RunLock | None = None,
+def _execute(client: Any, tasks: Iterable[UnitTask], total: int, report: RunReport,
+             out: TextIO, *, retries: int = DEFAULT_RETRIES, lock: RunLock | None = None,
              compile_seconds: float | None = None) -> None:
+    """Run ``tasks`` (``total`` of them) keeping a bounded window of them on the scheduler:
+    a new unit is submitted as each one finishes."""
     from distributed import as_completed
 
-    keys = [f"mimflow-{t.block_id}-{t.run_id}" for t in tasks]
-    # retries: a block that raised is run again (on any worker) before it counts as failed;
-    # re-running is harmless (see run_block).
-    futures = client.map(run_block, tasks, key=keys, pure=False, retries=retries)
-    task_of = {f.key: (f, t) for f, t in zip(futures, tasks, strict=True)}
-    # slots: each worker thread's first block may still pay one-off costs (imports, loading
+    tasks = iter(tasks)
+    first = next(tasks, None)
+    tasks_sharded = first is not None and first.layout.sharded
+    if first is not None:
+        tasks = chain([first], tasks)
+    n_slots = slots(client)
+    task_of: dict[str, tuple[Any, UnitTask]] = {}
+    # Results (small records) come back as they finish, errors as values: one bad unit must
+    # not stop the loop.
+    pending = as_completed(with_results=True, raise_errors=False)
+
+    def submit(batch: Iterable[UnitTask]) -> None:
+        for task in batch:
+            # retries: a unit that raised is run again (on any worker) before it counts as
+            # failed; re-running is harmless (see run_unit).
+            fut = client.submit(run_unit, task, key=f"mimflow-{task.id}-{task.run_id}",
+                                pure=False, retries=retries)
+            task_of[fut.key] = (fut, task)
+            pending.add(fut)
+
+    # slots: each worker thread's first unit may still pay one-off costs (imports, loading
     # the kernels), which the remaining-time estimate leaves out (pipeline.progress).
-    progress = Progress(len(tasks), out, slots=slots(client))
+    progress = Progress(total, out, slots=n_slots)
     progress.compile_seconds = compile_seconds
-    # Results (small records) come back in batches, errors as values: one bad block must not
-    # stop the loop.
-    pending = as_completed(futures, with_results=True, raise_errors=False)
-    del futures  # as_completed holds them; each is released once handled
+    if tasks_sharded:
+        progress.what = "work units"
     handled_all = False
     try:
+        submit(islice(tasks, WINDOW_PER_SLOT * max(n_slots, 1)))
         for fut, result in pending:
             _, task = task_of.pop(fut.key)
+            submit(islice(tasks, 1))  # keep the window full
             if fut.status == "finished":
                 record = result
-                report.computed.append(task.block_id)
+                report.computed.append(task.id)
                 report.status_counts.update(record["status_counts"])
                 for w in record["warnings"]:
                     report.warnings[w] += 1
@@ -287,9 +329,11 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
                 else:  # e.g. KilledWorker: its workers kept dying while running it
                     message = f"{task.label} failed: {type(err).__name__}: {err}"
                     details = ""
-                report.failed.append({"block": task.block_id, "point": task.point_index,
-                                      "params": task.where,
-                                      "seeds": [task.start, task.stop],
+                u = task.unit
+                report.failed.append({"block": task.id, "unit": task.id,
+                                      "point": u.p0, "points": [u.p0, u.p1],
+                                      "params": task.points[0].where,
+                                      "seeds": [u.s0, u.s1],
                                       "error": message, "traceback": details})
                 progress.advance(failed=True)
                 progress.note(f"mimflow: FAILED {message}")
@@ -308,25 +352,23 @@ def _execute(client: Any, tasks: list[BlockTask], report: RunReport, out: TextIO
             progress.close()
 
 
-def _summarize(spec: Spec, report: RunReport, out: TextIO) -> None:
-    total = len(spec.blocks)
-    out.write(f"mimflow: computed {len(report.computed)} blocks in {report.seconds:.1f} s; "
-              f"{total - len(report.missing)} of {total} blocks in {report.store}\n")
+def _summarize(spec: Spec, layout: zstore.Layout, report: RunReport, out: TextIO) -> None:
+    total, word = layout.n_units, _unit_word(layout)
+    out.write(f"mimflow: computed {len(report.computed)} {word}s in {report.seconds:.1f} s; "
+              f"{total - len(report.missing)} of {total} {word}s in {report.store}\n")
     if report.status_counts:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(report.status_counts.items()))
         out.write(f"mimflow: neuron status this run: {counts}\n")
     known = {w.message for w in spec.warnings}
-    for message, blocks in sorted(report.warnings.items()):
-        if not any(k in message for k in known):  # each warning once, not once per block
-            out.write(f"mimflow: warning in {blocks} blocks: {message}\n")
+    for message, units in sorted(report.warnings.items()):
+        if not any(k in message for k in known):  # each warning once, not once per unit
+            out.write(f"mimflow: warning in {units} {word}s: {message}\n")
     if report.missing:
-        out.write(f"mimflow: {len(report.missing)} of {total} blocks are missing "
+        out.write(f"mimflow: {len(report.missing)} of {total} {word}s are missing "
                   f"({len(report.failed)} failed in this run):\n")
-        blocks = {b.id: b for b in spec.blocks}
-        for block_id in report.missing[:10]:
-            b = blocks[block_id]
-            out.write(f"  block {block_id}: point {spec.describe_point(b.point_index)}, "
-                      f"seeds {b.start}..{b.stop - 1}\n")
+        attrs = _layout_attrs(layout)
+        for unit_id in report.missing[:10]:
+            out.write(f"  {describe_unit(attrs, unit_id, layout.grid, spec.describe_point)}\n")
         if len(report.missing) > 10:
             out.write(f"  ... and {len(report.missing) - 10} more\n")
-        out.write("mimflow: re-run the same command to compute only the missing blocks\n")
+        out.write(f"mimflow: re-run the same command to compute only the missing {word}s\n")

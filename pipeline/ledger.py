@@ -1,9 +1,10 @@
 """Where a store's bookkeeping lives: its location and the completion ledger.
 
 zarr 3 does not store a chunk that holds only fill values (``write_empty_chunks=False``), so a
-missing chunk proves nothing about whether a block ran. Completion is therefore recorded
-explicitly: each block writes one small JSON marker, ``_mimflow/ledger/<block id>.json``,
-*after* its data, and the driver lists those markers to know what is done. The markers sit
+missing chunk proves nothing about whether a unit ran. Completion is therefore recorded
+explicitly: each work unit (:mod:`pipeline.units`; in stores of layout 1, each block) writes
+one small JSON marker, ``_mimflow/ledger/<unit id>.json``, *after* its data, and the driver
+lists those markers to know what is done: O(work units) small objects. The markers sit
 in a plain folder next to the zarr arrays (not a zarr node), so zarr and xarray ignore them;
 every block writes a different object, so there is nothing to race on.
 """
@@ -145,6 +146,14 @@ def parse_object(raw: bytes, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not an object")
     return value
+
+
+def covers(record: dict[str, Any], unit: Any) -> bool:
+    """True when the completion ``record`` covers all of ``unit``'s points (a unit whose
+    store grew along ``point`` after it was written holds more points now, and is computed
+    again). Records of layout 1 (one block) name no point range: they cover their block."""
+    points = record.get("points")
+    return points is None or list(points) == [unit.p0, unit.p1]
 
 
 def marker(block_id: str) -> str:

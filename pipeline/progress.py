@@ -26,15 +26,16 @@ MIN_BLOCKS = 3
 
 
 def render(done: int, total: int, failed: int = 0, elapsed: float = 0.0, width: int = 30,
-           *, left: float | None = None, compile_seconds: float | None = None) -> str:
+           *, left: float | None = None, compile_seconds: float | None = None,
+           what: str = "blocks") -> str:
     """``[######------] 12/40 blocks (30%), 1 failed, 0:12 elapsed, ~0:28 left``.
 
     ``left`` is the estimate (``None``: not shown); ``compile_seconds`` is appended as
-    ``(kernels compiled in 0:41)``, for the final line.
+    ``(kernels compiled in 0:41)``, for the final line; ``what`` names the things counted.
     """
     frac = done / total if total else 1.0
     fill = int(round(width * frac))
-    text = f"[{'#' * fill}{'-' * (width - fill)}] {done}/{total} blocks ({100 * frac:.0f}%)"
+    text = f"[{'#' * fill}{'-' * (width - fill)}] {done}/{total} {what} ({100 * frac:.0f}%)"
     if failed:
         text += f", {failed} failed"
     text += f", {_clock(elapsed)} elapsed"
@@ -103,6 +104,8 @@ class Progress:
         self.compile_seconds: float | None = None
         self._last_draw = 0.0
         self._last_decile = -1
+        #: What is counted (``"blocks"``, ``"work units"``).
+        self.what = "blocks"
 
     def advance(self, *, failed: bool = False) -> None:
         """Count one more finished block (or failed one) and redraw when due."""
@@ -133,7 +136,8 @@ class Progress:
         now = self.clock()
         return render(self.done, self.total, self.failed, now - self.start,
                       left=None if final else self.estimator.left(now),
-                      compile_seconds=self.compile_seconds if final else None)
+                      compile_seconds=self.compile_seconds if final else None,
+                      what=self.what)
 
     def _draw(self, *, force: bool = False, final: bool = False) -> None:
         now = self.clock()

@@ -1,4 +1,5 @@
-"""What a sweep asks of its workers and its driver: memory per block, number of blocks.
+"""What a sweep asks of its workers and its driver: memory per block and per work unit,
+number of work units.
 
 Checked before anything runs (``mimflow validate``) and again against the actual cluster when
 a run starts (``mimflow run``): advice when a block is larger than a worker should hold, a
@@ -59,7 +60,7 @@ def memory_advice(spec: Spec, layout: zstore.Layout, limit: int | None, where: s
     need = block_memory_bytes(spec, layout)
     budget = memory_budget(limit)
     if need <= budget:
-        return None
+        return unit_advice(spec, layout, limit, where)
     per_seed = block_memory_bytes(spec, layout, 1)
     fits = budget // per_seed
     source = f" ({where})" if where else ""
@@ -95,16 +96,41 @@ def memory_refusal(spec: Spec, layout: zstore.Layout, limit: int | None, where: 
                           "give each worker more memory")
 
 
-#: Most blocks one sweep may have: the driver holds one task per block.
-MAX_BLOCKS = 2_000_000
+def unit_memory_bytes(spec: Spec, layout: zstore.Layout) -> int:
+    """Rough peak memory of one work unit on a worker: its results about three times (the
+    unit's arrays, the encoded shards, one point's dataset) and one point's integrator
+    states over the unit's seeds (points are simulated one after the other)."""
+    one_point = block_memory_bytes(spec, layout, layout.unit_seeds)
+    return one_point + 3 * layout.unit_nbytes()
 
 
-def check_block_count(spec: Spec) -> None:
-    """Refuse a sweep of more blocks than a driver can hold (:data:`MAX_BLOCKS`)."""
-    if spec.n_blocks > MAX_BLOCKS:
-        fewer = -(-spec.seeds * len(spec.points) // MAX_BLOCKS)
-        raise SpecError("block_seeds", spec.block_seeds,
-                        f"a block size that makes at most {MAX_BLOCKS} blocks (this sweep "
-                        f"has {spec.n_blocks})",
-                        hint=f"use block_seeds = {max(fewer, spec.block_seeds + 1)} or more",
-                        source=spec.source)
+def unit_advice(spec: Spec, layout: zstore.Layout, limit: int | None, where: str = ""
+                ) -> str | None:
+    """A warning (text) when one work unit of ``layout`` needs more memory than a worker
+    with memory limit ``limit`` can give it, with a ``unit_points`` that fits."""
+    if not limit or not layout.sharded:
+        return None
+    need, budget = unit_memory_bytes(spec, layout), memory_budget(limit)
+    if need <= budget:
+        return None
+    per_point = max(1, 3 * layout.unit_nbytes() // layout.unit_points)
+    fits = max(1, (budget - block_memory_bytes(spec, layout, layout.unit_seeds)) // per_point)
+    source = f" ({where})" if where else ""
+    return (f"a work unit needs ~{format_bytes(need)}, more than {format_bytes(budget)} of "
+            f"the worker memory limit {format_bytes(limit)}{source}; set unit_points = "
+            f"{fits} or fewer in the spec (now {layout.unit_points})")
+
+
+#: Most work units one sweep may have: the driver lists them (never all on the scheduler).
+MAX_UNITS = 2_000_000
+
+
+def check_unit_count(spec: Spec, layout: zstore.Layout) -> None:
+    """Refuse a sweep of more work units than a driver can list (:data:`MAX_UNITS`)."""
+    if layout.n_units > MAX_UNITS:
+        fewer = -(-spec.seeds * len(spec.points) // MAX_UNITS)
+        raise SpecError("unit_seeds", layout.unit_seeds,
+                        f"a work-unit size that makes at most {MAX_UNITS} units (this sweep "
+                        f"has {layout.n_units})",
+                        hint=f"use unit_seeds = {max(fewer, layout.unit_seeds + 1)} or more "
+                             "(a multiple of block_seeds)", source=spec.source)

@@ -6,11 +6,15 @@ Dimensions ``point, seed, neuron, index`` (+ ``time`` with snapshots, ``neuron2`
 Gram ``q``). ``n`` and ``k`` are padded to their sweep maximum: padded float entries are NaN,
 padded integer entries -1, and ``neuron_mask`` / ``index_mask`` say what is real.
 
-Every data variable is chunked ``(1, block_seeds, <whole>...)``, so a block (one point, one
-seed range) covers exactly one chunk of every variable it writes: blocks never share a chunk
-and need no lock (zarr 3 has none). Coordinates (one per swept parameter along ``point``,
-``point_hash``, ``n``, ``k``), masks and attributes are written once, by the driver, before
-any block runs; blocks write only their own region of the ``(point, seed, ...)`` variables.
+Every data variable is stored in zarr v3 shards of one work unit each (``(unit_points,
+unit_seeds, <whole>...)``, :mod:`pipeline.units`), so a work unit covers exactly one shard of
+every variable it writes: the units tile ``(point, seed)`` on the shard grid itself (same
+numbers, recorded in the store), :func:`write_unit` refuses any other region, and so no two
+tasks ever write one shard and none needs a lock (zarr 3 has none). Coordinates (one per
+swept parameter along ``point``, ``point_hash``, ``n``, ``k``), masks and attributes are
+written once, by the driver, before any unit runs; units write only their own shards.
+Stores of layout 1 (one chunk per block, no shards) are read and resumed as stores whose work
+unit is one block (:meth:`Layout.for_store`).
 
 The variables a point may produce are declared in :data:`VARIABLES`; optional ones (``u_t``,
 ``q``) are part of a store only when its sweep produces them.
@@ -26,8 +30,8 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -48,7 +52,7 @@ if TYPE_CHECKING:
     from sweeps.spec import Spec
 
 #: Version of this layout, recorded in every store.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 STATUS_MISSING = -1
 #: The status flags of the store (one vocabulary: :mod:`pipeline.engine.status`).
 STATUS_FLAGS = STORE_FLAGS
@@ -104,7 +108,15 @@ def coord_name(param: str) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """Shape of a store: what the driver creates and what every block must fit into."""
+    """Shape of a store: what the driver creates and what every work unit must fit into.
+
+    Layout 2 (this version): every variable is stored in shards of ``(unit_points,
+    unit_seeds, <whole>...)``, one per work unit (:mod:`pipeline.units`), each cut into inner
+    chunks of ``(chunk_points, block_seeds, <whole>...)`` (what a reader decodes at once).
+    Layout 1 (stores written before): no shards, one chunk ``(1, block_seeds, ...)`` per
+    block, i.e. a work unit of one block (``unit_points = chunk_points = 1``,
+    ``unit_seeds = block_seeds``, ``sharded = False``).
+    """
 
     points: int
     seeds: int
@@ -113,16 +125,52 @@ class Layout:
     k_max: int
     times: tuple[float, ...] | None
     variables: tuple[Variable, ...]
+    unit_points: int = 1
+    unit_seeds: int = 0
+    """Seeds per work unit (a multiple of ``block_seeds``; 0: ``block_seeds``)."""
+    chunk_points: int = 1
+    sharded: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.unit_seeds:
+            object.__setattr__(self, "unit_seeds", self.block_seeds)
 
     @classmethod
     def for_spec(cls, spec: Spec) -> Layout:
-        """The layout of ``spec``'s store."""
+        """The layout of a new store of ``spec`` (work units planned by
+        :func:`pipeline.units.plan`)."""
+        from . import units
+
         mse = any(p.point.loss == "mse" for p in spec.points)
         times = None if spec.snapshots is None else tuple(float(t) for t in spec.snapshots)
         sgd = any(p.point.method == "sgd" for p in spec.points)
         features = {"snapshots": times is not None, "mse": mse, "sgd": sgd}
-        return cls(len(spec.points), spec.seeds, spec.block_seeds, spec.n_max, spec.k_max,
+        base = cls(len(spec.points), spec.seeds, spec.block_seeds, spec.n_max, spec.k_max,
                    times, tuple(v for v in VARIABLES if all(features[f] for f in v.when)))
+        unit_points, unit_seeds = units.plan(spec, base.trajectory_nbytes())
+        unit_seeds = -(-unit_seeds // spec.block_seeds) * spec.block_seeds  # whole blocks
+        return replace(base, unit_points=unit_points, unit_seeds=unit_seeds,
+                       chunk_points=base._chunk_points(unit_points), sharded=True)
+
+    @classmethod
+    def for_store(cls, spec: Spec, attrs: dict[str, Any]) -> Layout:
+        """The layout of the existing store of ``spec`` whose root attributes are ``attrs``:
+        its recorded unit shape (layout 1 when it records none), never a new plan."""
+        fresh = cls.for_spec(spec)
+        if "unit_points" not in attrs:  # layout 1: one block per unit, no shards
+            return replace(fresh, unit_points=1, unit_seeds=spec.block_seeds, chunk_points=1,
+                           sharded=False)
+        return replace(fresh, unit_points=int(attrs["unit_points"]),
+                       unit_seeds=int(attrs["unit_seeds"]),
+                       chunk_points=int(attrs["chunk_points"]), sharded=True)
+
+    def _chunk_points(self, unit_points: int) -> int:
+        """Points per inner chunk: a divisor of ``unit_points`` (inner chunks tile a shard)
+        whose chunks hold at most :data:`CHUNK_BYTES` of the largest variable."""
+        per_point = max(math.prod(self.chunks(v)[1:]) * np.dtype(v.dtype).itemsize
+                        for v in self.variables)
+        most = max(1, CHUNK_BYTES // per_point)
+        return max(c for c in range(1, min(unit_points, most) + 1) if unit_points % c == 0)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -133,25 +181,70 @@ class Layout:
             out["time"] = len(self.times)
         return out
 
-    def shape(self, var: Variable, seeds: int | None = None) -> tuple[int, ...]:
-        """Shape of ``var`` in the store (or of one block's region with ``seeds`` seeds)."""
+    def shape(self, var: Variable, seeds: int | None = None, points: int = 1
+              ) -> tuple[int, ...]:
+        """Shape of ``var`` in the store (or of a region of ``points`` x ``seeds``)."""
         sizes = self.sizes
-        lead = (self.points, self.seeds) if seeds is None else (1, seeds)
+        lead = (self.points, self.seeds) if seeds is None else (points, seeds)
         return lead + tuple(sizes[d] for d in var.dims)
 
     def chunks(self, var: Variable) -> tuple[int, ...]:
-        """Chunk shape of ``var``: one point, one block of seeds, whole trailing axes."""
-        return (1, self.block_seeds) + self.shape(var)[2:]
+        """Chunk shape of ``var`` (inner chunks of the shards in layout 2)."""
+        return (self.chunk_points, self.block_seeds) + self.shape(var)[2:]
+
+    def shards(self, var: Variable) -> tuple[int, ...] | None:
+        """Shard shape of ``var``: one work unit (``None`` in layout 1)."""
+        if not self.sharded:
+            return None
+        return (self.unit_points, self.unit_seeds) + self.shape(var)[2:]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(unit_points, unit_seeds)``: the work-unit (and shard) shape along
+        ``(point, seed)``."""
+        return self.unit_points, self.unit_seeds
+
+    def units(self) -> Iterator[Any]:
+        """The store's work units (:class:`pipeline.units.Unit`), in order."""
+        from . import units
+
+        return units.tile(self.points, self.seeds, self.unit_points, self.unit_seeds)
+
+    @property
+    def n_units(self) -> int:
+        """Number of work units (computed)."""
+        from . import units
+
+        return units.count(self.points, self.seeds, self.unit_points, self.unit_seeds)
+
+    def trajectory_nbytes(self) -> int:
+        """Bytes of one trajectory's results (one point, one seed, every variable)."""
+        return sum(math.prod(self.shape(v, 1)) * np.dtype(v.dtype).itemsize
+                   for v in self.variables)
 
     def block_nbytes(self) -> int:
-        """Bytes of one block's results (one chunk of every variable)."""
-        return sum(math.prod(self.chunks(v)) * np.dtype(v.dtype).itemsize
-                   for v in self.variables)
+        """Bytes of one block's results (``block_seeds`` trajectories)."""
+        return self.block_seeds * self.trajectory_nbytes()
+
+    def unit_nbytes(self) -> int:
+        """Bytes of one work unit's results."""
+        return self.unit_points * self.unit_seeds * self.trajectory_nbytes()
 
     def store_nbytes(self) -> int:
         """Bytes of all data variables, uncompressed (an upper bound on the store's size)."""
         return sum(math.prod(self.shape(v)) * np.dtype(v.dtype).itemsize
                    for v in self.variables)
+
+    def attrs(self) -> dict[str, Any]:
+        """What a store records of its layout (root attributes; read by :meth:`for_store`)."""
+        if not self.sharded:
+            return {}
+        return {"unit_points": self.unit_points, "unit_seeds": self.unit_seeds,
+                "chunk_points": self.chunk_points, "units": self.n_units}
+
+
+#: Largest inner chunk (uncompressed) of layout 2: what a reader decodes to get one value.
+CHUNK_BYTES = 2**18
 
 
 def _coordinate(values: Sequence[Any]) -> np.ndarray:
@@ -218,11 +311,14 @@ def _encoding(layout: Layout) -> dict[str, dict[str, Any]]:
     enc: dict[str, dict[str, Any]] = {}
     for var in layout.variables:
         enc[var.name] = {"chunks": layout.chunks(var)}
+        if layout.sharded:
+            enc[var.name]["shards"] = layout.shards(var)
         if np.dtype(var.dtype).kind in "iu":
             # A zarr-level fill value (not xarray's _FillValue, which would turn the integers
             # into floats on reading): unwritten and padded entries read as -1.
             enc[var.name]["fill_value"] = var.fill
-    enc["seed"] = {"chunks": (layout.block_seeds,)}
+    # layout 2: the seed labels in one object (they are read whole anyway)
+    enc["seed"] = {"chunks": (layout.seeds if layout.sharded else layout.block_seeds,)}
     return enc
 
 
@@ -246,6 +342,9 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any], *, layout: Layout |
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(ref.path(INITIALIZED, root))
     remove(ref, keep=(LOCK, CREATING))
+    # The layout version and unit shape travel with the store: a resume uses them.
+    attrs = {**attrs, "mimflow_layout": LAYOUT_VERSION if layout.sharded else 1,
+             **layout.attrs()}
     ds = template(spec, layout, attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # zarr's v3-spec notices
@@ -314,15 +413,22 @@ def read_attrs(ref: StoreRef) -> dict[str, Any] | None:
                              "KEY=VALUE or in the environment") from e
 
 
-def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
-    """One block's simulation output shaped as its store region ``(1, seeds, ...)``.
+def fill_unit(layout: Layout, unit: Any) -> dict[str, np.ndarray]:
+    """Empty result arrays of work unit ``unit`` (fill values), by variable name, shaped as
+    its region ``(points, seeds, ...)`` of the store."""
+    return {v.name: np.full(layout.shape(v, unit.s1 - unit.s0, unit.p1 - unit.p0), v.fill,
+                            dtype=v.dtype)
+            for v in layout.variables}
 
-    Pads ``neuron``/``index`` to the sweep maximum and drops every coordinate: a region write
-    must carry only variables that span the region's dimensions, and the coordinates are the
-    driver's. Dtypes are checked, never cast (a float32 cast would break bit-identity).
+
+def put_point(layout: Layout, data: dict[str, np.ndarray], row: int, ds: xr.Dataset) -> None:
+    """Copy one point's simulation output (from :func:`pipeline.simulate`, over the unit's
+    seeds) into row ``row`` of a unit's arrays ``data`` (from :func:`fill_unit`).
+
+    ``neuron``/``index`` stay padded to the sweep maximum; coordinates are the driver's.
+    Dtypes are checked, never cast (a float32 cast would break bit-identity).
     """
-    expected = {v.name for v in layout.variables}
-    extra = sorted(set(ds.data_vars) - expected)
+    extra = sorted(set(ds.data_vars) - set(data))
     if extra:
         raise ValueError(f"simulate returned {extra}, which this store does not declare: "
                          "add them to pipeline.store.VARIABLES")
@@ -330,11 +436,7 @@ def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
         times = np.asarray(ds["time"].values, dtype=np.float64)
         if not np.array_equal(times, np.asarray(layout.times)):
             raise ValueError("snapshot times of the block differ from the store's")
-    seeds = ds.sizes["seed"]
-    out = {}
     for var in layout.variables:
-        padded = np.full(layout.shape(var, seeds), var.fill, dtype=var.dtype)
-        out[var.name] = (("point", "seed") + var.dims, padded)
         if var.name not in ds:
             if var.when:  # optional: e.g. q of a correlation point in a mixed sweep
                 continue
@@ -346,39 +448,41 @@ def block_dataset(ds: xr.Dataset, layout: Layout) -> xr.Dataset:
         if arr.dtype != np.dtype(var.dtype):
             raise TypeError(f"{var.name} is {arr.dtype}, the store holds {var.dtype}; "
                             "refusing to cast")
-        padded[(0,) + tuple(slice(0, s) for s in arr.shape)] = arr.values
-    return xr.Dataset(out)
+        data[var.name][(row,) + tuple(slice(0, s) for s in arr.shape)] = arr.values
 
 
-def check_region(layout: Layout, start: int, stop: int) -> None:
-    """Refuse a seed range that is not exactly one chunk (a partial chunk write is a
-    read-modify-write race with the block that owns the rest of the chunk)."""
-    size = layout.block_seeds
-    if start % size or stop != min(start + size, layout.seeds) or start >= layout.seeds:
-        raise ValueError(f"seeds [{start}, {stop}) are not one whole chunk of {size} seeds")
+def check_unit(layout: Layout, unit: Any) -> None:
+    """Refuse a region that is not exactly one work unit of the store: its shard (or, in
+    layout 1, its chunk) would be shared with another task, and zarr 3 has no lock to make
+    a partial read-modify-write of it safe."""
+    P, S = layout.grid
+    whole = (unit.p0 % P == 0 and unit.s0 % S == 0 and 0 <= unit.p0 < layout.points
+             and 0 <= unit.s0 < layout.seeds and unit.p1 == min(unit.p0 + P, layout.points)
+             and unit.s1 == min(unit.s0 + S, layout.seeds))
+    if not whole:
+        raise ValueError(f"points [{unit.p0}, {unit.p1}) x seeds [{unit.s0}, {unit.s1}) are "
+                         f"not one whole work unit of this store ({P} points x {S} seeds, "
+                         f"of {layout.points} points x {layout.seeds} seeds): writing them "
+                         "would share a shard with another task")
 
 
-def write_block(ref: StoreRef, layout: Layout, point_index: int, start: int, stop: int,
-                ds: xr.Dataset) -> None:
-    """Write one block's output (from :func:`pipeline.simulate`) into its own region.
+def write_unit(ref: StoreRef, layout: Layout, unit: Any, data: dict[str, np.ndarray]) -> None:
+    """Write one work unit's results (from :func:`fill_unit` + :func:`put_point`) into its
+    own shards, through zarr directly and all arrays in one asynchronous batch.
 
-    The arrays were defined by xarray when the store was created (dimension names, fill
-    values, chunks); a block only fills its chunks, through zarr directly and all arrays in
-    one asynchronous batch. That costs a third of an xarray region write (which re-reads the
-    whole group's metadata per call), and a worker cannot touch any metadata. Each array's
-    chunking is checked against the layout before anything is written.
+    The arrays were defined when the store was created (dimension names, fill values, chunks,
+    shards); a unit writes whole shards (each encoded once and put as one object) and cannot
+    touch any metadata. Each array's chunking is checked against the layout first.
     """
-    check_region(layout, start, stop)
-    if not 0 <= point_index < layout.points:
-        raise ValueError(f"point {point_index} is outside the store's {layout.points} points")
-    if ds.sizes.get("seed") != stop - start:
-        raise ValueError(f"block has {ds.sizes.get('seed')} seeds, its region {stop - start}")
-    block = block_dataset(ds, layout)
-    data = {name: block[name].values for name in block.data_vars}
-    sync(_write_region(_target(ref), layout, point_index, start, stop, data))
+    check_unit(layout, unit)
+    for name, values in data.items():
+        if values.shape[:2] != (unit.p1 - unit.p0, unit.s1 - unit.s0):
+            raise ValueError(f"{name} has shape {values.shape}, the unit's region is "
+                             f"{(unit.p1 - unit.p0, unit.s1 - unit.s0)}")
+    sync(_write_region(_target(ref), layout, unit, data))
 
 
-async def _write_region(target: Any, layout: Layout, point_index: int, start: int, stop: int,
+async def _write_region(target: Any, layout: Layout, unit: Any,
                         data: dict[str, np.ndarray]) -> None:
     names = list(data)
     arrays = await asyncio.gather(*(zarr_async.open_array(store=target, path=name, mode="r+",
@@ -387,11 +491,12 @@ async def _write_region(target: Any, layout: Layout, point_index: int, start: in
     for name, arr in zip(names, arrays, strict=True):
         var = expected[name]
         if arr.shape != layout.shape(var) or arr.chunks != layout.chunks(var) \
-                or arr.dtype != np.dtype(var.dtype):
-            raise ValueError(f"the store's {name} is {arr.shape} in chunks {arr.chunks} of "
-                             f"{arr.dtype}, the sweep expects {layout.shape(var)} in chunks "
-                             f"{layout.chunks(var)} of {var.dtype}")
-    region = (slice(point_index, point_index + 1), slice(start, stop))
+                or arr.shards != layout.shards(var) or arr.dtype != np.dtype(var.dtype):
+            raise ValueError(f"the store's {name} is {arr.shape} in chunks {arr.chunks}, "
+                             f"shards {arr.shards} of {arr.dtype}, the sweep expects "
+                             f"{layout.shape(var)} in chunks {layout.chunks(var)}, shards "
+                             f"{layout.shards(var)} of {var.dtype}")
+    region = (slice(unit.p0, unit.p1), slice(unit.s0, unit.s1))
     await asyncio.gather(*(arr.setitem(region, data[name])
                            for name, arr in zip(names, arrays, strict=True)))
 
@@ -463,21 +568,31 @@ def open_results(path: str, *, storage_options: dict | None = None,
     labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]
     ds = ds.assign_coords({name: ds[name].load() for name in labels})
     if bad:
-        ds = _mask_blocks(ds, bad, int(attrs["block_seeds"]))
+        ds = _mask_units(ds, bad, grid_of(attrs))
     index = json.loads(ds.attrs.get("index", "[]"))
     if index:
         ds = ds.set_xindex(index)
     return ds
 
 
-def _mask_blocks(ds: xr.Dataset, block_ids: dict[str, str], block_seeds: int) -> xr.Dataset:
-    """``ds`` with the data of ``block_ids`` replaced by fill values (as if never computed)."""
+def grid_of(attrs: dict[str, Any]) -> tuple[int, int]:
+    """``(unit_points, unit_seeds)`` of the store whose root attributes are ``attrs``: the
+    rectangle of ``(point, seed)`` one ledger record and one stored object cover (layout 1:
+    one block, ``(1, block_seeds)``)."""
+    if "unit_points" in attrs:
+        return int(attrs["unit_points"]), int(attrs["unit_seeds"])
+    return 1, int(attrs["block_seeds"])
+
+
+def _mask_units(ds: xr.Dataset, unit_ids: dict[str, str], grid: tuple[int, int]
+                ) -> xr.Dataset:
+    """``ds`` with the data of ``unit_ids`` replaced by fill values (as if never computed)."""
     from sweeps.spec import parse_block_id
 
     bad = np.zeros((ds.sizes["point"], ds.sizes["seed"]), dtype=bool)
-    for block_id in block_ids:
-        point, start = parse_block_id(block_id)
-        bad[point, start:start + block_seeds] = True
+    for unit_id in unit_ids:
+        point, start = parse_block_id(unit_id)
+        bad[point:point + grid[0], start:start + grid[1]] = True
     keep = xr.DataArray(~bad, dims=("point", "seed"))
     fills = {v.name: v.fill for v in VARIABLES}
     return ds.assign({name: ds[name].where(keep, fills[name]).astype(ds[name].dtype)

@@ -49,11 +49,14 @@ ALWAYS_STORED = ("u0", "status", "steps")
 TEMPORARY_SUFFIXES = (".partial", ".tmp")
 
 
-def chunk_key(name: str, ndim: int, point_index: int, start: int, block_seeds: int) -> str:
-    """Key (relative to the store) of the chunk of variable ``name`` (``ndim`` dimensions)
-    that holds the block of point ``point_index`` starting at seed ``start``: zarr v3's
-    default chunk key encoding, as xarray writes it, with whole trailing axes (index 0)."""
-    parts = [str(point_index), str(start // block_seeds)] + ["0"] * (ndim - 2)
+def chunk_key(name: str, ndim: int, point_index: int, start: int, grid: tuple[int, int]
+              ) -> str:
+    """Key (relative to the store) of the stored object of variable ``name`` (``ndim``
+    dimensions) that holds the unit starting at point ``point_index`` and seed ``start``: its
+    shard (layout 2), or its block's chunk (layout 1); ``grid`` is ``(unit_points,
+    unit_seeds)`` (:func:`pipeline.store.grid_of`). zarr v3's default chunk key encoding,
+    with whole trailing axes (index 0)."""
+    parts = [str(point_index // grid[0]), str(start // grid[1])] + ["0"] * (ndim - 2)
     return f"{name}/c/" + "/".join(parts)
 
 
@@ -69,12 +72,13 @@ def digest(data: bytes) -> str:
 
 
 def stored_chunks(ref: StoreRef, names: Iterable[str], point_index: int, start: int,
-                  block_seeds: int) -> dict[str, list | None]:
-    """What the block just stored, per variable: ``[size, sha256]`` of its chunk, or
-    ``None`` when zarr stored no chunk (only fill values). Runs on the worker after the write."""
+                  grid: tuple[int, int]) -> dict[str, list | None]:
+    """What the unit just stored, per variable: ``[size, sha256]`` of its shard (chunk in
+    layout 1), or ``None`` when zarr stored nothing (only fill values). Runs on the worker
+    after the write."""
     fs, root = ref.fs()
     ndims = _ndims()
-    paths = {name: ref.path(chunk_key(name, ndims[name], point_index, start, block_seeds), root)
+    paths = {name: ref.path(chunk_key(name, ndims[name], point_index, start, grid), root)
              for name in names}
     contents = fs.cat(list(paths.values()), on_error="return")
     if not isinstance(contents, dict):
@@ -111,9 +115,10 @@ def chunk_sizes(ref: StoreRef, names: Iterable[str]) -> dict[str, int]:
 
 
 def quick_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str, Any]],
-                block_seeds: int) -> dict[str, str]:
-    """Done blocks (``records``: block id -> marker) whose chunks are not what they stored,
-    by a listing of sizes: block id -> what is wrong. ``names``: the store's data variables."""
+                grid: tuple[int, int]) -> dict[str, str]:
+    """Done units (``records``: unit id -> marker) whose objects are not what they stored,
+    by a listing of sizes: unit id -> what is wrong. ``names``: the store's data variables;
+    ``grid``: ``(unit_points, unit_seeds)``."""
     names = list(names)
     sizes = chunk_sizes(ref, names)
     ndims = _ndims()
@@ -126,7 +131,7 @@ def quick_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str
             for name, expected in sorted(chunks.items()):
                 if name not in ndims:
                     continue
-                key = chunk_key(name, ndims[name], point, start, block_seeds)
+                key = chunk_key(name, ndims[name], point, start, grid)
                 size = sizes.get(key)
                 if expected is None:
                     if size is not None:
@@ -138,7 +143,7 @@ def quick_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str
         else:  # a marker from before digests: only presence can be judged
             for name in ALWAYS_STORED:
                 if name in names:
-                    key = chunk_key(name, ndims[name], point, start, block_seeds)
+                    key = chunk_key(name, ndims[name], point, start, grid)
                     if key not in sizes:
                         problems.append(f"{key} is missing")
         if problems:
@@ -147,11 +152,11 @@ def quick_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str
 
 
 def full_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str, Any]],
-               block_seeds: int, seeds: int) -> dict[str, str]:
+               grid: tuple[int, int], seeds: int) -> dict[str, str]:
     """Done blocks whose stored chunks differ from what they stored (digests), or, for
     markers without digests, do not decode or hold no status: block id -> what is wrong."""
     names = list(names)
-    out = quick_check(ref, names, records, block_seeds)
+    out = quick_check(ref, names, records, grid)
     fs, root = ref.fs()
     ndims = _ndims()
     legacy = []
@@ -163,7 +168,7 @@ def full_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str,
             legacy.append(block_id)
             continue
         point, start = sweep_spec.parse_block_id(block_id)
-        keys = {name: chunk_key(name, ndims[name], point, start, block_seeds)
+        keys = {name: chunk_key(name, ndims[name], point, start, grid)
                 for name, expected in chunks.items() if expected is not None and name in ndims}
         paths = {ref.path(key, root): (name, key) for name, key in keys.items()}
         contents = fs.cat(list(paths), on_error="return") if paths else {}
@@ -180,12 +185,12 @@ def full_check(ref: StoreRef, names: Iterable[str], records: dict[str, dict[str,
         if problems:
             out[block_id] = "; ".join(problems)
     if legacy:
-        out.update(_decode_check(ref, names, legacy, block_seeds, seeds))
+        out.update(_decode_check(ref, names, legacy, grid, seeds))
     return out
 
 
-def _decode_check(ref: StoreRef, names: list[str], block_ids: list[str], block_seeds: int,
-                  seeds: int) -> dict[str, str]:
+def _decode_check(ref: StoreRef, names: list[str], block_ids: list[str],
+                  grid: tuple[int, int], seeds: int) -> dict[str, str]:
     import zarr
 
     from .store import _target
@@ -197,15 +202,15 @@ def _decode_check(ref: StoreRef, names: list[str], block_ids: list[str], block_s
         arrays = {name: group[name] for name in names}
         for block_id in block_ids:
             point, start = sweep_spec.parse_block_id(block_id)
-            stop = min(start + block_seeds, seeds)
+            stop = min(start + grid[1], seeds)
             problems = []
             for name, arr in arrays.items():
                 try:
-                    values = arr[point, start:stop]
+                    values = arr[point:point + grid[0], start:stop]
                 except Exception as e:  # a codec error: the chunk is damaged
                     problems.append(f"{name} cannot be decoded ({type(e).__name__}: {e})")
                     continue
-                if name == "status" and np.any(values[:, 0] < 0):
+                if name == "status" and np.any(values[..., 0] < 0):
                     problems.append("status is missing (fill values where the block's "
                                     "first neuron must have a status)")
             if problems:
@@ -276,13 +281,17 @@ class Health:
         return not (self.damaged or self.bad_markers or self.initialized)
 
     def describe(self, block_id: str) -> str:
-        """``block 000001-0000000004 (point d=1000, k=2; seeds 4..7)``."""
-        point, start = sweep_spec.parse_block_id(block_id)
-        stop = min(start + int(self.attrs["block_seeds"]), int(self.attrs["seeds"]))
+        """``block 000001-0000000004 (point d=1000, k=2; seeds 4..7)`` (layout 1), or
+        ``unit 000000-0000000000 (points d=100 .. d=1000; seeds 0..9)`` (layout 2)."""
+        from .store import grid_of
+
+        return describe_unit(self.attrs, block_id, grid_of(self.attrs), self.labels)
+
+    def labels(self, point: int) -> str:
+        """Point ``point``'s swept parameters as text."""
         if self._labels is None:
             self._labels = point_labels(self.attrs)
-        label = self._labels[point] if 0 <= point < len(self._labels) else f"#{point}"
-        return f"block {block_id} (point {label}; seeds {start}..{stop - 1})"
+        return self._labels[point] if 0 <= point < len(self._labels) else f"#{point}"
 
     def problems(self, limit: int | None = None) -> list[str]:
         """One line per damaged block, damaged marker and bookkeeping problem."""
@@ -296,6 +305,19 @@ class Health:
         if limit is not None and len(lines) > limit:
             lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
         return lines
+
+
+def describe_unit(attrs: dict[str, Any], unit_id: str, grid: tuple[int, int],
+                  label: Any) -> str:
+    """A unit (layout 1: a block) by its points' parameters (``label(point)``) and seeds."""
+    point, start = sweep_spec.parse_block_id(unit_id)
+    stop = min(start + grid[1], int(attrs["seeds"]))
+    if "unit_points" not in attrs:
+        return f"block {unit_id} (point {label(point)}; seeds {start}..{stop - 1})"
+    last = min(point + grid[0], int(attrs["points"])) - 1
+    where = f"point {label(point)}" if last == point else \
+        f"points #{point}..#{last}: {label(point)} .. {label(last)}"
+    return f"unit {unit_id} ({where}; seeds {start}..{stop - 1})"
 
 
 def point_labels(attrs: dict[str, Any]) -> list[str]:
@@ -323,8 +345,13 @@ def inspect(ref: StoreRef, attrs: dict[str, Any], *, full: bool = False,
     """Look at the store at ``ref`` (root attributes ``attrs``): ledger, chunks (sizes; with
     ``full``, digests and decoding), ``initialized.json`` and, with ``leftovers``, temporary
     files (one more walk of a local store)."""
-    points, seeds, size = int(attrs["points"]), int(attrs["seeds"]), int(attrs["block_seeds"])
-    ids = [sweep_spec.block_id(p, s) for p in range(points) for s in range(0, seeds, size)]
+    from .store import grid_of
+    from .units import tile
+
+    points, seeds = int(attrs["points"]), int(attrs["seeds"])
+    grid = grid_of(attrs)
+    units = {u.id: u for u in tile(points, seeds, *grid)}
+    ids = list(units)
     health = Health(ref.url, attrs, ids, full=full)
     try:
         init = ledger.read_json(ref, ledger.INITIALIZED)
@@ -342,12 +369,12 @@ def inspect(ref: StoreRef, attrs: dict[str, Any], *, full: bool = False,
                                   f"{init.get('spec_hash')!r}, the store's attributes to "
                                   f"{attrs.get('spec_hash')!r}")
     markers = ledger.read_markers(ref)
-    wanted = set(ids)
-    records = {i: r for i, r in markers.records.items() if i in wanted}
-    health.bad_markers = {i: why for i, why in markers.damaged.items() if i in wanted}
+    records = {i: r for i, r in markers.records.items() if i in units
+               and ledger.covers(r, units[i])}
+    health.bad_markers = {i: why for i, why in markers.damaged.items() if i in units}
     names = data_names(ref)
-    check = full_check(ref, names, records, size, seeds) if full else \
-        quick_check(ref, names, records, size)
+    check = full_check(ref, names, records, grid, seeds) if full else \
+        quick_check(ref, names, records, grid)
     health.damaged = check
     health.done = {i: r for i, r in records.items() if i not in check}
     health.missing = [i for i in ids if i not in records and i not in health.bad_markers]
@@ -449,7 +476,7 @@ def adoptable(ref: StoreRef, attrs: dict[str, Any]) -> str | None:
         return f"the spec recorded in its attributes does not parse ({e})"
     if spec.hash != attrs.get("spec_hash"):
         return "the spec recorded in its attributes has another hash than the store's"
-    layout = Layout.for_spec(spec)
+    layout = Layout.for_store(spec, attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         group = zarr.open_group(_target(ref), mode="r", zarr_format=3)
@@ -459,7 +486,7 @@ def adoptable(ref: StoreRef, attrs: dict[str, Any]) -> str | None:
             except KeyError:
                 return f"it has no array {var.name!r}"
             if arr.shape != layout.shape(var) or arr.chunks != layout.chunks(var) \
-                    or arr.dtype != np.dtype(var.dtype):
+                    or arr.shards != layout.shards(var) or arr.dtype != np.dtype(var.dtype):
                 return (f"its {var.name} is {arr.shape} in chunks {arr.chunks} of {arr.dtype}, "
                         f"the spec's {layout.shape(var)} in chunks {layout.chunks(var)} of "
                         f"{var.dtype}")

@@ -1,6 +1,6 @@
-"""The worker side of a run: one block simulated, written into its own region, recorded.
+"""The worker side of a run: one work unit simulated, written into its own shards, recorded.
 
-:func:`run_block` is what a Dask task runs; :class:`BlockTask` is everything it needs (small
+:func:`run_unit` is what a Dask task runs; :class:`UnitTask` is everything it needs (small
 and picklable). The driver (:mod:`pipeline.execute`) builds the tasks and never sees the
 results, only the small record each task returns.
 """
@@ -22,6 +22,7 @@ from . import store as zstore
 from .engine.simulate import simulate
 from .ledger import StoreRef
 from .provenance import utc_now
+from .units import Unit
 
 
 class BlockError(RuntimeError):
@@ -38,33 +39,48 @@ class BlockError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BlockTask:
-    """Everything a worker needs to compute one block and write it (small and picklable)."""
+class PointTask:
+    """One point of a work unit: what simulating it needs, and how to name it."""
 
-    store: StoreRef
-    layout: zstore.Layout
-    block_id: str
-    point_index: int
-    point_hash: str
+    index: int
+    hash: str
     params: dict[str, Any]
     where: str
     """The point's swept parameters as text, for messages (``d=1000, k=2``)."""
-    start: int
-    stop: int
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything a worker needs to compute one work unit and write it (small, picklable)."""
+
+    store: StoreRef
+    layout: zstore.Layout
+    unit: Unit
+    points: tuple[PointTask, ...]
     root_seed: int
     run_id: str
     store_id: str | None = None
-    """The store incarnation the block belongs to (``store_id`` of its ``initialized``
-    marker): a block never writes into a store that was replaced after it was submitted."""
+    """The store incarnation the unit belongs to (``store_id`` of its ``initialized``
+    marker): a unit never writes into a store that was replaced after it was submitted."""
     recompute: bool = False
-    """Compute and write the block even if its ledger marker says it is done (its data was
+    """Compute and write the unit even if its ledger marker says it is done (its data was
     found damaged, or its marker is)."""
 
     @property
+    def id(self) -> str:
+        """The unit's ledger key."""
+        return self.unit.id
+
+    @property
     def label(self) -> str:
-        """``block 000003-0000000064 (point d=1000, k=2; seeds 64..95)``."""
-        return (f"block {self.block_id} (point {self.where}; seeds "
-                f"{self.start}..{self.stop - 1})")
+        """``block 000003-0000000064 (point d=1000, k=2; seeds 64..95)`` for a unit of one
+        point, ``unit ... (points #0..#99: d=100 .. d=1000; seeds 0..3)`` otherwise."""
+        u = self.unit
+        kind = "block" if not self.layout.sharded else "unit"
+        where = (f"point {self.points[0].where}" if len(self.points) == 1 else
+                 f"points #{u.p0}..#{u.p1 - 1}: {self.points[0].where} .. "
+                 f"{self.points[-1].where}")
+        return f"{kind} {self.id} ({where}; seeds {u.s0}..{u.s1 - 1})"
 
 
 class StoreReplaced(RuntimeError):
@@ -72,67 +88,83 @@ class StoreReplaced(RuntimeError):
     block was submitted: the block must not write into it."""
 
 
-def _check_store_id(task: BlockTask) -> None:
+def _check_store_id(task: UnitTask) -> None:
     if task.store_id is None:
         return
     init = ledger.get_json(task.store, ledger.INITIALIZED)
     if (init or {}).get("store_id") != task.store_id:
         raise StoreReplaced(f"the store {task.store.url} was replaced or deleted since this "
-                            "block was submitted (a later run with --overwrite?); nothing "
+                            "unit was submitted (a later run with --overwrite?); nothing "
                             "was written")
 
 
-def run_block(task: BlockTask) -> dict[str, Any]:
-    """Simulate one block, write its region, then record it in the ledger.
+def run_unit(task: UnitTask) -> dict[str, Any]:
+    """Simulate one work unit, write its shards, then record it in the ledger.
 
     Runs on a worker (one thread: ``threads=1``). Warnings are captured and returned, not
-    printed once per block. Any failure is raised as :class:`BlockError` naming the point's
-    parameters and the seeds; the block then has no ledger entry and a re-run computes it.
+    printed once per point. Any failure is raised as :class:`BlockError` naming the failing
+    point's parameters and the seeds; the unit then has no ledger entry (nothing of it is
+    written: its shards are written only once every point is computed) and a re-run
+    computes it.
 
     Safe to run twice, even at once (Dask re-runs a task whose worker died; a driver killed
-    mid-sweep leaves tasks running while the next run resubmits them): the block's region is
-    whole chunks of its own, recomputed bit for bit, and each chunk is replaced atomically
+    mid-sweep leaves tasks running while the next run resubmits them): the unit's region is
+    whole shards of its own, recomputed bit for bit, and each shard is replaced atomically
     (a temporary file renamed, or one object-store put), so a second writer only rewrites
-    the same bytes and a writer killed mid-way leaves the old chunk or the new one. The
-    ledger marker is written after the data, so a block without one is simply done again;
+    the same bytes and a writer killed mid-way leaves the old shard or the new one. The
+    ledger marker is written after the data, so a unit without one is simply done again;
     one that finds its marker already there returns that record without recomputing.
     """
     t0 = time.perf_counter()
+    unit, layout = task.unit, task.layout
+    seeds = range(unit.s0, unit.s1)
+    times = None if layout.times is None else list(layout.times)
+    current = None
     try:
-        _testhooks.before_block(task.block_id)
+        _testhooks.before_block(task.id)
         _check_store_id(task)
         existing = None if task.recompute else \
-            ledger.get_json(task.store, ledger.marker(task.block_id))
-        if existing is not None and isinstance(existing.get("status_counts"), dict):
+            ledger.get_json(task.store, ledger.marker(task.id))
+        if existing is not None and isinstance(existing.get("status_counts"), dict) \
+                and ledger.covers(existing, unit):
             existing.pop("block", None)  # the same record as the execution that wrote it
             return existing
+        data = zstore.fill_unit(layout, unit)
+        counts: dict[str, int] = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            times = task.layout.times
-            ds = simulate(task.params, range(task.start, task.stop), root_seed=task.root_seed,
-                          snapshots=None if times is None else list(times), threads=1)
+            for row, point in enumerate(task.points):
+                current = point
+                ds = simulate(point.params, seeds, root_seed=task.root_seed,
+                              snapshots=times, threads=1)
+                zstore.put_point(layout, data, row, ds)
+                for s, c in zip(*np.unique(ds["status"].values, return_counts=True),
+                                strict=True):
+                    name = zstore.STATUS_FLAGS[int(s)]
+                    counts[name] = counts.get(name, 0) + int(c)
+        current = None
         # Checked again just before writing: a replacement of the store (--overwrite by a
-        # later run) while this block computed must not receive this block's chunks.
+        # later run) while this unit computed must not receive its shards.
         _check_store_id(task)
-        zstore.write_block(task.store, task.layout, task.point_index, task.start, task.stop,
-                           ds)
-        # What was stored, read back: the ledger's record of this block's integrity.
-        chunks = verify.stored_chunks(task.store, (v.name for v in task.layout.variables),
-                                      task.point_index, task.start, task.layout.block_seeds)
-        _testhooks.after_write(task.block_id)
-        status = ds["status"].values
-        counts = {zstore.STATUS_FLAGS[int(s)]: int(c)
-                  for s, c in zip(*np.unique(status, return_counts=True), strict=True)}
+        zstore.write_unit(task.store, layout, unit, data)
+        # What was stored, read back: the ledger's record of this unit's integrity.
+        chunks = verify.stored_chunks(task.store, (v.name for v in layout.variables),
+                                      unit.p0, unit.s0, layout.grid)
+        _testhooks.after_write(task.id)
         record = {
-            "point": task.point_index, "point_hash": task.point_hash,
-            "seeds": [task.start, task.stop], "status_counts": counts, "chunks": chunks,
+            "point": unit.p0, "points": [unit.p0, unit.p1],
+            "point_hash": task.points[0].hash, "seeds": [unit.s0, unit.s1],
+            "status_counts": counts, "chunks": chunks,
             "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "finished": utc_now(),
         }
-        _check_store_id(task)  # (replaced while this block wrote: no marker either)
-        ledger.mark_done(task.store, task.block_id, record)
+        _check_store_id(task)  # (replaced while this unit wrote: no marker either)
+        ledger.mark_done(task.store, task.id, record)
     except Exception as err:
-        raise BlockError(f"{task.label} failed: {type(err).__name__}: {err}",
+        what = task.label if current is None else \
+            (f"{task.label}, at point {current.where} (#{current.index}; seeds "
+             f"{unit.s0}..{unit.s1 - 1})")
+        raise BlockError(f"{what} failed: {type(err).__name__}: {err}",
                          traceback.format_exc()) from None
     return record

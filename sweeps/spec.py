@@ -46,8 +46,8 @@ from pipeline.errors import SpecError
 
 from .values import expand_helper, is_helper, looks_like_helper
 
-TOP_LEVEL = ("name", "description", "seeds", "root_seed", "block_seeds",
-             "params", "grid", "zip", "observe")
+TOP_LEVEL = ("name", "description", "seeds", "root_seed", "block_seeds", "unit_points",
+             "unit_seeds", "params", "grid", "zip", "observe")
 #: What ``[observe]`` accepts: the integration/observation settings and the snapshot grid.
 OBSERVE_KEYS = (*OBSERVE_PARAMS, "snapshots")
 DEFAULT_BLOCK_SEEDS = 1000
@@ -138,6 +138,11 @@ class Spec:
     points: tuple[SweepPoint, ...]
     snapshots: np.ndarray | None
     warnings: tuple[SpecWarning, ...] = field(default=())
+    unit_points: int | None = None
+    """Points per work unit (one Dask task, one shard of every variable); ``None``: sized
+    automatically (:mod:`pipeline.units`)."""
+    unit_seeds: int | None = None
+    """Seeds per work unit, a multiple of ``block_seeds`` (or all seeds); ``None``: auto."""
 
     @cached_property
     def blocks(self) -> tuple[Block, ...]:
@@ -188,6 +193,9 @@ class Spec:
             "block_seeds": self.block_seeds, "swept": list(self.swept),
             "snapshots": None if self.snapshots is None else self.snapshots.tolist(),
             "points": [[json_plain(p.labels), p.point.hash] for p in self.points],
+            # Only when set: specs without them keep the hash (and stores) they had.
+            **{k: v for k, v in (("unit_points", self.unit_points),
+                                 ("unit_seeds", self.unit_seeds)) if v is not None},
         })
 
     def describe_point(self, index: int) -> str:
@@ -256,6 +264,15 @@ def _parse(text: str, source: str) -> Spec:
                          MAX_SEEDS)
     # A block never exceeds the seed count: its region is then the whole seed axis.
     block_seeds = min(block_seeds, seeds)
+    unit_points = None if raw.get("unit_points") is None else \
+        _count("unit_points", raw["unit_points"], MAX_POINTS)
+    unit_seeds = None
+    if raw.get("unit_seeds") is not None:
+        unit_seeds = min(_count("unit_seeds", raw["unit_seeds"], MAX_SEEDS), seeds)
+        if unit_seeds % block_seeds and unit_seeds != seeds:
+            raise SpecError("unit_seeds", raw["unit_seeds"],
+                            f"a multiple of block_seeds = {block_seeds} (or all {seeds} seeds)",
+                            hint="a work unit holds whole blocks")
 
     params = _table(raw, "params")
     grid = _table(raw, "grid")
@@ -305,7 +322,7 @@ def _parse(text: str, source: str) -> Spec:
         source=source, text=text, name=name, description=description, seeds=seeds,
         root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
         index=index, points=tuple(points), snapshots=snapshots,
-        warnings=tuple(spec_warnings),
+        warnings=tuple(spec_warnings), unit_points=unit_points, unit_seeds=unit_seeds,
     )
 
 
