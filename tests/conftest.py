@@ -43,6 +43,12 @@ def uniform_sphere(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
+#: A small store of layout 1 (one chunk per block, no shards), written by mimflow before
+#: work units existed, and its spec: old stores must keep working.
+LEGACY_SPEC = Path(__file__).parent / "data" / "legacy_v1.toml"
+LEGACY_STORE = Path(__file__).parent / "data" / "legacy_v1.zarr"
+
+
 def tiny_spec(name: str, *, seeds: int = 10, block_seeds: int = 4,
               description: str | None = None, observe: str | None = "t_max = 1e6") -> str:
     """The small sweep the pipeline tests share: h3, d in {100, 1000}, (k, gamma) zipped.

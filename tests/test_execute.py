@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.execute import run_sweep
 from pipeline.ledger import StoreRef
 from pipeline.progress import Progress, render
-from pipeline.store import open_results
+from pipeline.store import Layout, open_results
 from sweeps.spec import load_spec, parse_spec
 
 from conftest import data_bytes, tiny_spec
@@ -34,6 +34,7 @@ KILL_SPEC = """
 name = "kill-test"
 seeds = 6000
 block_seeds = 500
+unit_seeds = 1000
 [params]
 teacher = "h3"
 n = 1
@@ -66,28 +67,68 @@ def client1():
     yield from _client(1)
 
 
-def test_same_bits_for_any_worker_count_and_block_size(tmp_path, client1, client2):
-    spec4 = parse_spec(SPEC, source="exec.toml")
-    spec3 = parse_spec(SPEC.replace("block_seeds = 4", "block_seeds = 3"), source="exec3.toml")
-    runs = {
-        "one worker": run_sweep(spec4, tmp_path / "w1.zarr", client=client1, out=io.StringIO()),
-        "two workers": run_sweep(spec4, tmp_path / "w2.zarr", client=client2,
-                                 out=io.StringIO()),
-        "blocks of 3": run_sweep(spec3, tmp_path / "b3.zarr", client=client2,
-                                 out=io.StringIO()),
+def _with(text: str, **settings) -> str:
+    """``text`` (a spec) with top-level ``settings`` added after its block size."""
+    extra = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return text.replace("block_seeds = 4\n", f"block_seeds = 4\n{extra}")
+
+
+def test_same_bits_for_any_worker_count_grouping_and_block_size(tmp_path, client1, client2):
+    specs = {  # name: (spec, client, work units)
+        "one worker": (SPEC, client1, 4),  # auto: 1 point x all 10 seeds per unit
+        "two workers": (SPEC, client2, 4),
+        "units of one block (today's tasks)": (_with(SPEC, unit_points=1, unit_seeds=4),
+                                                client2, 12),
+        "units of 2 points x 2 blocks": (_with(SPEC, unit_points=2, unit_seeds=8), client1, 4),
+        "one unit": (_with(SPEC, unit_points=4), client2, 1),
+        "blocks of 3 in units of 3 points": (
+            _with(SPEC, unit_points=3).replace("block_seeds = 4", "block_seeds = 3"),
+            client2, 2),
     }
-    assert all(r.ok for r in runs.values())
-    assert [len(r.computed) for r in runs.values()] == [12, 12, 16]
-    w1, w2, b3 = (data_bytes(tmp_path / f) for f in ("w1.zarr", "w2.zarr", "b3.zarr"))
-    assert set(w1) == {"u0", "u", "escape_time", "t_final", "steps", "status", "loss", "u_t"}
-    assert w1 == w2 == b3
-    assert open_results(str(tmp_path / "b3.zarr"))["u"].encoding["chunks"][1] == 3
+    stores = {}
+    for n, (name, (text, client, units)) in enumerate(specs.items()):
+        spec = parse_spec(text, source=f"exec{n}.toml")
+        report = run_sweep(spec, tmp_path / f"{n}.zarr", client=client, out=io.StringIO())
+        assert report.ok and len(report.computed) == units, name
+        stores[name] = data_bytes(tmp_path / f"{n}.zarr")
+    first = stores["one worker"]
+    assert set(first) == {"u0", "u", "escape_time", "t_final", "steps", "status", "loss", "u_t"}
+    for name, data in stores.items():
+        assert data == first, name
+    assert open_results(str(tmp_path / "5.zarr"))["u"].encoding["chunks"][1] == 3
     # and they are what simulate() gives for the same point and seeds
-    ds = open_results(str(tmp_path / "w2.zarr"))
+    spec4 = parse_spec(SPEC, source="exec.toml")
+    ds = open_results(str(tmp_path / "1.zarr"))
     direct = pipeline.simulate(spec4.points[3].params, 10, snapshots=spec4.snapshots, threads=1)
     stored = ds.sel(d=1000, k=3)
     assert stored["escape_time"].values.tobytes() == direct["escape_time"].values.tobytes()
     assert stored["u_t"].values.tobytes() == direct["u_t"].values.tobytes()
+
+
+def test_same_bits_as_a_store_of_layout_1(tmp_path, client2):
+    """The fixture was written by the code before work units and shards (one task and one
+    chunk per block): the sharded store of the same spec holds the same bytes, and the old
+    store still opens, queries, resumes and verifies."""
+    import shutil
+
+    from conftest import LEGACY_SPEC, LEGACY_STORE
+
+    spec = load_spec(LEGACY_SPEC)
+    new = run_sweep(spec, tmp_path / "new.zarr", client=client2, out=io.StringIO())
+    assert new.ok
+    old = data_bytes(LEGACY_STORE)
+    assert data_bytes(tmp_path / "new.zarr") == old
+    # a copy of the old store with one block lost resumes in its own layout
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(LEGACY_STORE, copy)
+    (copy / ledger.LEDGER / "000002-0000000004.json").unlink()
+    (copy / "u" / "c" / "2" / "1" / "0" / "0").unlink()
+    out = io.StringIO()
+    report = run_sweep(spec, copy, client=client2, out=out)
+    assert report.ok and report.computed == ["000002-0000000004"], out.getvalue()
+    assert "7 of 8 blocks already done" in out.getvalue()
+    assert data_bytes(copy) == old
+    assert main(["verify", str(copy)], out=io.StringIO(), err=io.StringIO()) == 0
 
 
 def test_killed_run_resumes_with_only_the_missing_blocks(tmp_path, client2):
@@ -114,8 +155,8 @@ def test_killed_run_resumes_with_only_the_missing_blocks(tmp_path, client2):
     markers = Path(ref.url) / ledger.LEDGER
     before = {p.name: p.read_bytes() for p in markers.glob("*.json")}
     spec = load_spec(spec_path)
-    all_ids = {b.id for b in spec.blocks}
-    assert 3 <= len(before) < len(all_ids)
+    all_ids = {u.id for u in Layout.for_spec(spec).units()}
+    assert len(all_ids) == 24 and 3 <= len(before) < len(all_ids)
 
     out = io.StringIO()
     report = run_sweep(spec, store, client=client2, out=out)
@@ -138,12 +179,12 @@ def test_killed_run_resumes_with_only_the_missing_blocks(tmp_path, client2):
 
 def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch):
     spec_path = tmp_path / "exec.toml"
-    spec_path.write_text(SPEC)
+    spec_path.write_text(_with(SPEC, unit_points=2))  # 2 units of 2 points x 10 seeds
     store = str(tmp_path / "fail.zarr")
     real = worker.simulate
 
     def flaky(params, seeds, **kwargs):
-        if params["d"] == 1000 and params["k"] == 3 and seeds.start == 4:
+        if params["d"] == 1000 and params["k"] == 3:
             raise FloatingPointError("boom")
         return real(params, seeds, **kwargs)
 
@@ -156,14 +197,17 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
                      "--scheduler", cluster.scheduler_address], err=err)
         text = err.getvalue()
         assert code == 1, text
-        assert "FAILED block 000003-0000000004 (point d=1000, k=3, gamma=1.5; seeds 4..7)" \
-            in text and "FloatingPointError: boom" in text
-        assert "1 of 12 blocks are missing" in text and "re-run" in text
+        # the unit is named, and within it the point and seeds that failed
+        assert ("FAILED unit 000002-0000000000 (points #2..#3: d=1000, k=2, gamma=1.0 .. "
+                "d=1000, k=3, gamma=1.5; seeds 0..9), at point d=1000, k=3, gamma=1.5 (#3; "
+                "seeds 0..9) failed after 3 attempts: FloatingPointError: boom") in text, text
+        assert "1 of 2 work units are missing" in text and "re-run" in text
         ref = StoreRef.parse(store)
-        assert ledger.done_ids(ref) == {b.id for b in load_spec(spec_path).blocks} - \
-            {"000003-0000000004"}
+        assert ledger.done_ids(ref) == {"000000-0000000000"}
         (record,) = ledger.runs(ref)
-        assert record["failed"][0]["seeds"] == [4, 8] and "boom" in record["failed"][0]["error"]
+        failed = record["failed"][0]
+        assert failed["seeds"] == [0, 10] and failed["points"] == [2, 4]
+        assert "boom" in failed["error"]
         assert "Traceback" in record["failed"][0]["traceback"]
 
         monkeypatch.undo()
@@ -171,8 +215,8 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
         code = main(["run", str(spec_path), "--store", store,
                      "--scheduler", cluster.scheduler_address], err=err)
         assert code == 0, err.getvalue()
-        assert "11 of 12 blocks already done" in err.getvalue()
-        assert ledger.runs(ref)[-1]["computed"] == ["000003-0000000004"]
+        assert "1 of 2 work units already done" in err.getvalue()
+        assert ledger.runs(ref)[-1]["computed"] == ["000002-0000000000"]
     ds = open_results(store)
     direct = pipeline.simulate({"teacher": "h3", "d": 1000, "k": 3, "gamma": 1.5, "t_max": 1e6},
                                range(4, 8), snapshots=[0.5, 5.0, 50.0], threads=1)

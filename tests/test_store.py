@@ -1,4 +1,5 @@
-"""The zarr store: layout, chunk-aligned block regions, padding, ledger, labeled opening."""
+"""The zarr store: layout, shards owned by one work unit each, padding, ledger, labeled
+opening."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import pipeline
 from pipeline import ledger
 from pipeline import store as zstore
 from pipeline.errors import SpecError
+from pipeline.execute import tasks_for
 from pipeline.ledger import StoreRef
 from pipeline.preflight import check_store, store_attrs
+from pipeline.units import Unit, tile
+from pipeline.worker import run_unit
 from sweeps.spec import parse_spec
 
 from conftest import tiny_spec
 
-SPEC = tiny_spec("store-test", seeds=6, observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]")
+SPEC = tiny_spec("store-test", seeds=6, observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]"
+                 ).replace("block_seeds = 4\n", "block_seeds = 4\nunit_points = 2\n")
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +33,10 @@ def spec():
 
 
 def fill_store(ref: StoreRef, spec) -> zstore.Layout:
-    """Create the store and write every block in this process, as workers would."""
+    """Create the store and run every work unit in this process, as workers would."""
     layout = zstore.create(ref, spec, store_attrs(spec))
-    for b in spec.blocks:
-        sp = spec.points[b.point_index]
-        ds = pipeline.simulate(sp.params, b.seeds, root_seed=spec.root_seed,
-                               snapshots=spec.snapshots, threads=1)
-        zstore.write_block(ref, layout, b.point_index, b.start, b.stop, ds)
-        ledger.mark_done(ref, b.id, {"status_counts": {}})
+    for task in tasks_for(spec, ref, layout, "test-run"):
+        run_unit(task)
     zstore.consolidate(ref)
     return layout
 
@@ -52,17 +53,26 @@ def test_layout_chunks_dtypes_and_lossless_codecs(filled, spec):
     for name in ("u0", "u", "escape_time", "t_final", "steps", "status", "loss", "u_t"):
         with open(os.path.join(filled.url, name, "zarr.json")) as fh:
             meta[name] = json.load(fh)
-    # every data variable: one point x one block of seeds per chunk, whole trailing axes
-    assert meta["u"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5, 3]
-    assert meta["u_t"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5, 3, 3]
-    assert meta["status"]["chunk_grid"]["configuration"]["chunk_shape"] == [1, 4, 5]
+    # every data variable: one shard per work unit (2 points x all 6 seeds, in whole blocks
+    # of 4), inner chunks of (2 points, one block of seeds), whole trailing axes
+    def shapes(m):
+        (shard,) = m["codecs"]
+        assert shard["name"] == "sharding_indexed"
+        return (m["chunk_grid"]["configuration"]["chunk_shape"],
+                shard["configuration"]["chunk_shape"])
+
+    assert shapes(meta["u"]) == ([2, 8, 5, 3], [2, 4, 5, 3])
+    assert shapes(meta["u_t"]) == ([2, 8, 5, 3, 3], [2, 4, 5, 3, 3])
+    assert shapes(meta["status"]) == ([2, 8, 5], [2, 4, 5])
     assert meta["u"]["dimension_names"] == ["point", "seed", "neuron", "index"]
     assert meta["u_t"]["dimension_names"] == ["point", "seed", "neuron", "time", "index"]
     assert {m["data_type"] for n, m in meta.items() if n not in ("steps", "status")} == \
         {"float64"}
     assert (meta["steps"]["data_type"], meta["status"]["data_type"]) == ("int64", "int8")
     for m in meta.values():  # nothing lossy between the numbers and the disk
-        assert {c["name"] for c in m["codecs"]} <= {"bytes", "zstd"}
+        inner = m["codecs"][0]["configuration"]
+        assert {c["name"] for c in inner["codecs"]} <= {"bytes", "zstd"}
+        assert {c["name"] for c in inner["index_codecs"]} <= {"bytes", "crc32c"}
 
 
 def test_round_trip_is_bit_identical_and_padded(filled, spec):
@@ -107,31 +117,46 @@ def test_open_results_is_lazy_and_labeled(filled):
     assert set(plain.data_vars) >= {"u", "status", "u_t"}
 
 
-def test_regions_must_be_whole_chunks(tmp_path, spec):
+def test_two_tasks_can_never_write_one_shard(tmp_path, spec):
+    """Units tile (point, seed) on the shards' own grid, read back from zarr's metadata: each
+    unit covers exactly one shard of every variable, and no two units the same one. A region
+    that would share a shard (half a unit, two units, a shifted one) is refused unwritten."""
+    import zarr
+
     ref = StoreRef.parse(tmp_path / "s.zarr")
     layout = zstore.create(ref, spec, store_attrs(spec))
-    sp = spec.points[0]
-    ds = pipeline.simulate(sp.params, range(2, 6), threads=1, snapshots=spec.snapshots)
-    with pytest.raises(ValueError, match="whole chunk"):
-        zstore.write_block(ref, layout, 0, 2, 6, ds)
-    ds = pipeline.simulate(sp.params, range(0, 3), threads=1, snapshots=spec.snapshots)
-    with pytest.raises(ValueError, match="whole chunk"):
-        zstore.write_block(ref, layout, 0, 0, 3, ds)
-    # the edge block (seeds 4, 5 of 6) is the whole last chunk
-    ds = pipeline.simulate(sp.params, range(4, 6), threads=1, snapshots=spec.snapshots)
-    zstore.write_block(ref, layout, 0, 4, 6, ds)
+    arr = zarr.open_array(ref.url, path="u", mode="r")
+    P, S = arr.shards[:2]
+    owners: dict[tuple[int, int], list[Unit]] = {}
+    for unit in tile(layout.points, layout.seeds, *layout.grid):
+        shards = {(p // P, s // S) for p in range(unit.p0, unit.p1)
+                  for s in range(unit.s0, unit.s1)}
+        assert len(shards) == 1
+        owners.setdefault(shards.pop(), []).append(unit)
+    n_shards = -(-arr.shape[0] // P) * -(-arr.shape[1] // S)
+    assert len(owners) == n_shards and all(len(u) == 1 for u in owners.values())
+    good = Unit(0, 2, 0, 6)
+    data = zstore.fill_unit(layout, good)
+    for bad in (Unit(1, 3, 0, 6), Unit(0, 1, 0, 6), Unit(0, 4, 0, 6), Unit(0, 2, 0, 4),
+                Unit(2, 4, 4, 6)):
+        with pytest.raises(ValueError, match="not one whole work unit"):
+            zstore.write_unit(ref, layout, bad, zstore.fill_unit(layout, bad))
+    assert not os.path.exists(os.path.join(ref.url, "u", "c"))  # nothing was written
+    zstore.write_unit(ref, layout, good, data)  # the unit itself is fine (all fill values)
 
 
-def test_block_dataset_refuses_casts_and_unknown_variables(spec):
+def test_put_point_refuses_casts_and_unknown_variables(spec):
     layout = zstore.Layout.for_spec(spec)
-    ds = pipeline.simulate(spec.points[0].params, range(4), threads=1,
+    ds = pipeline.simulate(spec.points[0].params, range(6), threads=1,
                            snapshots=spec.snapshots)
+    data = zstore.fill_unit(layout, Unit(0, 2, 0, 6))
     with pytest.raises(TypeError, match="refusing to cast"):
-        zstore.block_dataset(ds.assign(u=ds["u"].astype(np.float32)), layout)
+        zstore.put_point(layout, data, 0, ds.assign(u=ds["u"].astype(np.float32)))
     with pytest.raises(ValueError, match="does not declare"):
-        zstore.block_dataset(ds.assign(extra=ds["loss"]), layout)
-    block = zstore.block_dataset(ds, layout)
-    assert not block.coords  # coordinates belong to the driver, never to a region write
+        zstore.put_point(layout, data, 0, ds.assign(extra=ds["loss"]))
+    zstore.put_point(layout, data, 1, ds)
+    assert data["u"][1, :, :2, :2].tobytes() == ds["u"].values.tobytes()
+    assert np.isnan(data["u"][0]).all() and np.isnan(data["u"][1, :, 2:]).all()
 
 
 def test_ledger_markers(tmp_path):
@@ -149,7 +174,7 @@ def test_ledger_markers(tmp_path):
 def test_fsspec_url_store(spec):
     ref = StoreRef.parse("memory://mimflow-test/s.zarr")
     fill_store(ref, spec)
-    assert ledger.done_ids(ref) == {b.id for b in spec.blocks}
+    assert ledger.done_ids(ref) == {"000000-0000000000", "000002-0000000000"}
     ds = zstore.open_results("memory://mimflow-test/s.zarr")
     assert ds.sel(d=1000, k=3)["status"].shape == (6, 5)
     assert check_store(spec, ref) == "resume"
