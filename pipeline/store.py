@@ -479,7 +479,26 @@ def write_unit(ref: StoreRef, layout: Layout, unit: Any, data: dict[str, np.ndar
         if values.shape[:2] != (unit.p1 - unit.p0, unit.s1 - unit.s0):
             raise ValueError(f"{name} has shape {values.shape}, the unit's region is "
                              f"{(unit.p1 - unit.p0, unit.s1 - unit.s0)}")
-    sync(_write_region(_target(ref), layout, unit, data))
+    target = _target(ref)
+    if isinstance(target, str):
+        target = zarr.storage.LocalStore(target)
+    sync(_write_region(_WholeObjects(target), layout, unit, data))
+
+
+class _WholeObjects(zarr.storage.WrapperStore):
+    """A store through which chunk and shard objects read as absent.
+
+    zarr writes into a shard by reading it, replacing the inner chunks written and putting
+    the shard back (a read-modify-write, even when every inner chunk is replaced). A unit
+    owns its shards and replaces all of them: what is stored there (an earlier attempt, a
+    damaged object) must neither be read nor merged, so the writer sees none and puts the
+    whole new shard as one object (atomically: a temporary file renamed, or one put).
+    """
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if key.startswith("c/") or "/c/" in key:
+            return None
+        return await self._store.get(key, prototype, byte_range)
 
 
 async def _write_region(target: Any, layout: Layout, unit: Any,

@@ -24,10 +24,12 @@ from sweeps.spec import load_spec
 
 from conftest import cli, interrupt_cli, tiny_spec
 
-SPEC = tiny_spec("verify-test")
-#: A block whose escape_time chunk is stored (some neuron escaped) in the tiny sweep.
+#: Work units of one block each (12), so that a test damages one unit's shards and no other.
+SPEC = tiny_spec("verify-test").replace("block_seeds = 4\n",
+                                        "block_seeds = 4\nunit_points = 1\nunit_seeds = 4\n")
+#: A unit whose escape_time shard is stored (some neuron escaped) in the tiny sweep.
 BLOCK = "000000-0000000004"
-BLOCK_LABEL = "block 000000-0000000004 (point d=100, k=2, gamma=1.0; seeds 4..7)"
+BLOCK_LABEL = "unit 000000-0000000004 (point d=100, k=2, gamma=1.0; seeds 4..7)"
 
 
 call = cli
@@ -107,7 +109,7 @@ def test_a_deleted_chunk_is_reported_skipped_on_request_and_restored_by_rerunnin
     code, _, err = run(original, store, scheduler)
     assert code == 0, err
     assert f"warning: {BLOCK_LABEL} is computed again" in err
-    assert "11 of 12 blocks already done" in err and "computed 1 blocks" in err
+    assert "11 of 12 work units already done" in err and "computed 1 work units" in err
     assert files(store) == files(original[1])  # byte-identical to the undamaged run
     assert call("verify", str(store))[0] == 0
 
@@ -123,7 +125,7 @@ def test_a_truncated_chunk_is_named_not_a_codec_traceback_and_rerunning_repairs(
         assert BLOCK_LABEL in err and "u/c/0/1/0/0 has 20 bytes" in err
         assert "Traceback" not in err
     code, _, err = run(original, store, scheduler)
-    assert code == 0 and "computed 1 blocks" in err, err
+    assert code == 0 and "computed 1 work units" in err, err
     assert files(store) == files(original[1])
 
 
@@ -143,7 +145,7 @@ def test_a_valid_but_wrong_chunk_is_caught_by_checksum_and_repaired(original, st
     code, out, _ = call("status", str(store))
     assert "11 of 12 done" in out and "DAMAGED" not in out
     code, _, err = run(original, store, scheduler)
-    assert code == 0 and "computed 1 blocks" in err, err
+    assert code == 0 and "computed 1 work units" in err, err
     assert files(store) == files(original[1])
 
 
@@ -153,7 +155,7 @@ def test_a_marker_without_its_data_is_not_believed(original, store, scheduler):
     code, out, _ = call("status", str(store))
     assert "11 of 12 done" in out and BLOCK_LABEL in out
     code, _, err = run(original, store, scheduler)
-    assert code == 0 and "computed 1 blocks" in err, err
+    assert code == 0 and "computed 1 work units" in err, err
     assert files(store) == files(original[1])
 
 
@@ -165,7 +167,7 @@ def test_a_damaged_marker_makes_status_and_run_agree(original, store, scheduler,
     assert "11 of 12 done" in out and "ledger marker" in out and BLOCK in out
     code, _, err = run(original, store, scheduler)
     assert code == 0, err
-    assert "11 of 12 blocks already done" in err and "computed 1 blocks" in err
+    assert "11 of 12 work units already done" in err and "computed 1 work units" in err
     assert "its ledger marker" in err and ledger.marker(BLOCK) in err
     assert "12 of 12 done" in call("status", str(store))[1]
     assert files(store) == files(original[1])
@@ -223,7 +225,7 @@ def test_an_xarray_copy_is_refused_not_wiped(original, tmp_path, scheduler):
     code, out, _ = call("verify", str(copy), "--repair")
     assert code == 0 and "initialized.json again" in out, out
     code, _, err = run(original, copy, scheduler)
-    assert code == 0 and "computed 12 blocks" in err, err
+    assert code == 0 and "computed 12 work units" in err, err
     original_data = open_results(str(original[1]))
     adopted = open_results(str(copy))
     for name in ("u0", "u", "escape_time", "status", "steps"):
@@ -273,7 +275,7 @@ def test_interrupted_overwrite_is_recognized_and_finished(original, store, sched
     assert code == 2 and "interrupted" in err
     # the original spec again, without --overwrite: the creation is finished, not resumed
     code, _, err = run(original, store, scheduler)
-    assert code == 0 and "creating" in err and "computed 12 blocks" in err, err
+    assert code == 0 and "creating" in err and "computed 12 work units" in err, err
     created = {k: v for k, v in files(store).items() if k != "zarr.json"}  # a new time
     assert created == {k: v for k, v in files(original[1]).items() if k != "zarr.json"}
 
@@ -331,7 +333,7 @@ def test_legacy_markers_without_checksums_are_checked_by_decoding(original, stor
     assert code == 2 and BLOCK_LABEL in err and "Traceback" not in err, err
     (store / "status/c/0/0/0").unlink()
     code, out, _ = call("status", str(store))
-    assert "block 000000-0000000000" in out and "status/c/0/0/0 is missing" in out
+    assert "unit 000000-0000000000" in out and "status/c/0/0/0 is missing" in out
 
 
 def test_a_creation_marker_means_the_store_is_created_again(original, store):
@@ -365,6 +367,6 @@ def test_ctrl_c_during_an_overwrite_of_a_real_run(original, store, scheduler, tm
     code, out, _ = call("status", str(store))
     assert "0 of 12 done" in out and "interrupted" in out, out
     code, _, err = run(original, store, scheduler)
-    assert code == 0 and "creating" in err and "computed 12 blocks" in err, err
+    assert code == 0 and "creating" in err and "computed 12 work units" in err, err
     created = {k: v for k, v in files(store).items() if k != "zarr.json"}
     assert created == {k: v for k, v in files(original[1]).items() if k != "zarr.json"}
