@@ -46,6 +46,7 @@ from .engine.params import RENAMED, json_plain
 from .engine.status import STORE_FLAGS
 from .errors import SpecError
 from .ledger import CREATING, INITIALIZED, StoreRef, put_json
+from .ledger import get_json as ledger_get_json
 from .lock import LOCK
 
 if TYPE_CHECKING:
@@ -357,6 +358,48 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any], *, layout: Layout |
                                 "store_id": uuid.uuid4().hex})
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(ref.path(CREATING, root))
+    return layout
+
+
+def extend_points(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
+    """Grow the store at ``ref`` (root attributes ``attrs``) along ``point`` to the points of
+    ``spec``, whose first points must be the store's own (same content hashes, same order);
+    returns the grown layout. Call it from a driver holding the store's run lock.
+
+    The data arrays are resized (metadata only: no stored shard changes), the coordinates,
+    masks and attributes along ``point`` are rewritten for all points, and
+    ``initialized.json`` names ``spec``'s hash, so ``run_sweep(spec, store)`` then resumes
+    the store: the new points fall into new work units, i.e. new shards. The unit shape
+    never changes; a last unit that held fewer points than a unit holds (the old edge)
+    now holds more, so its ledger record no longer covers it (:func:`ledger.covers`) and it
+    is computed again whole - the old points in it to the same bytes.
+    """
+    old_points = int(attrs["points"])
+    hashes = zarr.open_array(_target(ref), path="point_hash", mode="r")[:]
+    if len(spec.points) < old_points or \
+            [p.point.hash for p in spec.points[:old_points]] != list(hashes):
+        raise SpecError("spec", spec.source, f"a spec whose first {old_points} points are the "
+                        "store's own points, in the same order",
+                        hint="points may only be appended to a store")
+    layout = replace(Layout.for_store(spec, attrs), points=len(spec.points))
+    ds = template(spec, layout, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        group = zarr.open_group(_target(ref), mode="r+", zarr_format=3)
+        for var in layout.variables:
+            group[var.name].resize(layout.shape(var))
+        for name, values in {**ds.coords, **{n: ds[n] for n in ("neuron_mask",
+                                                                "index_mask")}}.items():
+            if values.dims[:1] == ("point",):
+                arr = group[name]
+                arr.resize(values.shape)
+                arr[...] = values.values
+        grown = {"spec_text": spec.text, "spec_hash": spec.hash, "spec_file": spec.source,
+                 "points": len(spec.points), "blocks": spec.n_blocks, **layout.attrs()}
+        group.attrs.update(grown)
+    init = ledger_get_json(ref, INITIALIZED) or {}
+    put_json(ref, INITIALIZED, {**init, "spec_hash": spec.hash})
+    consolidate(ref)
     return layout
 
 

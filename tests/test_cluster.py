@@ -34,7 +34,7 @@ from pipeline import _testhooks, ledger, verify
 from pipeline.cli import _parser, main
 from pipeline.ledger import StoreRef
 from pipeline.lock import RunLock, StoreLocked, read_lock
-from pipeline.store import open_results
+from pipeline.store import Layout, open_results
 from sweeps.spec import parse_spec
 
 from conftest import data_bytes
@@ -42,11 +42,13 @@ from conftest import data_bytes
 REPO = Path(__file__).parents[1]
 CLUSTER = REPO / "cluster"
 
-# 2 points x 12 blocks of 2 seeds: many small blocks, so a kill lands mid-sweep.
+# 2 points x 12 blocks of 2 seeds in 12 work units of 2 blocks: many small units (of more
+# than one block), so a kill lands mid-sweep.
 SPEC = """
 name = "cluster-test"
 seeds = 24
 block_seeds = 2
+unit_seeds = 4
 [params]
 teacher = "h3"
 n = 1
@@ -56,7 +58,7 @@ d = [100, 1000]
 [observe]
 t_max = 1e4
 """
-N_BLOCKS = 24
+N_UNITS = 12
 WAIT = 240.0  # seconds: generous, the two cores are shared with other test runs
 
 
@@ -262,7 +264,7 @@ def reference(cluster, spec_file, tmp_path_factory) -> dict[str, bytes]:
     code, err = call("run", str(spec_file), "--store", str(store),
                      "--scheduler", cluster.address)
     assert code == 0, err
-    assert f"computed {N_BLOCKS} blocks" in err and f"scheduler {cluster.address}" in err
+    assert f"computed {N_UNITS} work units" in err and f"scheduler {cluster.address}" in err
     data = data_bytes(store)
     # run's memory check sees the workers' limits through the scheduler
     from pipeline.cluster import worker_memory_limit as _worker_memory
@@ -292,17 +294,17 @@ def test_sweep_survives_a_worker_killed_between_its_data_and_its_marker(cluster,
     with processes(tmp_path) as procs, cluster.closed_gate() as held:
         run = run_proc(procs, "run", str(spec_file), "--store", str(store),
                        "--scheduler", cluster.address)
-        # a worker that has written a block's chunks and not yet its marker
-        block = wait_for(lambda: sorted(p.name for p in held.glob("0*")), "a held block",
+        # a worker that has written a unit's shards and not yet its marker
+        block = wait_for(lambda: sorted(p.name for p in held.glob("0*")), "a held unit",
                          proc=run)[0]
         pid = int((held / block).read_text())
-        chunk = store / "status" / "c" / str(int(block[:6])) / str(int(block[7:]) // 2) / "0"
+        chunk = store / "status" / "c" / str(int(block[:6])) / str(int(block[7:]) // 4) / "0"
         assert chunk.exists() and not (store / ledger.marker(block)).exists()
         os.kill(pid, signal.SIGKILL)
         cluster.gate.unlink()  # let the other blocks (and the re-run of this one) go on
         assert run.wait(timeout=WAIT) == 0, log_of(run)
     out = log_of(run)
-    assert f"{N_BLOCKS} of {N_BLOCKS} blocks in" in out
+    assert f"{N_UNITS} of {N_UNITS} work units in" in out
     assert data_bytes(store) == reference
     # the killed block was computed again, by a live worker
     record = ledger.done_records(StoreRef.parse(store))[block]
@@ -344,10 +346,10 @@ def test_killed_driver_resumes_identically_and_its_orphans_are_harmless(cluster,
     out = log_of(second)
     assert "took over the lock of a run that is no longer alive" in out
     assert f"pid {first.pid}" in out and "resuming" in out
-    assert "4 of 24 blocks already done" in out
+    assert f"4 of {N_UNITS} work units already done" in out
     assert data_bytes(store) == reference
     records = ledger.done_records(ref)
-    assert len(records) == N_BLOCKS
+    assert len(records) == N_UNITS
     assert {records[b]["run"] for b in done_before} == {dead["run"]}
     (run,) = ledger.runs(ref)
     assert set(run["computed"]) == set(records) - done_before
@@ -400,23 +402,23 @@ def test_a_block_that_keeps_failing_is_reported_after_its_retries(cluster, refer
     cluster.quiesce()
     store = tmp_path / "failing.zarr"
     attempts = tmp_path / "attempts"
-    always, flaky = "000001-0000000004", "000000-0000000010"
+    always, flaky = "000001-0000000004", "000000-0000000008"
     with cluster.worker_env(**{_testhooks.FAIL: f"{always},{flaky}:1",
                                _testhooks.ATTEMPTS: str(attempts)}):
         code, err = call("run", str(spec_file), "--store", str(store),
                          "--scheduler", cluster.address, "--retries", "2")
     assert code == 1, err
-    assert (f"FAILED block {always} (point d=1000; seeds 4..5) failed after 3 attempts: "
+    assert (f"FAILED unit {always} (point d=1000; seeds 4..7) failed after 3 attempts: "
             "RuntimeError: test hook") in err, err
-    assert f"1 of {N_BLOCKS} blocks are missing" in err and "re-run" in err
+    assert f"1 of {N_UNITS} work units are missing" in err and "re-run" in err
     # Dask ran it three times; the flaky one failed once and then landed
     assert len(list(attempts.glob(f"{always}.*"))) == 3
     assert len(list(attempts.glob(f"{flaky}.*"))) == 2
     ref = StoreRef.parse(store)
-    all_ids = {b.id for b in parse_spec(SPEC, source="x").blocks}
+    all_ids = {u.id for u in Layout.for_spec(parse_spec(SPEC, source="x")).units()}
     assert ledger.done_ids(ref) == all_ids - {always}
     (record,) = ledger.runs(ref)
-    assert record["failed"][0]["params"] == "d=1000" and record["failed"][0]["seeds"] == [4, 6]
+    assert record["failed"][0]["params"] == "d=1000" and record["failed"][0]["seeds"] == [4, 8]
     # every other block landed, bit for bit
     ds, good = open_results(str(store)), reference
     ref_ds = {name: np.frombuffer(good[name], dtype=ds[name].dtype).reshape(ds[name].shape)
@@ -424,39 +426,39 @@ def test_a_block_that_keeps_failing_is_reported_after_its_retries(cluster, refer
     for name in good:
         got = ds[name].values.copy()
         want = ref_ds[name].copy()
-        got[1, 4:6] = want[1, 4:6] = 0  # the failed block's region
+        got[1, 4:8] = want[1, 4:8] = 0  # the failed unit's region
         assert got.tobytes() == want.tobytes(), name
     # the same command again computes just that block
     code, err = call("run", str(spec_file), "--store", str(store),
                      "--scheduler", cluster.address)
     assert code == 0, err
-    assert f"{N_BLOCKS - 1} of {N_BLOCKS} blocks already done" in err
+    assert f"{N_UNITS - 1} of {N_UNITS} work units already done" in err
     assert data_bytes(store) == reference
 
 
 def test_a_block_run_twice_is_harmless_and_never_writes_into_a_replaced_store(tmp_path):
     from pipeline.execute import tasks_for
     from pipeline.preflight import store_attrs
-    from pipeline.store import Layout, create
-    from pipeline.worker import BlockError, run_block
+    from pipeline.store import create
+    from pipeline.worker import BlockError, run_unit
 
     spec = parse_spec(SPEC, source="x")
     ref = StoreRef.parse(tmp_path / "store.zarr")
     create(ref, spec, store_attrs(spec))
     store_id = ledger.get_json(ref, ledger.INITIALIZED)["store_id"]
-    task = tasks_for(spec, ref, Layout.for_spec(spec), "run", store_id=store_id)[5]
-    record = run_block(task)
+    task = list(tasks_for(spec, ref, Layout.for_spec(spec), "run", store_id=store_id))[5]
+    record = run_unit(task)
     chunks = {p: p.read_bytes() for p in Path(ref.url).rglob("c/**/*") if p.is_file()}
-    assert chunks and ledger.done_ids(ref) == {task.block_id}
+    assert chunks and ledger.done_ids(ref) == {task.id}
     # a second execution (Dask re-running a task, or an orphan of a dead driver) finds
     # the block done and returns its record without computing or writing again
-    assert run_block(task) == record
+    assert run_unit(task) == record
     assert {p: p.read_bytes() for p in Path(ref.url).rglob("c/**/*") if p.is_file()} == chunks
     # a block of an older incarnation of the store (replaced by --overwrite) writes nothing
-    stale = tasks_for(spec, ref, Layout.for_spec(spec), "old-run", store_id="gone")[0]
+    stale = next(tasks_for(spec, ref, Layout.for_spec(spec), "old-run", store_id="gone"))
     with pytest.raises(BlockError, match="was replaced or deleted"):
-        run_block(stale)
-    assert ledger.done_ids(ref) == {task.block_id}
+        run_unit(stale)
+    assert ledger.done_ids(ref) == {task.id}
     assert not (Path(ref.url) / "status" / "c" / "0" / "0").exists()
 
 
@@ -636,10 +638,10 @@ def test_store_on_s3_through_fsspec(cluster, reference, spec_file, s3_server):
     code, err = call("run", str(spec_file), "--store", url, "--scheduler", cluster.address,
                      *flags)
     assert code == 0, err
-    assert f"{N_BLOCKS} of {N_BLOCKS} blocks in {url}" in err
+    assert f"{N_UNITS} of {N_UNITS} work units in {url}" in err
     assert data_bytes(url, options) == reference
     ref = StoreRef.parse(url, options)
-    assert len(ledger.done_ids(ref)) == N_BLOCKS and read_lock(ref) is None
+    assert len(ledger.done_ids(ref)) == N_UNITS and read_lock(ref) is None
     # the lock works on the object store too (a conditional put)
     with RunLock(ref, "holder"):
         with pytest.raises(StoreLocked, match="run holder"):
@@ -652,7 +654,7 @@ def test_store_on_s3_through_fsspec(cluster, reference, spec_file, s3_server):
     assert code == 0 and "nothing to do" in err, err
     # and the reading commands reach the same store with the same options
     code, text = call("status", url, *flags)
-    assert code == 0 and f"blocks:    {N_BLOCKS} of {N_BLOCKS} done" in text, text
+    assert code == 0 and f"units:     {N_UNITS} of {N_UNITS} done" in text, text
     code, text = call("query", url, *flags, "--var", "status", "--stat", "count", "--format",
                       "json")
     assert code == 0, text

@@ -21,7 +21,7 @@ from pipeline.units import Unit, tile
 from pipeline.worker import run_unit
 from sweeps.spec import parse_spec
 
-from conftest import tiny_spec
+from conftest import data_bytes, tiny_spec
 
 SPEC = tiny_spec("store-test", seeds=6, observe="t_max = 1e6\nsnapshots = [0.5, 5.0, 50.0]"
                  ).replace("block_seeds = 4\n", "block_seeds = 4\nunit_points = 2\n")
@@ -250,3 +250,35 @@ def test_store_locations(tmp_path, monkeypatch):
     assert StoreRef.parse(f"file://{tmp_path}/y.zarr").url == str(tmp_path / "y.zarr")
     remote = StoreRef.parse("s3://bucket/sweep.zarr", {"anon": True})
     assert not remote.is_local and remote.storage_options == {"anon": True}
+
+
+def test_a_store_grows_along_point_and_its_new_units_fill_it(tmp_path):
+    """Appending points (adaptive refinement): the arrays grow, old shards stay, the new
+    points are new work units, and the result is the store of the grown spec."""
+    def spec_of(ds: list[int]):
+        return parse_spec(f'name = "grow"\nseeds = 5\nblock_seeds = 2\nunit_points = 3\n'
+                          f'[params]\nteacher = "h3"\nk = 2\nn = 1\n[grid]\nd = {ds}\n'
+                          f'[observe]\nt_max = 1e3\n', source="grow.toml")
+
+    small, big = spec_of([100, 200, 300, 400]), spec_of([100, 200, 300, 400, 500, 600, 700])
+    ref = StoreRef.parse(tmp_path / "grown.zarr")
+    fill_store(ref, small)
+    first_shard = (tmp_path / "grown.zarr" / "u" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    with pytest.raises(SpecError, match="appended"):
+        zstore.extend_points(ref, spec_of([100, 300, 200, 400, 500]),
+                             zstore.read_attrs(ref))
+    layout = zstore.extend_points(ref, big, zstore.read_attrs(ref))
+    assert check_store(big, ref) == "resume" and layout.points == 7
+    units = {u.id: u for u in layout.units()}
+    done = {i for i, r in ledger.done_records(ref).items() if ledger.covers(r, units[i])}
+    assert done == {"000000-0000000000"}  # the old edge unit (point 3) now holds 3 points
+    for task in tasks_for(big, ref, layout, "grow", skip=done):
+        run_unit(task)
+    zstore.consolidate(ref)
+    assert (tmp_path / "grown.zarr" / "u" / "c" / "0" / "0" / "0" / "0").read_bytes() == \
+        first_shard
+    fresh = StoreRef.parse(tmp_path / "fresh.zarr")
+    fill_store(fresh, big)
+    assert data_bytes(ref.url) == data_bytes(fresh.url)
+    grown = zstore.open_results(ref.url)
+    assert grown["d"].values.tolist() == [100, 200, 300, 400, 500, 600, 700]
