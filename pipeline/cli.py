@@ -375,8 +375,8 @@ def describe(spec, layout) -> str:
         f"seeds each)",
         f"  memory/block:  ~{format_bytes(block_memory_bytes(spec, layout))} on a worker "
         f"(results {format_bytes(layout.block_nbytes())})",
-        f"  work units:    {layout.n_units} of {layout.unit_points} points x "
-        f"{layout.unit_seeds} seeds (one task, one shard per variable; memory "
+        f"  work units:    {layout.n_units} ({layout.unit_points} points x "
+        f"{layout.unit_seeds} seeds each: one task, one shard per variable; memory "
         f"~{format_bytes(unit_memory_bytes(spec, layout))})",
         f"  store size:    <= {format_bytes(layout.store_nbytes())} uncompressed "
         f"(n padded to {layout.n_max}, k to {layout.k_max}"
@@ -426,10 +426,11 @@ def memory_check(spec, layout, args: argparse.Namespace) -> str:
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    from .resources import check_unit_count
+    from .resources import check_block_count, check_unit_count
     from .store import Layout
 
     spec = load_spec(args.spec)
+    check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
     layout = Layout.for_spec(spec)
     check_unit_count(spec, layout)  # computed, never enumerated
     out.write(describe(spec, layout))
@@ -527,12 +528,13 @@ def _verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             health = inspect(ref, attrs, full=True)
             actions = repair(ref, health) if not health.healthy or health.temporaries else []
     seconds = time.perf_counter() - t0
+    word = "units" if "unit_points" in attrs else "blocks"
     out.write(f"store:     {ref.url}\n"
-              f"checked:   {len(health.done) + len(health.damaged)} done blocks of "
+              f"checked:   {len(health.done) + len(health.damaged)} done {word} of "
               f"{len(health.block_ids)} in {seconds:.1f} s (checksums; stores written before "
               "checksums: decoding)\n")
     if health.missing:
-        out.write(f"missing:   {len(health.missing)} blocks never completed (a run computes "
+        out.write(f"missing:   {len(health.missing)} {word} never completed (a run computes "
                   "them)\n")
     for problem in health.problems():
         out.write(f"DAMAGED:   {problem}\n")

@@ -31,7 +31,7 @@ from .lock import DEFAULT_TTL, RunLock, describe_holder
 from .preflight import check_store, store_attrs
 from .progress import Progress
 from .provenance import utc_now
-from .resources import check_unit_count, memory_advice, memory_refusal
+from .resources import check_block_count, check_unit_count, memory_advice, memory_refusal
 from .verify import describe_unit
 from .warmup import slots, sweep_kinds, warm_cluster
 from .worker import BlockError, PointTask, UnitTask, run_unit
@@ -116,6 +116,7 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
     path must be on a file system the workers share (or use an object-store URL).
     """
     out = out if out is not None else sys.stderr
+    check_block_count(spec)
     ref = StoreRef.parse(store, storage_options)
     # Before anything is started or written: a foreign store or another spec's is refused.
     action = check_store(spec, ref, overwrite=overwrite)

@@ -96,29 +96,55 @@ def memory_refusal(spec: Spec, layout: zstore.Layout, limit: int | None, where: 
                           "give each worker more memory")
 
 
+#: Most blocks one sweep may have: each is an inner chunk of every variable (an entry of its
+#: shard's index, a task of its own in stores of layout 1).
+MAX_BLOCKS = 2_000_000
+
+
+def check_block_count(spec: Spec) -> None:
+    """Refuse a sweep of more blocks than :data:`MAX_BLOCKS` (counted, never enumerated)."""
+    if spec.n_blocks > MAX_BLOCKS:
+        fewer = -(-spec.seeds * len(spec.points) // MAX_BLOCKS)
+        raise SpecError("block_seeds", spec.block_seeds,
+                        f"a block size that makes at most {MAX_BLOCKS} blocks (this sweep "
+                        f"has {spec.n_blocks})",
+                        hint=f"use block_seeds = {max(fewer, spec.block_seeds + 1)} or more",
+                        source=spec.source)
+
+
 def unit_memory_bytes(spec: Spec, layout: zstore.Layout) -> int:
-    """Rough peak memory of one work unit on a worker: its results about three times (the
-    unit's arrays, the encoded shards, one point's dataset) and one point's integrator
-    states over the unit's seeds (points are simulated one after the other)."""
-    one_point = block_memory_bytes(spec, layout, layout.unit_seeds)
-    return one_point + 3 * layout.unit_nbytes()
+    """Rough peak memory of one work unit on a worker: one point over the unit's seeds (as
+    :func:`block_memory_bytes`; points are simulated one after the other) and the results of
+    the unit's other points, about three times (the unit's arrays, the encoded shards)."""
+    per_point = layout.unit_nbytes() // layout.unit_points
+    return block_memory_bytes(spec, layout, layout.unit_seeds) + \
+        3 * (layout.unit_points - 1) * per_point
 
 
 def unit_advice(spec: Spec, layout: zstore.Layout, limit: int | None, where: str = ""
                 ) -> str | None:
     """A warning (text) when one work unit of ``layout`` needs more memory than a worker
-    with memory limit ``limit`` can give it, with a ``unit_points`` that fits."""
+    with memory limit ``limit`` can give it (while one block fits), with a smaller
+    ``unit_points`` (or ``unit_seeds``) that fits; ``None`` when it fits."""
     if not limit or not layout.sharded:
         return None
     need, budget = unit_memory_bytes(spec, layout), memory_budget(limit)
     if need <= budget:
         return None
-    per_point = max(1, 3 * layout.unit_nbytes() // layout.unit_points)
-    fits = max(1, (budget - block_memory_bytes(spec, layout, layout.unit_seeds)) // per_point)
     source = f" ({where})" if where else ""
-    return (f"a work unit needs ~{format_bytes(need)}, more than {format_bytes(budget)} of "
-            f"the worker memory limit {format_bytes(limit)}{source}; set unit_points = "
-            f"{fits} or fewer in the spec (now {layout.unit_points})")
+    text = (f"a work unit needs ~{format_bytes(need)}, more than {format_bytes(budget)}, the "
+            f"part of the worker memory limit {format_bytes(limit)}{source} at which Dask "
+            "pauses a worker; ")
+    one_point = block_memory_bytes(spec, layout, layout.unit_seeds)
+    if one_point <= budget:
+        per_point = 3 * layout.unit_nbytes() // layout.unit_points
+        fits = 1 + (budget - one_point) // max(per_point, 1)
+        return text + f"set unit_points = {fits} or fewer in the spec (now {layout.unit_points})"
+    block, seeds = spec.block_seeds, layout.block_seeds
+    while seeds + block <= layout.unit_seeds and \
+            block_memory_bytes(spec, layout, seeds + block) <= budget:
+        seeds += block
+    return text + f"set unit_points = 1 and unit_seeds = {seeds} in the spec"
 
 
 #: Most work units one sweep may have: the driver lists them (never all on the scheduler).

@@ -476,15 +476,16 @@ def put_point(layout: Layout, data: dict[str, np.ndarray], row: int, ds: xr.Data
         raise ValueError(f"simulate returned {extra}, which this store does not declare: "
                          "add them to pipeline.store.VARIABLES")
     if layout.times is not None:
-        times = np.asarray(ds["time"].values, dtype=np.float64)
+        times = np.asarray(ds.variables["time"].values, dtype=np.float64)
         if not np.array_equal(times, np.asarray(layout.times)):
-            raise ValueError("snapshot times of the block differ from the store's")
+            raise ValueError("snapshot times of the point differ from the store's")
+    variables = ds.variables  # plain variables: no DataArray built per lookup
     for var in layout.variables:
-        if var.name not in ds:
+        if var.name not in variables:
             if var.when:  # optional: e.g. q of a correlation point in a mixed sweep
                 continue
             raise ValueError(f"simulate did not return {var.name!r}, which the store expects")
-        arr = ds[var.name]
+        arr = variables[var.name]
         if arr.dims != ("seed",) + var.dims:
             raise ValueError(f"{var.name} has dims {arr.dims}, the store expects "
                              f"{('seed',) + var.dims}")

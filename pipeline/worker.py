@@ -138,11 +138,10 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
                 ds = simulate(point.params, seeds, root_seed=task.root_seed,
                               snapshots=times, threads=1)
                 zstore.put_point(layout, data, row, ds)
-                for s, c in zip(*np.unique(ds["status"].values, return_counts=True),
-                                strict=True):
-                    name = zstore.STATUS_FLAGS[int(s)]
-                    counts[name] = counts.get(name, 0) + int(c)
         current = None
+        status = data["status"]  # -1: padding (neurons beyond a point's n)
+        for s, c in zip(*np.unique(status[status >= 0], return_counts=True), strict=True):
+            counts[zstore.STATUS_FLAGS[int(s)]] = int(c)
         # Checked again just before writing: a replacement of the store (--overwrite by a
         # later run) while this unit computed must not receive its shards.
         _check_store_id(task)

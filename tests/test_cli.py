@@ -45,7 +45,7 @@ def made(tmp_path_factory, scheduler):
     store = root / "cli.zarr"
     code, _, err = call("run", str(spec), "--store", str(store), "--scheduler", scheduler)
     assert code == 0, err
-    assert "12 of 12 blocks in" in err
+    assert "4 of 4 work units in" in err
     (root / "scheduler.txt").write_text(scheduler)
     return spec, store
 
@@ -82,6 +82,9 @@ INVALID = [  # (what is changed, replacement, field the message must name)
     ("seeds = 10", "seeds = 2.5", "seeds"),
     ("block_seeds = 4", "block_seeds = -1", "block_seeds"),
     ("block_seeds = 4", "blok_seeds = 4", "blok_seeds"),
+    ("block_seeds = 4", "block_seeds = 4\nunit_seeds = 6", "unit_seeds"),
+    ("block_seeds = 4", "block_seeds = 4\nunit_points = 0", "unit_points"),
+    ("block_seeds = 4", "block_seeds = 4\nunit_points = 1.5", "unit_points"),
     ('name = "cli-test"', 'name = "my sweep!"', "name"),
     ('teacher = "h3"', 'teacher = "h3x"', "params.teacher"),
     ('teacher = "h3"', 'teacher = "h3"\ntemperature = 1.0', "params.temperature"),
@@ -174,16 +177,16 @@ def test_status(made, tmp_path):
     _, store = made
     code, out, _ = call("status", str(store))
     assert code == 0
-    assert "blocks:    12 of 12 done (100%)" in out
+    assert "units:     4 of 4 done (100%)" in out
     counts = dict(part.rsplit(" ", 1) for part in
                   out.split("status:    ")[1].split(" (neurons")[0].split(", "))
     assert sum(int(v) for v in counts.values()) == 10 * (2 + 5 + 2 + 5)
     assert "git " in out and "xarray" in out and "cli-test" in out
     partial = tmp_path / "partial.zarr"
     shutil.copytree(store, partial)
-    os.remove(partial / "_mimflow" / "ledger" / "000002-0000000004.json")
+    os.remove(partial / "_mimflow" / "ledger" / "000002-0000000000.json")
     code, out, _ = call("status", str(partial))
-    assert "11 of 12 done" in out and "missing:   1 blocks, e.g. 000002-0000000004" in out
+    assert "3 of 4 done" in out and "missing:   1 units, e.g. 000002-0000000000" in out
 
 
 def _rows(text: str, fmt: str) -> list[dict]:

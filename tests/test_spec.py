@@ -219,3 +219,21 @@ def test_sgd_spec_refuses_snapshots_mixing_samples_and_times():
     assert err.value.field == "method"
     # Without snapshots, flow and SGD points share a store (as sweeps/sgd/beta_f.toml).
     assert len(parse_spec(SGD_SPEC % ('["flow", "sgd"]', "false")).points) == 4
+
+
+def test_work_unit_settings_are_optional_and_change_the_hash_only_when_set():
+    from pipeline.store import Layout
+
+    text = 'name = "u"\nseeds = 10\nblock_seeds = 4\n[params]\nteacher = "h3"\nk = 2\n' \
+           '[grid]\nd = [100, 200, 300]\n'
+    plain = parse_spec(text)
+    assert plain.unit_points is None and plain.unit_seeds is None
+    set_ = parse_spec(text.replace("block_seeds = 4\n",
+                                   "block_seeds = 4\nunit_points = 2\nunit_seeds = 8\n"))
+    assert (set_.unit_points, set_.unit_seeds) == (2, 8) and set_.hash != plain.hash
+    layout = Layout.for_spec(set_)
+    assert layout.grid == (2, 8) and layout.n_units == 2 * 2
+    # all seeds in one unit: rounded up to whole blocks (the shard reaches past the edge)
+    whole = Layout.for_spec(parse_spec(text.replace("block_seeds = 4\n",
+                                                    "block_seeds = 4\nunit_seeds = 10\n")))
+    assert whole.unit_seeds == 12 and whole.n_units == 3

@@ -88,7 +88,7 @@ def test_the_block_under_test_stores_an_escape_time_chunk(original):
 def test_a_healthy_store_verifies(original):
     code, out, err = call("verify", str(original[1]))
     assert code == 0, out + err
-    assert "checked:   12 done blocks of 12" in out and "result:    healthy" in out
+    assert "checked:   12 done units of 12" in out and "result:    healthy" in out
 
 
 def test_a_deleted_chunk_is_reported_skipped_on_request_and_restored_by_rerunning(
