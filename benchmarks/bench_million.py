@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -54,14 +53,12 @@ t_max = 1e-3
 
 
 def _child(code_root: str, spec: str, store: str, workers: int) -> None:
-    """Runs in a child process: ``mimflow run`` of the code at ``code_root``."""
+    """Runs in a child process: ``mimflow run`` of the code at ``code_root``, then its peak
+    memory (bench_sweep's driver-memory child)."""
     sys.path.insert(0, code_root)
-    from pipeline.cli import main
+    from bench_sweep import _memory_child
 
-    code = main(["run", spec, "--store", store, "--workers", str(workers)],
-                out=sys.stderr, err=sys.stderr)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"exit_code": code, "driver_peak_mb": peak_kb / 1024}))
+    _memory_child(spec, store, workers)
 
 
 def _store_figures(store: Path) -> dict:
