@@ -105,6 +105,13 @@ def test_same_bits_for_any_worker_count_grouping_and_block_size(tmp_path, client
     assert stored["u_t"].values.tobytes() == direct["u_t"].values.tobytes()
 
 
+def main_out(argv: list[str]) -> str:
+    """What ``mimflow argv`` prints on stdout."""
+    out = io.StringIO()
+    main(argv, out=out, err=io.StringIO())
+    return out.getvalue()
+
+
 def test_same_bits_as_a_store_of_layout_1(tmp_path, client2):
     """The fixture was written by the code before work units and shards (one task and one
     chunk per block): the sharded store of the same spec holds the same bytes, and the old
@@ -129,6 +136,15 @@ def test_same_bits_as_a_store_of_layout_1(tmp_path, client2):
     assert "7 of 8 blocks already done" in out.getvalue()
     assert data_bytes(copy) == old
     assert main(["verify", str(copy)], out=io.StringIO(), err=io.StringIO()) == 0
+    # the reading commands read the fixture itself, and leave it as it is
+    before = {p: p.read_bytes() for p in LEGACY_STORE.rglob("*") if p.is_file()}
+    for argv in (["status"], ["query", "--var", "u", "--stat", "mean", "--by", "d"],
+                 ["analyze"]):
+        out = io.StringIO()
+        code = main([argv[0], str(LEGACY_STORE), *argv[1:]], out=out, err=io.StringIO())
+        assert code == 0 and out.getvalue(), argv
+    assert "blocks:    8 of 8 done" in main_out(["status", str(LEGACY_STORE)])
+    assert {p: p.read_bytes() for p in LEGACY_STORE.rglob("*") if p.is_file()} == before
 
 
 def test_killed_run_resumes_with_only_the_missing_blocks(tmp_path, client2):
