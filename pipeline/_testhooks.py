@@ -1,4 +1,4 @@
-"""Test hooks read by :func:`pipeline.worker.run_block` on the workers (tests only).
+"""Test hooks read by :func:`pipeline.worker.run_unit` on the workers (tests only).
 
 Fault-tolerance tests run real ``dask worker`` processes, so they cannot monkeypatch the
 code a block runs; they set environment variables in the workers instead (at start, or with

@@ -1,13 +1,15 @@
-"""The driver of a run: blocks become Dask tasks that simulate and write their own regions.
+"""The driver of a run: work units become Dask tasks that simulate and write their own shards.
 
 :func:`run_sweep` validates, takes the store's run lock (:mod:`pipeline.lock`: one live
 driver per store), prepares the store (metadata once, :mod:`pipeline.preflight` decides
-whether to create or resume), submits one task per block that the ledger does not list (with
-Dask ``retries`` for blocks that raise), shows progress, reports failures with the failing
-point's parameters and seeds, and consolidates the metadata at the end. The task itself is
-:func:`pipeline.worker.run_block`; results never travel through the driver, only a small
-summary (status counts, warnings). Re-running a block, by Dask after a worker died or by a
-later driver, is harmless (see ``run_block``), which is what makes a killed worker or a
+whether to create or resume), submits one task per work unit (:mod:`pipeline.units`) that
+the ledger does not list - a bounded window of them at a time, topped up as each finishes, so
+that neither the scheduler nor the driver holds the whole sweep - (with Dask ``retries`` for
+units that raise), shows progress, reports failures with the failing point's parameters and
+seeds, and consolidates the metadata at the end. The task itself is
+:func:`pipeline.worker.run_unit`; results never travel through the driver, only a small
+summary (status counts, warnings). Re-running a unit, by Dask after a worker died or by a
+later driver, is harmless (see ``run_unit``), which is what makes a killed worker or a
 killed driver lose nothing. Clusters come from :mod:`pipeline.cluster`.
 """
 

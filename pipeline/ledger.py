@@ -205,7 +205,7 @@ def read_markers(ref: StoreRef) -> Markers:
     """Read every completion marker (one listing, one batched read).
 
     A marker counts as *done* only if it is a JSON object with the block's ``status_counts``
-    (what :func:`pipeline.worker.run_block` writes); an empty, truncated or foreign marker is
+    (what :func:`pipeline.worker.run_unit` writes); an empty, truncated or foreign marker is
     reported in ``damaged``, so that the driver, ``status`` and ``verify`` agree on what is
     done (the block is simply computed again).
     """
