@@ -95,7 +95,7 @@ def test_reproduce_resumes_without_recomputing(run, capsys):
     specs = sorted(p for p in out.parent.glob("*.toml"))
     reproduce(out, workers=1, specs=specs)
     err = capsys.readouterr().err
-    assert err.count("nothing to do, every block is in the store") == len(TINY)
+    assert err.count("nothing to do, every work unit is in the store") == len(TINY)
 
 
 def test_analyze_picks_the_estimators_that_apply(run, capsys):
