@@ -310,8 +310,11 @@ def reduced_chains(U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, has_p
     earlier without converging).
     """
     for b in prange(U.shape[0]):
-        _reduced_chain(b, U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, has_perp,
-                       threshold, gtol, max_steps, snap_steps, esc, steps_out, status, u_t)
+        # b as int64: the parallel lowering types the loop index as uint64, which would
+        # compile the chain a second time.
+        _reduced_chain(np.int64(b), U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df,
+                       has_perp, threshold, gtol, max_steps, snap_steps, esc, steps_out, status,
+                       u_t)
 
 
 @njit
@@ -411,5 +414,5 @@ def full_chains(W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol
     Same outputs and stopping rules as :func:`reduced_chains`; cost ``O(B d k)`` per step.
     """
     for b in prange(W.shape[0]):
-        _full_chain(b, W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol,
+        _full_chain(np.int64(b), W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol,
                     max_steps, snap_steps, esc, steps_out, status, u_t)
