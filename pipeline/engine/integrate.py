@@ -163,6 +163,14 @@ def _finish_snapshots(model, y, args, status, snaps, js, snap_out):
 
 
 @njit
+def _copy(src, dst):
+    # A loop, not ``dst[:] = src``: the slice assignment compiles numba's shape-mismatch
+    # error message (string formatting), seconds of compile time for every kernel.
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+@njit
 def _all_finite(y):
     for i in range(y.size):
         if not math.isfinite(y[i]):
@@ -218,7 +226,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         # Variables, not constants, as arguments: constants would compile a second copy.
         status = NON_FINITE
         _finish_snapshots(model, y, args, status, snaps, js, snap_out)
-        y_out[:] = y
+        _copy(y, y_out)
         return 0.0, 0, NON_FINITE
     n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     while js < snaps.size and snaps[js] <= 0.0:
@@ -341,7 +349,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
             last_rejected = False
         h = h_new
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
-    y_out[:] = y
+    _copy(y, y_out)
     return t, steps, status
 
 
@@ -389,7 +397,7 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
             if n_escaped < t_esc.size:
                 n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, steps * lr)
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
-    y_out[:] = y
+    _copy(y, y_out)
     return steps * lr, steps, status
 
 

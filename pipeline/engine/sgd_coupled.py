@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .sgd_kernels import chi2, hermite_series, normal
+from .sgd_kernels import chi2, hermite_series, normal, put
 from .status import NON_FINITE, SAMPLE_BUDGET
 
 
@@ -196,7 +196,7 @@ def _coupled_chain(b, U, Z, M0, states, L, Ainv, ssig, dsig, bsig, lr, batch, dk
                 if math.sqrt(norm) >= threshold:
                     esc[b, l] = steps
                     escaped[l] = True
-    U[b] = u
+    put(U[b], u)
     for l in range(n):
         for j in range(n):
             Z[b, l, j] = Zc[l, j] if j < m else 0.0
@@ -292,7 +292,7 @@ def _coupled_full(b, W, states, V, ssig, dsig, bsig, lr, batch, mse, threshold, 
         steps += 1
         if st == NON_FINITE:
             break
-    W[b] = w
+    put(W[b], w)
     steps_out[b] = steps
     status[b] = st
 

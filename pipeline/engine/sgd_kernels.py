@@ -188,6 +188,16 @@ def _population_grad_norm(u, r, A, Ainv, c, a, du):
 
 
 @njit(inline="always")
+def put(dst, src):
+    """``dst[...] = src`` for C-contiguous arrays of one shape, as a loop: the slice
+    assignment would compile numba's shape-mismatch message (seconds per kernel)."""
+    d = dst.reshape(src.size)
+    s = src.reshape(src.size)
+    for i in range(src.size):
+        d[i] = s[i]
+
+
+@njit(inline="always")
 def _record(u_t, b, col, u):
     for j in range(u.size):
         u_t[b, col, j] = u[j]
@@ -292,7 +302,7 @@ def _reduced_chain(b, U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, ha
         while col < n_snap:
             _record(u_t, b, col, u)
             col += 1
-    U[b] = u
+    put(U[b], u)
     R[b] = r
     steps_out[b] = steps
     status[b] = st
@@ -392,7 +402,7 @@ def _full_chain(b, W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, g
         while col < n_snap:
             _record(u_t, b, col, u)
             col += 1
-    W[b] = w
+    put(W[b], w)
     steps_out[b] = steps
     status[b] = st
 
