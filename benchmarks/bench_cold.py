@@ -9,6 +9,9 @@ a fresh process, so it is what a new user's first run pays. Targets on 2 cores: 
 
 Rows of the first part: for each kernel kind, the first call in a fresh process (cold), then
 the first call in another fresh process on the cache the first one filled (warm: loading).
+Compilation is single-threaded, so its CPU time (in parentheses) is what the wall time would
+be on an idle core; on a shared machine the wall time is larger. ``--against TREE`` adds the
+cold first call of another source tree (the commit before a change), run alternately.
 
 ``--reproduce`` makes a new virtual environment (``--system-site-packages``: the
 dependencies are taken as installed, so the install row is the package's own install, not a
@@ -36,31 +39,44 @@ t0 = time.perf_counter()
 from pipeline.engine.warm import tiny_point
 from pipeline.engine.simulate import simulate
 kind = tuple(sys.argv[1].split("/"))
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 simulate(tiny_point(kind), 1, threads=1)
-print(json.dumps({"import": t1 - t0, "first_call": time.perf_counter() - t1}))
+print(json.dumps({"import": t1 - t0, "first_call": time.perf_counter() - t1,
+                  "cpu": time.process_time() - c1}))
 """
 
 KINDS = ["correlation/flow/reduced", "correlation/gd/reduced", "mse/flow/reduced",
          "correlation/sgd/reduced", "mse/sgd/reduced"]
 
 
-def _child(kind: str, cache: str) -> dict:
+def _child(kind: str, cache: str, repo: Path = REPO) -> dict:
     import json
 
-    env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", CHILD, kind], env=env, check=True,
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(repo)}
+    # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH.
+    out = subprocess.run([sys.executable, "-c", CHILD, kind], env=env, check=True, cwd=repo,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_calls(kinds: list[str]) -> None:
-    print(f"{'kernel kind':28s} {'cold first call':>16s} {'warm (cache load)':>18s}")
+def first_calls(kinds: list[str], against: Path | None = None) -> None:
+    """Cold and warm first calls per kind; with ``against`` (another source tree, e.g. the
+    commit before a change), that tree's cold first call too, measured alternately with
+    this one's so that both see the same load."""
+    head = f"{'kernel kind':28s} {'cold first call (CPU)':>24s} {'warm (cache load)':>18s}"
+    print(head + (f" {'against: cold (CPU)':>22s} {'ratio (CPU)':>12s}" if against else ""))
     for kind in kinds:
         with tempfile.TemporaryDirectory() as cache:
             cold = _child(kind, cache)
             warm = _child(kind, cache)
-        print(f"{kind:28s} {cold['first_call']:14.1f} s {warm['first_call']:16.2f} s")
+        row = (f"{kind:28s} {cold['first_call']:10.1f} s ({cold['cpu']:5.1f} s)"
+               f" {warm['first_call']:16.2f} s")
+        if against:
+            with tempfile.TemporaryDirectory() as cache:
+                base = _child(kind, cache, against)
+            row += (f" {base['first_call']:10.1f} s ({base['cpu']:5.1f} s)"
+                    f" {cold['cpu'] / base['cpu']:12.2f}")
+        print(row, flush=True)
 
 
 def _clock(text: str) -> float:
@@ -114,8 +130,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", nargs="*", default=KINDS)
     ap.add_argument("--reproduce", action="store_true")
+    ap.add_argument("--against", type=Path, metavar="TREE",
+                    help="another source tree to compare first calls with (e.g. "
+                         "`git worktree add /tmp/base <commit>`)")
     args = ap.parse_args()
-    first_calls(args.kinds)
+    first_calls(args.kinds, args.against)
     if args.reproduce:
         reproduce()
 

@@ -11,6 +11,10 @@ Rows:
 * `scipy.integrate.solve_ivp` (RK45, also Dormand-Prince 5(4)), one call per trajectory, same
   tolerances and stopping rule, on a subset with the same initial conditions;
 * mimflow's full-d backend on a subset (same initial conditions);
+* the compiled kernel alone, per-model entry kernel (what `simulate` runs: the model a
+  compile-time constant, only its code compiled) against the runtime-dispatched kernel (one
+  kernel for every model, the model an int64 argument: the kernel as it was before issue 13),
+  same trajectories, same process, interleaved repeats; target ratio <= 1.05;
 * the cost of d = 1e12 against d = 1e2;
 * peak memory of one `simulate` call over 10^6 trajectories (in a child process).
 """
@@ -28,7 +32,10 @@ import time
 import numpy as np
 
 import pipeline
+from pipeline.engine import integrate
 from pipeline.engine.activations import dual_coefficients, get_activation
+from pipeline.engine.params import content_hash, resolve_point
+from pipeline.engine.simulate import _initial_state
 
 from _baseline import solve_ivp_trajectory
 
@@ -40,6 +47,39 @@ def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def dispatch_ratio(trajectories: int, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per trajectory (best of ``repeats``) of the per-model entry kernel and of the
+    runtime-dispatched kernel, on the same initial states of ``POINT``."""
+    p = resolve_point(POINT)
+    act = get_activation(p.teacher, p.degree)
+    model, args, y0, _ = _initial_state(p, p.gram_matrix, act.coefficients, act.coefficients,
+                                        0, content_hash(p.initial_key()),
+                                        np.arange(trajectories))
+    snaps = np.zeros(0)
+    settings = (p.rtol, p.atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps, False,
+                False)
+
+    def outputs():
+        B = y0.shape[0]
+        return (np.empty_like(y0), np.empty(B), np.empty(B, dtype=np.int64),
+                np.empty(B, dtype=np.int64), np.empty((B, 1)), np.empty((B, 0, p.k)))
+
+    def entry():
+        integrate._ENTRIES["flow"][model](y0, args, settings, outputs())
+
+    def runtime():
+        integrate._flow_batch(np.int64(model), y0, args, *settings[:7], *outputs(),
+                              False, False)
+
+    best = {entry: np.inf, runtime: np.inf}
+    for fn in best:  # compile (or load) both outside the timings
+        fn()
+    for _ in range(repeats):
+        for fn in best:
+            best[fn] = min(best[fn], _timed(fn)[1])
+    return best[entry] / len(y0), best[runtime] / len(y0)
 
 
 def _memory_child(trajectories: int) -> None:
@@ -59,9 +99,19 @@ def main() -> None:
     ap.add_argument("--memory", type=int, default=1_000_000,
                     help="trajectories for the peak-memory row (0 to skip)")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--dispatch-only", action="store_true",
+                    help="only the per-model vs runtime-dispatched kernel row")
     args = ap.parse_args()
     if args.memory_child:
         _memory_child(args.memory_child)
+        return
+    per_entry, per_runtime = dispatch_ratio(args.trajectories)
+    dispatch_row = (f"{'kernel: per-model entry / runtime dispatch':<44}{per_entry * 1e6:>15.1f}"
+                    f"{per_entry / per_runtime:>12.3f}{'<= 1.05':>12}"
+                    f"  ({per_runtime * 1e6:.1f} us runtime-dispatched: "
+                    f"{'ok' if per_entry <= 1.05 * per_runtime else 'SLOWER'})")
+    if args.dispatch_only:
+        print(dispatch_row)
         return
 
     N = args.trajectories
@@ -119,6 +169,7 @@ def main() -> None:
           f"{per_ivp / per_sim:>12.0f}{'>= 300':>12}")
     print(f"{'mimflow full-d backend (d = 1e4)':<44}{per_full * 1e6:>15.1f}"
           f"{per_full / per_sim:>12.0f}{'':>12}")
+    print(dispatch_row)
     print(f"{'mimflow d = 1e12 vs d = 1e2':<44}{costs[10**12] * 1e6:>15.1f}"
           f"{costs[10**12] / costs[100]:>12.2f}{'<= 1.5':>12}")
     print()

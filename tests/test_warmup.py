@@ -1,7 +1,8 @@
 """Compile once per machine (issue 13): with a cold numba cache, a sweep on a 2-worker
 LocalCluster compiles each kernel it needs exactly once, on one worker, before its blocks
-run; the other worker loads the kernels from the cache. Compilations are counted by numba's
-own per-function cache-miss counters, in every process."""
+run; the other worker loads the kernels from the cache, and no kernel of a model or method the
+sweep does not use is compiled at all. Compilations are counted by numba's own per-function
+cache-miss counters, in every process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 from distributed import Client, LocalCluster
 
 from pipeline import ledger
+from pipeline.engine.warm import ENTRY_KERNELS
 from pipeline.execute import run_sweep
 from pipeline.ledger import StoreRef
 from pipeline.warmup import one_worker_per_host, sweep_kinds
@@ -73,6 +75,12 @@ def test_cold_cache_sweep_compiles_each_kernel_once(tmp_path, monkeypatch):
         total.update(m)
     assert set(total.values()) == {1}, total
     assert any("_flow_batch" in name for name in total)
+    # The kernel split: only the reduced correlation flow's entry kernel and what it calls;
+    # no MSE code, no full-d code, no other entry kernel.
+    entry = ENTRY_KERNELS[("correlation", "flow", "reduced")]
+    assert any(f".{entry}(" in name for name in total), total
+    other = ("pipeline.engine.mse.", "._flow_full(", "._flow_mse", "._gd", "._full_")
+    assert not [name for name in total if any(o in name for o in other)], total
     assert (tmp_path / "numba-cache").is_dir()
 
 
@@ -85,9 +93,18 @@ def test_kinds_of_a_mixed_sweep_and_every_kind_has_a_tiny_point():
                       .replace("d = [100, 1000]", 'd = [100, 1000]\nmethod = ["flow", "gd"]'),
                       source="mixed.toml")
     assert sweep_kinds(spec) == [("mse", "flow", "reduced"), ("mse", "gd", "reduced")]
+    from importlib import import_module
+
+    from numba.core.dispatcher import Dispatcher
+
+    from pipeline.engine.warm import ENTRY_KERNELS
+
+    assert set(ENTRY_KERNELS) == set(ALL_KINDS)
     for kind in ALL_KINDS:  # what the Kubernetes image compiles at build time
         p = resolve_point(tiny_point(kind))
         assert (p.loss, p.method, p.backend) == kind
+        module, name = ENTRY_KERNELS[kind].split(".")
+        assert isinstance(getattr(import_module(f"pipeline.engine.{module}"), name), Dispatcher)
     from pathlib import Path
     dockerfile = (Path(__file__).parents[1] / "cluster" / "Dockerfile").read_text()
     assert "warm(ALL_KINDS)" in dockerfile and "warm(ALL_KINDS, snapshots=True)" in dockerfile

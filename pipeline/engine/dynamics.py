@@ -41,6 +41,7 @@ import math
 import numpy as np
 
 from ._jit import jit as njit
+from .dispatch import by_model
 from .mse import (
     MSE_FULL,
     MSE_REDUCED,
@@ -80,11 +81,19 @@ def _ascent(u, c, a):
 
 
 @njit
+def _one_neuron(model, args):
+    return 1
+
+
+@njit
+def _mse_neurons(model, args):
+    return mse_n_neurons(args)
+
+
+@by_model({REDUCED: _one_neuron, FULL: _one_neuron, MSE_REDUCED: _mse_neurons,
+           MSE_FULL: _mse_neurons})
 def n_neurons(model, args):
     """Neurons per trajectory (each has its own escape event and overlap row)."""
-    if model >= MSE_REDUCED:
-        return mse_n_neurons(args)
-    return 1
 
 
 @njit
@@ -103,6 +112,11 @@ def escapes_to_converge(model, args):
 
 
 @njit
+def _always(model, y, args, work, threshold):
+    return True
+
+
+@by_model({REDUCED: _always, FULL: _always, MSE_REDUCED: mse_settled, MSE_FULL: mse_settled})
 def settled(model, y, args, work, threshold):
     """Second half of the saddle guard, asked only once the gradient is below ``gtol``.
 
@@ -111,69 +125,78 @@ def settled(model, y, args, work, threshold):
     after the first escape, other neurons may still sit at the initial saddle with a gradient
     ~ d^-(p*-1)/2 below ``gtol`` (h4, d = 1e6: a wrong "converged" at loss 2 instead of 0).
     """
-    if model >= MSE_REDUCED:
-        return mse_settled(model, y, args, work, threshold)
-    return True
 
 
 @njit
+def _correlation_size(model, args):
+    return args[0].shape[1]
+
+
+@njit
+def _mse_size(model, args):
+    return mse_n_neurons(args) * args[0].shape[1] + 1
+
+
+@by_model({REDUCED: _correlation_size, FULL: _correlation_size, MSE_REDUCED: _mse_size,
+           MSE_FULL: _mse_size})
 def observables_size(model, args):
     """Numbers recorded per snapshot: the overlaps, then (MSE) the loss."""
-    size = n_neurons(model, args) * args[0].shape[1]
-    if model >= MSE_REDUCED:
-        return size + 1
-    return size
 
 
 @njit
-def observables(model, y, args, out):
-    """Write the snapshot observables of ``y`` (see :func:`observables_size`) into ``out``."""
-    if model >= MSE_REDUCED:
-        mse_observe(model, y, args, out)
-    else:
-        overlaps(model, y, args, out)
-
-
-@njit
-def work_size(model, args):
-    """Scratch floats the model's functions need."""
-    if model >= MSE_REDUCED:
-        return mse_work_size(model, args)
+def _correlation_work(model, args):
     return 4 * args[0].shape[1]
 
 
+@by_model({REDUCED: _correlation_work, FULL: _correlation_work, MSE_REDUCED: mse_work_size,
+           MSE_FULL: mse_work_size})
+def work_size(model, args):
+    """Scratch floats the model's functions need."""
+
+
 @njit
+def _reduced_overlaps(model, y, args, u):
+    for j in range(args[0].shape[1]):
+        u[j] = y[j]
+
+
+@njit
+def _full_overlaps(model, y, args, u):
+    M = args[0]
+    for j in range(M.shape[1]):
+        acc = 0.0
+        for i in range(M.shape[0]):
+            acc += M[i, j] * y[i]
+        u[j] = acc
+
+
+@by_model({REDUCED: _reduced_overlaps, FULL: _full_overlaps, MSE_REDUCED: mse_overlaps,
+           MSE_FULL: mse_overlaps})
 def overlaps(model, y, args, u):
     """Write the overlaps ``V^T w`` of every neuron of state ``y`` into ``u`` (row-major)."""
-    if model >= MSE_REDUCED:
-        mse_overlaps(model, y, args, u)
-        return
-    M = args[0]
-    k = M.shape[1]
-    if model == REDUCED:
-        for j in range(k):
-            u[j] = y[j]
-    else:
-        for j in range(k):
-            acc = 0.0
-            for i in range(M.shape[0]):
-                acc += M[i, j] * y[i]
-            u[j] = acc
+
+
+@by_model({REDUCED: _reduced_overlaps, FULL: _full_overlaps, MSE_REDUCED: mse_observe,
+           MSE_FULL: mse_observe})
+def observables(model, y, args, out):
+    """Write the snapshot observables of ``y`` (see :func:`observables_size`) into ``out``."""
 
 
 @njit
-def overlap_norm(model, y, args, work, neuron):
-    """``||u||_2`` of one neuron, the escape measure."""
-    if model >= MSE_REDUCED:
-        return mse_overlap_norm(model, y, args, work, neuron)
-    M = args[0]
-    k = M.shape[1]
+def _correlation_overlap_norm(model, y, args, work, neuron):
+    k = args[0].shape[1]
     u = work[:k]
     overlaps(model, y, args, u)
     acc = 0.0
     for j in range(k):
         acc += u[j] * u[j]
     return math.sqrt(acc)
+
+
+@by_model({REDUCED: _correlation_overlap_norm, FULL: _correlation_overlap_norm,
+           MSE_REDUCED: mse_overlap_norm, MSE_FULL: mse_overlap_norm})
+def overlap_norm(model, y, args, work, neuron):
+    """``||u||_2`` of one neuron, the escape measure."""
 
 
 @njit
@@ -203,7 +226,7 @@ def _full_direction(y, args, work, dw):
     d, k = V.shape
     u = work[:k]
     a = work[k:2 * k]
-    overlaps(FULL, y, args, u)
+    _full_overlaps(FULL, y, args, u)
     _ascent(u, c, a)
     ua = 0.0
     for j in range(k):
@@ -217,18 +240,23 @@ def _full_direction(y, args, work, dw):
 
 
 @njit
+def _reduced_field(model, y, args, work, dy):
+    k = args[0].shape[1]
+    ua = _reduced_direction(y, args, work)
+    for j in range(k):
+        dy[j] = work[2 * k + j]
+    dy[k] = -ua * y[k]
+
+
+@njit
+def _full_field(model, y, args, work, dy):
+    _full_direction(y, args, work, dy)
+
+
+@by_model({REDUCED: _reduced_field, FULL: _full_field, MSE_REDUCED: mse_vector_field,
+           MSE_FULL: mse_vector_field})
 def vector_field(model, y, args, work, dy):
     """Write the gradient-flow velocity of state ``y`` into ``dy``."""
-    if model >= MSE_REDUCED:
-        mse_vector_field(model, y, args, work, dy)
-    elif model == REDUCED:
-        k = args[0].shape[1]
-        ua = _reduced_direction(y, args, work)
-        for j in range(k):
-            dy[j] = work[2 * k + j]
-        dy[k] = -ua * y[k]
-    else:
-        _full_direction(y, args, work, dy)
 
 
 @njit
@@ -260,19 +288,42 @@ def _reduced_grad_norm2(y, args, work, ua):
 
 
 @njit
-def grad_norm(model, y, args, work):
-    """Norm of the spherical gradient ``(I - w w^T) grad L`` in R^d (all neurons together)."""
-    if model >= MSE_REDUCED:
-        return mse_grad_norm(model, y, args, work)
-    if model == REDUCED:
-        ua = _reduced_direction(y, args, work)
-        return math.sqrt(_reduced_grad_norm2(y, args, work, ua))
+def _reduced_grad_norm(model, y, args, work):
+    ua = _reduced_direction(y, args, work)
+    return math.sqrt(_reduced_grad_norm2(y, args, work, ua))
+
+
+@njit
+def _full_grad_norm(model, y, args, work):
     dw = np.empty(y.size)
     _full_direction(y, args, work, dw)
     return math.sqrt(_sum_of_squares(dw))
 
 
+@by_model({REDUCED: _reduced_grad_norm, FULL: _full_grad_norm, MSE_REDUCED: mse_grad_norm,
+           MSE_FULL: mse_grad_norm})
+def grad_norm(model, y, args, work):
+    """Norm of the spherical gradient ``(I - w w^T) grad L`` in R^d (all neurons together)."""
+
+
 @njit
+def _reduced_speed(model, y, dy, args, work):
+    k = args[1].shape[0]
+    return math.sqrt(_ainv_quadratic(args[1], dy) + dy[k] * dy[k])
+
+
+@njit
+def _full_speed(model, y, dy, args, work):
+    return math.sqrt(_sum_of_squares(dy))
+
+
+@njit
+def _mse_speed(model, y, dy, args, work):
+    return mse_speed(model, y, dy, args)
+
+
+@by_model({REDUCED: _reduced_speed, FULL: _full_speed, MSE_REDUCED: _mse_speed,
+           MSE_FULL: _mse_speed})
 def grad_norm_given(model, y, dy, args, work):
     """:func:`grad_norm` at ``y`` when its velocity ``dy`` is already known.
 
@@ -280,39 +331,38 @@ def grad_norm_given(model, y, dy, args, work):
     velocity at the current state). Reduced correlation: ``dy = (du, -(u.a) r)`` and
     ``||g||^2 = du^T A^-1 du + ((u.a) r)^2``; full: ``||g|| = ||dw/dt||``.
     """
-    if model >= MSE_REDUCED:
-        return mse_speed(model, y, dy, args)
-    if model == REDUCED:
-        k = args[1].shape[0]
-        return math.sqrt(_ainv_quadratic(args[1], dy) + dy[k] * dy[k])
-    return math.sqrt(_sum_of_squares(dy))
 
 
 @njit
+def _reduced_gd_map(model, y, args, lr, work, out):
+    k = args[0].shape[1]
+    ua = _reduced_direction(y, args, work)
+    g2 = _reduced_grad_norm2(y, args, work, ua)
+    # ||w + lr g||^2 = 1 + lr^2 ||g||^2 since g is tangent to the sphere at w.
+    norm = math.sqrt(1.0 + lr * lr * g2)
+    for j in range(k):
+        out[j] = (y[j] + lr * work[2 * k + j]) / norm
+    # w_perp is scaled by (1 - lr u.a) / norm; r stays a norm, hence the abs.
+    out[k] = y[k] * abs(1.0 - lr * ua) / norm
+
+
+@njit
+def _full_gd_map(model, y, args, lr, work, out):
+    d = y.size
+    _full_direction(y, args, work, out)
+    acc = 0.0
+    for i in range(d):
+        out[i] = y[i] + lr * out[i]
+        acc += out[i] * out[i]
+    norm = math.sqrt(acc)
+    for i in range(d):
+        out[i] /= norm
+
+
+@by_model({REDUCED: _reduced_gd_map, FULL: _full_gd_map, MSE_REDUCED: mse_gd_map,
+           MSE_FULL: mse_gd_map})
 def gd_map(model, y, args, lr, work, out):
     """One step of projected GD, ``w <- (w + lr g) / ||w + lr g||``, exact in either model."""
-    if model >= MSE_REDUCED:
-        mse_gd_map(model, y, args, lr, work, out)
-    elif model == REDUCED:
-        k = args[0].shape[1]
-        ua = _reduced_direction(y, args, work)
-        g2 = _reduced_grad_norm2(y, args, work, ua)
-        # ||w + lr g||^2 = 1 + lr^2 ||g||^2 since g is tangent to the sphere at w.
-        norm = math.sqrt(1.0 + lr * lr * g2)
-        for j in range(k):
-            out[j] = (y[j] + lr * work[2 * k + j]) / norm
-        # w_perp is scaled by (1 - lr u.a) / norm; r stays a norm, hence the abs.
-        out[k] = y[k] * abs(1.0 - lr * ua) / norm
-    else:
-        d = y.size
-        _full_direction(y, args, work, out)
-        acc = 0.0
-        for i in range(d):
-            out[i] = y[i] + lr * out[i]
-            acc += out[i] * out[i]
-        norm = math.sqrt(acc)
-        for i in range(d):
-            out[i] /= norm
 
 
 def reduced_args(gram: np.ndarray, c: np.ndarray) -> tuple:

@@ -43,7 +43,10 @@ from numba import prange
 from ._jit import jit as njit
 from .continuation import CONVERGENCE_RULES, finish, implicit_applies
 from .dynamics import (
+    FULL,
+    MSE_FULL,
     MSE_REDUCED,
+    REDUCED,
     escapes_to_converge,
     gd_map,
     grad_norm,
@@ -160,6 +163,14 @@ def _finish_snapshots(model, y, args, status, snaps, js, snap_out):
 
 
 @njit
+def _copy(src, dst):
+    # A loop, not ``dst[:] = src``: the slice assignment compiles numba's shape-mismatch
+    # error message (string formatting), seconds of compile time for every kernel.
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
+@njit
 def _all_finite(y):
     for i in range(y.size):
         if not math.isfinite(y[i]):
@@ -212,8 +223,10 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     need = escapes_to_converge(model, args)
     js = 0
     if not _all_finite(y):
-        _finish_snapshots(model, y, args, NON_FINITE, snaps, 0, snap_out)
-        y_out[:] = y
+        # Variables, not constants, as arguments: constants would compile a second copy.
+        status = NON_FINITE
+        _finish_snapshots(model, y, args, status, snaps, js, snap_out)
+        _copy(y, y_out)
         return 0.0, 0, NON_FINITE
     n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, 0.0)
     while js < snaps.size and snaps[js] <= 0.0:
@@ -336,7 +349,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
             last_rejected = False
         h = h_new
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
-    y_out[:] = y
+    _copy(y, y_out)
     return t, steps, status
 
 
@@ -384,7 +397,7 @@ def projected_gd(model, y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
             if n_escaped < t_esc.size:
                 n_escaped = _mark_escapes(model, y, args, work, threshold, t_esc, steps * lr)
     _finish_snapshots(model, y, args, status, snaps, js, snap_out)
-    y_out[:] = y
+    _copy(y, y_out)
     return steps * lr, steps, status
 
 
@@ -403,6 +416,76 @@ def _gd_batch(model, Y0, args, lr, t_max, max_steps, gtol, threshold, snaps,
     for b in prange(Y0.shape[0]):
         T[b], S[b], ST[b] = projected_gd(model, Y0[b], args, lr, t_max, max_steps, gtol,
                                          threshold, snaps, Y[b], U_t[b], TE[b])
+
+
+@njit
+def _flow(model, Y0, args, settings, out):
+    # Unpacked here, not in the parallel kernel: with the tuple unpacked inside the prange
+    # function (numba 0.68) the status array came back unwritten.
+    rtol, atol, t_max, max_steps, gtol, threshold, snaps, handover, stiff_handover = settings
+    Y, T, S, ST, TE, U_t = out
+    _flow_batch(model, Y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
+                Y, T, S, ST, TE, U_t, handover, stiff_handover)
+
+
+@njit
+def _gd(model, Y0, args, settings, out):
+    lr, t_max, max_steps, gtol, threshold, snaps = settings
+    Y, T, S, ST, TE, U_t = out
+    _gd_batch(model, Y0, args, lr, t_max, max_steps, gtol, threshold, snaps, Y, T, S, ST, TE,
+              U_t)
+
+
+# One entry kernel per (method, model): each passes its model as a compile-time constant, so
+# everything it calls is specialized to that model and no other model is compiled
+# (dispatch.py). A sweep compiles only the entries its points use. (The model must be passed
+# as a plain argument: packed into a tuple or star-arguments it would lose its constancy.)
+@njit
+def _flow_reduced(Y0, args, settings, out):
+    _flow(REDUCED, Y0, args, settings, out)
+
+
+@njit
+def _flow_full(Y0, args, settings, out):
+    _flow(FULL, Y0, args, settings, out)
+
+
+@njit
+def _flow_mse_reduced(Y0, args, settings, out):
+    _flow(MSE_REDUCED, Y0, args, settings, out)
+
+
+@njit
+def _flow_mse_full(Y0, args, settings, out):
+    _flow(MSE_FULL, Y0, args, settings, out)
+
+
+@njit
+def _gd_reduced(Y0, args, settings, out):
+    _gd(REDUCED, Y0, args, settings, out)
+
+
+@njit
+def _gd_full(Y0, args, settings, out):
+    _gd(FULL, Y0, args, settings, out)
+
+
+@njit
+def _gd_mse_reduced(Y0, args, settings, out):
+    _gd(MSE_REDUCED, Y0, args, settings, out)
+
+
+@njit
+def _gd_mse_full(Y0, args, settings, out):
+    _gd(MSE_FULL, Y0, args, settings, out)
+
+
+_ENTRIES = {
+    "flow": {REDUCED: _flow_reduced, FULL: _flow_full, MSE_REDUCED: _flow_mse_reduced,
+             MSE_FULL: _flow_mse_full},
+    "gd": {REDUCED: _gd_reduced, FULL: _gd_full, MSE_REDUCED: _gd_mse_reduced,
+           MSE_FULL: _gd_mse_full},
+}
 
 
 @dataclass
@@ -492,9 +575,12 @@ def solve(
                         observables(model, y0[b], args, U_t[b, j])
             else:
                 # Stiff phases are handed over only where the implicit method will take them.
-                _flow_batch(model, y0, args, tolerances.rtol, tolerances.atol, stop.t_max,
-                            stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
-                            Y, T, S, ST, TE, U_t, coupled, implicit)
+                # Fixed types, so that every call finds the same compiled kernel.
+                settings = (float(tolerances.rtol), float(tolerances.atol), float(stop.t_max),
+                            int(stop.max_steps), float(stop.gtol),
+                            float(observe.escape_threshold), snaps, bool(coupled),
+                            bool(implicit))
+                _ENTRIES["flow"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
             for b in np.flatnonzero(ST == HANDOVER):
                 Y[b], T[b], S[b], ST[b] = finish(
                     model, Y[b], T[b], int(S[b]), args, tolerances.rtol, tolerances.atol,
@@ -503,8 +589,9 @@ def solve(
         elif method == "gd":
             if lr is None or not lr > 0:
                 raise ValueError(f"method 'gd' needs a learning rate lr > 0, got {lr!r}")
-            _gd_batch(model, y0, args, float(lr), stop.t_max, stop.max_steps, stop.gtol,
-                      observe.escape_threshold, snaps, Y, T, S, ST, TE, U_t)
+            settings = (float(lr), float(stop.t_max), int(stop.max_steps), float(stop.gtol),
+                        float(observe.escape_threshold), snaps)
+            _ENTRIES["gd"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
         else:
             raise ValueError(f"method must be 'flow' or 'gd', got {method!r}")
     finally:

@@ -61,6 +61,7 @@ import math
 import numpy as np
 
 from ._jit import jit as njit
+from .dispatch import by_model
 
 MSE_REDUCED = 2
 MSE_FULL = 3
@@ -174,7 +175,7 @@ def _coupling(M, stride, Q, a, C, n, k, extra):
 
 
 @njit
-def _reduced_field(y, args, work, dy):
+def _reduced_field(model, y, args, work, dy):
     """``d xi_i/dt`` for the reduced state (rows ``xi_i = (M_i, z_i)``, see module doc)."""
     A, Ainv, _, extra = args
     k = A.shape[0]
@@ -244,7 +245,7 @@ def _full_overlaps(y, V, n, M):
 
 
 @njit
-def _full_field(y, args, work, dy):
+def _full_field(model, y, args, work, dy):
     """``dw_i/dt = 2 (V a_i - sum_l C_il w_l)`` for explicit ``W`` (n x d, row-major)."""
     V, _, _, extra = args
     d, k = V.shape
@@ -275,13 +276,9 @@ def _full_field(y, args, work, dy):
                 dy[r + x] -= c * y[l * d + x]
 
 
-@njit
+@by_model({MSE_REDUCED: _reduced_field, MSE_FULL: _full_field})
 def mse_vector_field(model, y, args, work, dy):
     """Write the MSE gradient-flow velocity of state ``y`` into ``dy``."""
-    if model == MSE_REDUCED:
-        _reduced_field(y, args, work, dy)
-    else:
-        _full_field(y, args, work, dy)
 
 
 @njit

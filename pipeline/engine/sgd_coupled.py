@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .sgd_kernels import chi2, hermite_series, normal
+from .sgd_kernels import chi2, hermite_series, normal, put
 from .status import NON_FINITE, SAMPLE_BUDGET
 
 
@@ -196,7 +196,7 @@ def _coupled_chain(b, U, Z, M0, states, L, Ainv, ssig, dsig, bsig, lr, batch, dk
                 if math.sqrt(norm) >= threshold:
                     esc[b, l] = steps
                     escaped[l] = True
-    U[b] = u
+    put(U[b], u)
     for l in range(n):
         for j in range(n):
             Z[b, l, j] = Zc[l, j] if j < m else 0.0
@@ -215,7 +215,7 @@ def coupled_chains(U, Z, M0, states, L, Ainv, ssig, dsig, bsig, lr, batch, dk, m
     ``dk = d - k``. ``esc[b, l]`` is neuron ``l``'s escape step (-1: never).
     """
     for b in prange(U.shape[0]):
-        _coupled_chain(b, U, Z, M0, states, L, Ainv, ssig, dsig, bsig, lr, batch, dk, mse,
+        _coupled_chain(np.int64(b), U, Z, M0, states, L, Ainv, ssig, dsig, bsig, lr, batch, dk, mse,
                        threshold, max_steps, snap_steps, esc, steps_out, status, u_t, m_out)
 
 
@@ -292,7 +292,7 @@ def _coupled_full(b, W, states, V, ssig, dsig, bsig, lr, batch, mse, threshold, 
         steps += 1
         if st == NON_FINITE:
             break
-    W[b] = w
+    put(W[b], w)
     steps_out[b] = steps
     status[b] = st
 
@@ -302,5 +302,5 @@ def coupled_full_chains(W, states, V, ssig, dsig, bsig, lr, batch, mse, threshol
                         snap_steps, esc, steps_out, status, u_t):
     """Explicit SGD of the n coupled neurons ``W[b]`` (n x d) in ``R^d``, for validation."""
     for b in prange(W.shape[0]):
-        _coupled_full(b, W, states, V, ssig, dsig, bsig, lr, batch, mse, threshold,
+        _coupled_full(np.int64(b), W, states, V, ssig, dsig, bsig, lr, batch, mse, threshold,
                       max_steps, snap_steps, esc, steps_out, status, u_t)

@@ -188,6 +188,16 @@ def _population_grad_norm(u, r, A, Ainv, c, a, du):
 
 
 @njit(inline="always")
+def put(dst, src):
+    """``dst[...] = src`` for C-contiguous arrays of one shape, as a loop: the slice
+    assignment would compile numba's shape-mismatch message (seconds per kernel)."""
+    d = dst.reshape(src.size)
+    s = src.reshape(src.size)
+    for i in range(src.size):
+        d[i] = s[i]
+
+
+@njit(inline="always")
 def _record(u_t, b, col, u):
     for j in range(u.size):
         u_t[b, col, j] = u[j]
@@ -292,7 +302,7 @@ def _reduced_chain(b, U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, ha
         while col < n_snap:
             _record(u_t, b, col, u)
             col += 1
-    U[b] = u
+    put(U[b], u)
     R[b] = r
     steps_out[b] = steps
     status[b] = st
@@ -310,8 +320,11 @@ def reduced_chains(U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, has_p
     earlier without converging).
     """
     for b in prange(U.shape[0]):
-        _reduced_chain(b, U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df, has_perp,
-                       threshold, gtol, max_steps, snap_steps, esc, steps_out, status, u_t)
+        # b as int64: the parallel lowering types the loop index as uint64, which would
+        # compile the chain a second time.
+        _reduced_chain(np.int64(b), U, R, states, L, A, Ainv, c, dsig, bsig, lr, batch, df,
+                       has_perp, threshold, gtol, max_steps, snap_steps, esc, steps_out, status,
+                       u_t)
 
 
 @njit
@@ -389,7 +402,7 @@ def _full_chain(b, W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, g
         while col < n_snap:
             _record(u_t, b, col, u)
             col += 1
-    W[b] = w
+    put(W[b], w)
     steps_out[b] = steps
     status[b] = st
 
@@ -411,5 +424,5 @@ def full_chains(W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol
     Same outputs and stopping rules as :func:`reduced_chains`; cost ``O(B d k)`` per step.
     """
     for b in prange(W.shape[0]):
-        _full_chain(b, W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol,
+        _full_chain(np.int64(b), W, states, V, A, Ainv, c, dsig, bsig, lr, batch, threshold, gtol,
                     max_steps, snap_steps, esc, steps_out, status, u_t)

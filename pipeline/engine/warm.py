@@ -1,10 +1,14 @@
 """Compiling the kernels a sweep needs, ahead of its blocks, and counting compilations.
 
-A sweep's points use a handful of compiled kernels, one per *kernel kind*
-``(loss, method, backend)``; the numbers of a point (``d``, ``k``, ``n``, activations,
-tolerances, frame) are all arrays and floats of fixed types, so they never select another
-compilation. :func:`warm` runs a tiny point of each kind, which compiles the kind's kernels
-into numba's on-disk cache (``_jit``: one cache per kernel-source digest) or loads them from
+A sweep's points run one compiled entry kernel per *kernel kind* ``(loss, method, backend)``
+(:data:`ENTRY_KERNELS`), and only the kinds a sweep uses are compiled: an entry kernel passes
+its model to everything it calls as a compile-time constant, so no other model's code is in it
+(``dispatch.py``); the MSE flow also runs the continuation stage's compiled helpers
+(``continuation.py``). The numbers of a point (``d``, ``k``, ``n``, activations, tolerances,
+frame) are all arrays and floats of fixed types, so they never select another compilation.
+
+:func:`warm` runs a tiny point of each kind, which compiles the kind's kernels into numba's
+on-disk cache (``_jit``: one cache per kernel-source digest) or loads them from
 it; every other process on the machine that uses the same cache directory then loads them
 in a fraction of a second instead of compiling them again (the driver arranges one
 :func:`warm` per machine, :mod:`pipeline.warmup`).
@@ -29,6 +33,22 @@ KIND_FIELDS = ("loss", "method", "backend")
 #: Every kernel kind (what an image built for any sweep compiles: ``cluster/Dockerfile``).
 ALL_KINDS = tuple((loss, method, backend) for loss in ("correlation", "mse")
                   for method in ("flow", "gd", "sgd") for backend in ("reduced", "full"))
+
+#: The entry kernel (``module.function`` of ``pipeline.engine``) each kind runs.
+ENTRY_KERNELS = {
+    ("correlation", "flow", "reduced"): "integrate._flow_reduced",
+    ("correlation", "flow", "full"): "integrate._flow_full",
+    ("correlation", "gd", "reduced"): "integrate._gd_reduced",
+    ("correlation", "gd", "full"): "integrate._gd_full",
+    ("correlation", "sgd", "reduced"): "sgd_kernels.reduced_chains",
+    ("correlation", "sgd", "full"): "sgd_kernels.full_chains",
+    ("mse", "flow", "reduced"): "integrate._flow_mse_reduced",
+    ("mse", "flow", "full"): "integrate._flow_mse_full",
+    ("mse", "gd", "reduced"): "integrate._gd_mse_reduced",
+    ("mse", "gd", "full"): "integrate._gd_mse_full",
+    ("mse", "sgd", "reduced"): "sgd_coupled.coupled_chains",
+    ("mse", "sgd", "full"): "sgd_coupled.coupled_full_chains",
+}
 
 
 def kernel_kind(point: Point) -> tuple[str, str, str]:
