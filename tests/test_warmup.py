@@ -41,8 +41,11 @@ def _misses() -> dict[str, int]:
 def test_cold_cache_sweep_compiles_each_kernel_once(tmp_path, monkeypatch):
     # Workers are spawned with this environment: their numba cache starts empty.
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
+    # 16 work units of one block each: plenty of tasks for both workers
     spec = parse_spec(tiny_spec("cold", seeds=8, block_seeds=2).replace(
-        "t_max = 1e6", "t_max = 1e6\nsnapshots = [0.5, 5.0]"), source="cold.toml")
+        "t_max = 1e6", "t_max = 1e6\nsnapshots = [0.5, 5.0]").replace(
+        "block_seeds = 2\n", "block_seeds = 2\nunit_points = 1\nunit_seeds = 2\n"),
+        source="cold.toml")
     assert sweep_kinds(spec) == [("correlation", "flow", "reduced")]
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            host="127.0.0.1", dashboard_address=":0",
@@ -61,7 +64,7 @@ def test_cold_cache_sweep_compiles_each_kernel_once(tmp_path, monkeypatch):
     assert "compiling kernels (once per machine, 1 machine): correlation/flow/reduced" in text
     assert "kernels compiled in" in text
     # The bar's final line says how long compilation took.
-    assert any(line.startswith("[###") and "16/16 blocks" in line
+    assert any(line.startswith("[###") and "16/16 work units" in line
                and "(kernels compiled in" in line for line in text.splitlines()), text
     workers = {r["worker"] for r in ledger.read_markers(StoreRef.parse(
         str(tmp_path / "cold.zarr"))).records.values()}
