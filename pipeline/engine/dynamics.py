@@ -23,6 +23,11 @@ integrator's own accuracy. (Carrying ``r`` rather than ``r^2`` matters: an absol
 trajectory, in exact overlap coordinates or explicitly in R^d) are implemented in ``mse.py``;
 every function here hands those model ids over to it.
 
+Every public function of a model, ``f(model, ...)``, is a ``dispatch.by_model`` function over
+one implementation per model: compiled code that passes a constant model compiles that
+model's implementation alone (``integrate.py``'s entry kernels do), a runtime model compiles
+a branch over all of them, and a Python call runs the model's implementation.
+
 The discrete projected GD of the paper's Figure 1, ``w <- (w + lr g) / ||w + lr g||``, is
 exact in the reduced coordinates too (``gd_map``).
 
