@@ -41,7 +41,7 @@ from . import _testhooks
 from .engine.params import RENAMED, json_plain
 from .engine.status import STORE_FLAGS
 from .errors import SpecError
-from .ledger import CREATING, INITIALIZED, StoreRef, put_json
+from .ledger import CREATING, INITIALIZED, StoreRef, get_json, put_json
 from .lock import LOCK
 
 if TYPE_CHECKING:
@@ -482,3 +482,77 @@ def _mask_blocks(ds: xr.Dataset, block_ids: dict[str, str], block_seeds: int) ->
     fills = {v.name: v.fill for v in VARIABLES}
     return ds.assign({name: ds[name].where(keep, fills[name]).astype(ds[name].dtype)
                       for name in ds.data_vars if name in fills})
+
+
+def extend_points(ref: StoreRef, spec: Spec, coords: dict[str, Sequence[Any]] | None = None
+                  ) -> bool:
+    """Grow the store at ``ref`` along ``point`` to the points of ``spec`` (an adaptive
+    sweep's later round: :mod:`sweeps.refine`); returns whether anything changed.
+
+    The store's points must be the first points of ``spec`` (same content hashes), or
+    :class:`SpecError` is raised and nothing is touched. Every ``(point, ...)`` array is
+    resized (the new points' data chunks stay unwritten: fill values, status -1), the
+    coordinates and masks along ``point`` are written for all points, ``coords`` (name ->
+    one value per point, e.g. the round that added each point) become coordinates along
+    ``point``, and the spec hash in the attributes and in ``initialized.json`` becomes
+    ``spec.hash``, last, so that an interrupted extension is done again whole by calling this
+    again (it is idempotent).
+    """
+    coords = dict(coords or {})
+    attrs = read_attrs(ref) or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # `_mimflow` is no zarr node
+        # Not the consolidated metadata: it is stale while an extension is under way.
+        group = zarr.open_group(_target(ref), mode="r+", zarr_format=3,
+                                use_consolidated=False)
+        return _extend(ref, spec, group, coords, attrs)
+
+
+def _extend(ref: StoreRef, spec: Spec, group: Any, coords: dict[str, Sequence[Any]],
+            attrs: dict[str, Any]) -> bool:
+    old, new = int(attrs.get("points", 0)), len(spec.points)
+    hashes = [str(h) for h in group["point_hash"][:old]]
+    if new < old or hashes != [p.point.hash for p in spec.points[:old]]:
+        raise SpecError("store", ref.url, f"a store whose {old} points are the first points "
+                        f"of {spec.name!r} after refinement", hint="its points differ; pass "
+                        "--overwrite to replace it or --store to write elsewhere")
+    init = get_json(ref, INITIALIZED) or {}
+    current = all(name in group and group[name].shape == (new,)
+                  and [_plain(v) for v in group[name][:]] == list(values)
+                  for name, values in coords.items())
+    if attrs.get("spec_hash") == spec.hash == init.get("spec_hash") and old == new and current:
+        return False
+    layout = Layout.for_spec(spec)
+    arrays = dict(group.arrays())
+    for arr in arrays.values():
+        dims = arr.metadata.dimension_names or ()
+        if dims[:1] == ("point",) and arr.shape[0] != new:
+            arr.resize((new, *arr.shape[1:]))
+    full = template(spec, layout, {})
+    data = {v.name for v in layout.variables}
+    for name, var in full.variables.items():
+        if name not in data and var.dims[:1] == ("point",):
+            arrays[name][...] = _writable(np.asarray(var.values))
+    for name, values in coords.items():
+        values = _writable(_coordinate(list(values)))
+        group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
+                           dimension_names=["point"], overwrite=True)[...] = values
+    for name in data:  # xarray reads an array as a coordinate when a variable names it
+        listed = str(group[name].attrs.get("coordinates", "")).split()
+        extra = [c for c in coords if c not in listed]
+        if extra:
+            group[name].attrs["coordinates"] = " ".join(listed + extra)
+    group.attrs.update({"points": new, "blocks": len(spec.blocks), "spec_hash": spec.hash})
+    consolidate(ref)
+    put_json(ref, INITIALIZED, {**init, "spec_hash": spec.hash})
+    return True
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _writable(values: np.ndarray) -> np.ndarray:
+    """Object arrays of text as numpy strings (what zarr's string arrays take)."""
+    return values.astype(np.dtypes.StringDType()) if values.dtype == object else values
+
