@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from scipy.stats import binom, binomtest
 
@@ -48,7 +49,7 @@ from sweeps.refine import (
 )
 from sweeps.spec import Spec
 
-from ._points import finished, point_params
+from ._points import finished, group_columns, iter_points, point_params
 from .bifurcation import at_average
 
 #: Level of the confidence intervals the decisions use.
@@ -247,3 +248,46 @@ def run_refined(spec: Spec, store: str, *, client: Any = None, scheduler: str | 
     out.write(summary_text(plan))
     return RefineReport(plan, report, rounds)
 
+
+
+def refinement_table(ds: xr.Dataset) -> pd.DataFrame | None:
+    """Per group of an adaptive sweep's store, the outcome the rule gives on the stored
+    results (status, bracket or values added, points, trajectories), derived again from the
+    data and the spec text in the store's attributes; ``None`` for any other store.
+
+    This is what ``analyze`` reports beside ``beta_f``: a group whose bracket is wider than
+    ``tol`` says why (``undecided`` at max seeds, ``non_monotone``, ``no_crossing``).
+    """
+    from sweeps.spec import parse_spec
+
+    text = ds.attrs.get("spec_text")
+    if not text or "refine_round" not in ds.coords:
+        return None
+    spec = parse_spec(text, source="the store's spec")
+    if spec.refine is None:
+        return None
+    rule = spec.refine.rule
+    estimator = ESTIMATORS[rule.statistic]
+    table = point_params(ds)
+    stats = [estimator(params, sub[["u", "status", "escape_time"]])
+             for params, sub in iter_points(ds, table)]
+    others = [name for name in spec.swept if name != rule.param]
+    added = np.asarray(ds["refine_round"].values) > 0
+    rows = []
+    keys = [c for c in group_columns(table, rule.param) if c in table.columns]
+    for key, grp in table.groupby(keys, dropna=False, sort=True):
+        grp = grp.sort_values(rule.param)
+        members = list(grp.index)
+        xs = grp[rule.param].tolist()
+        est = [stats[i] for i in members]
+        if rule.kind == "bisect":
+            d = bisect_step(rule, xs, est, members, spec.refine.max_seeds)
+        else:
+            d = densify_step(rule, xs, est, int(added[members].sum()))
+        labels = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        rows.append({**{k: labels[k] for k in others if k in labels}, "param": rule.param,
+                     "status": d.outcome["status"], "lo": d.outcome.get("lo"),
+                     "hi": d.outcome.get("hi"), "points": len(members),
+                     "added": int(added[members].sum()),
+                     "trajectories": sum(e.seeds for e in est)})
+    return pd.DataFrame(rows)

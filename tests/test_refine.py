@@ -13,6 +13,7 @@ import pytest
 
 from analysis.bifurcation import BifurcationPoint
 from analysis.refine import median_escape_time, wilson
+from analysis.tables import analyze
 from pipeline.store import open_results
 from sweeps.refine import Estimate, Rule, bisect_step, densify_step, midpoint
 from sweeps.spec import parse_spec
@@ -217,6 +218,8 @@ def test_bisection_on_k2_h3_brackets_beta_f_with_few_trajectories(tmp_path, sche
     assert ds.sizes["point"] == 3 + len(plan["added"])
     row = BifurcationPoint().fit(ds.load()).summary_.iloc[0]
     assert (row["beta_f_lo"], row["beta_f_hi"]) == (lo, hi)
+    (again,) = analyze(ds.load())["refinement"].to_dict("records")
+    assert (again["status"], again["lo"], again["hi"]) == ("bracketed", lo, hi)
     # each point records the round and the rule that created it
     assert list(ds["refine_round"].values[:3]) == [0, 0, 0]
     assert list(ds["refine_round"].values[3:]) == [a["round"] for a in plan["added"]]
