@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy.stats import binom, binomtest
+from scipy.stats import binom, norm
 
 from pipeline import ledger
 from pipeline import store as zstore
@@ -63,35 +63,40 @@ MATCH_THRESHOLD = 0.9
 
 
 def wilson(hits: int, total: int) -> Estimate:
-    """A fraction with its Wilson interval (no trajectory: an undecided NaN)."""
+    """A fraction with its Wilson score interval (as scipy's ``binomtest(...).proportion_ci(
+    method="wilson")``, in closed form: rounds call it for every point); no trajectory: an
+    undecided NaN."""
     if total == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
-    ci = binomtest(hits, total).proportion_ci(CONFIDENCE, "wilson")
-    return Estimate(hits / total, float(ci.low), float(ci.high), total)
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+    p, z2n = hits / total, z * z / total
+    center = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(p * (1 - p) / total + z2n / (4 * total)) / (1 + z2n)
+    return Estimate(p, max(center - half, 0.0), min(center + half, 1.0), total)
 
 
-def fraction_at_average(params: dict[str, Any], sub: xr.Dataset) -> Estimate:
-    """Fraction of neurons at the average point (as :class:`BifurcationPoint` counts them)."""
-    status = np.asarray(sub["status"].values)
-    hits = at_average(np.asarray(sub["u"].values, dtype=float), status, AVERAGE_TOL,
-                      finished(params, status))
+def fraction_at_average(params: dict[str, Any], u: np.ndarray, status: np.ndarray,
+                        escape_time: np.ndarray) -> Estimate:
+    """Fraction of neurons at the average point (as :class:`BifurcationPoint` counts them);
+    arrays ``(seed, neuron[, index])`` of one point."""
+    hits = at_average(u, status, AVERAGE_TOL, finished(params, status))
     return _with_seeds(wilson(int(hits.sum()), hits.size), status.shape[0])
 
 
-def fraction_learned(params: dict[str, Any], sub: xr.Dataset) -> Estimate:
+def fraction_learned(params: dict[str, Any], u: np.ndarray, status: np.ndarray,
+                     escape_time: np.ndarray) -> Estimate:
     """Fraction of trajectories in which every index vector is matched by a finished neuron
     (the complement of :class:`analysis.coupon.CouponCollector`'s failure)."""
-    u = np.asarray(sub["u"].values, dtype=float)
-    done = finished(params, sub["status"].values)
+    done = finished(params, status)
     learned = ((u >= MATCH_THRESHOLD) & done[..., None]).any(axis=1).all(axis=1)
     return wilson(int(learned.sum()), learned.size)
 
 
-def median_escape_time(params: dict[str, Any], sub: xr.Dataset) -> Estimate:
+def median_escape_time(params: dict[str, Any], u: np.ndarray, status: np.ndarray,
+                       escape_time: np.ndarray) -> Estimate:
     """Median escape time over neurons, a neuron that never escaped counting as +inf, with
     the distribution-free interval between two order statistics (binomial(n, 1/2))."""
-    t = np.sort(np.where(np.isnan(sub["escape_time"].values), np.inf,
-                         sub["escape_time"].values).ravel())
+    t = np.sort(np.where(np.isnan(escape_time), np.inf, escape_time).ravel())
     n = t.size
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
@@ -100,31 +105,37 @@ def median_escape_time(params: dict[str, Any], sub: xr.Dataset) -> Estimate:
     lo = t[j - 1] if j >= 1 else -math.inf
     hi = t[n - j] if j >= 1 else math.inf
     return _with_seeds(Estimate(float(np.median(t)), float(lo), float(hi), n),
-                       sub.sizes["seed"])
+                       escape_time.shape[0])
 
 
 def _with_seeds(e: Estimate, seeds: int) -> Estimate:
     return Estimate(e.value, e.lo, e.hi, seeds)
 
 
-#: The statistics rules may name (their names and meanings: ``sweeps.refine.STATISTICS``).
-ESTIMATORS: dict[str, Callable[[dict[str, Any], xr.Dataset], Estimate]] = {
+#: The statistics rules may name (their names and meanings: ``sweeps.refine.STATISTICS``):
+#: functions of a point's parameters and its ``u``, ``status`` and ``escape_time`` arrays.
+ESTIMATORS: dict[str, Callable[..., Estimate]] = {
     "fraction_at_average": fraction_at_average,
     "fraction_learned": fraction_learned,
     "median_escape_time": median_escape_time,
 }
 assert set(ESTIMATORS) == set(STATISTICS)
+VARIABLES = ("u", "status", "escape_time")
 
 
 def estimates(rs: RefinedSpec, ds: xr.Dataset) -> list[Estimate]:
     """The rule's statistic at every point of ``rs``, from its planned seeds in ``ds``."""
     estimator = ESTIMATORS[rs.refine.rule.statistic]
     table = point_params(ds)
+    # Read once, then slice numpy arrays point by point (``ds`` opened with chunks=None:
+    # through dask, a task per chunk, the reads would cost more than a round's compute).
+    data = ds[list(VARIABLES)].isel(seed=slice(0, max(rs.plan.seeds))).load()
+    arrays = {name: np.asarray(data[name].values) for name in VARIABLES}
     out = []
     for i, params in enumerate(table.to_dict("records")):
-        sub = ds.isel(point=i, seed=slice(0, rs.plan.seeds[i]),
-                      neuron=slice(0, int(params["n"])), index=slice(0, int(params["k"])))
-        out.append(estimator(params, sub[["u", "status", "escape_time"]].load()))
+        s, n, k = rs.plan.seeds[i], int(params["n"]), int(params["k"])
+        out.append(estimator(params, arrays["u"][i, :s, :n, :k],
+                             arrays["status"][i, :s, :n], arrays["escape_time"][i, :s, :n]))
     return out
 
 
@@ -240,7 +251,7 @@ def run_refined(spec: Spec, store: str, *, client: Any = None, scheduler: str | 
             _extend(ref, rs)  # records the provenance in a store the round just created
             if plan.done:
                 break
-            ds = zstore.open_results(store, storage_options=storage_options)
+            ds = zstore.open_results(store, storage_options=storage_options, chunks=None)
             plan = next_plan(rs, estimates(rs, ds))
             save_plan(ref, spec, plan)
             if plan.done:
@@ -269,7 +280,7 @@ def refinement_table(ds: xr.Dataset) -> pd.DataFrame | None:
     rule = spec.refine.rule
     estimator = ESTIMATORS[rule.statistic]
     table = point_params(ds)
-    stats = [estimator(params, sub[["u", "status", "escape_time"]])
+    stats = [estimator(params, *(np.asarray(sub[name].values) for name in VARIABLES))
              for params, sub in iter_points(ds, table)]
     others = [name for name in spec.swept if name != rule.param]
     added = np.asarray(ds["refine_round"].values) > 0

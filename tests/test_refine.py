@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from analysis.bifurcation import BifurcationPoint
 from analysis.refine import median_escape_time, wilson
@@ -176,18 +177,24 @@ def test_densify_splits_the_segment_where_the_statistic_jumps():
 def test_median_interval_covers_the_median_of_a_known_distribution():
     # Exponential(1) escape times: the median is log 2; the order-statistic interval covers
     # it in about 95% of samples (binomial truth), and a never-escaped neuron counts as inf.
-    import xarray as xr
-
     rng = np.random.default_rng(0)
     hits = 0
     for _ in range(400):
         t = rng.exponential(size=(25, 1))
-        e = median_escape_time({}, xr.Dataset({"escape_time": (("seed", "neuron"), t)}))
+        e = median_escape_time({}, None, None, t)
         hits += e.lo <= math.log(2) <= e.hi
     assert 0.93 * 400 <= hits <= 0.995 * 400
-    t = np.full((5, 1), np.nan)
-    e = median_escape_time({}, xr.Dataset({"escape_time": (("seed", "neuron"), t)}))
+    e = median_escape_time({}, None, None, np.full((5, 1), np.nan))
     assert e.value == math.inf
+
+
+@pytest.mark.parametrize(("hits", "total"), [(0, 4), (4, 4), (3, 4), (7, 16), (500, 1000)])
+def test_wilson_interval_is_scipys(hits, total):
+    ci = binomtest(hits, total).proportion_ci(0.95, "wilson")
+    e = wilson(hits, total)
+    assert (e.value, e.seeds) == (hits / total, total)
+    assert e.lo == pytest.approx(ci.low, abs=1e-12) and e.hi == pytest.approx(ci.high,
+                                                                               abs=1e-12)
 
 
 # --- rounds into one store -------------------------------------------------------------------
