@@ -425,8 +425,12 @@ def open_store(path: str, storage_options: dict | None = None
     return ref, attrs
 
 
+#: ``open_results``'s ``chunks`` when not given: xarray's own default (dask, the zarr chunks).
+_DEFAULT = object()
+
+
 def open_results(path: str, *, storage_options: dict | None = None,
-                 damaged: str = "raise", warn: Any = None, chunks: Any = "auto"
+                 damaged: str = "raise", warn: Any = None, chunks: Any = _DEFAULT
                  ) -> xr.Dataset:
     """Open a results store as a lazy (dask-backed) dataset.
 
@@ -461,7 +465,8 @@ def open_results(path: str, *, storage_options: dict | None = None,
         # a store whose run was interrupted is not consolidated yet: reading it is fine
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated",
                                 category=RuntimeWarning)
-        ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3, chunks=chunks)
+        ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3,
+                          **({} if chunks is _DEFAULT else {"chunks": chunks}))
     # Labels along `point` are small: load them, so that selecting never reads more arrays.
     labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]
     ds = ds.assign_coords({name: ds[name].load() for name in labels})

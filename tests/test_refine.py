@@ -299,3 +299,28 @@ d = {densify = "median_escape_time", points = 3, scale = "log"}
     # point, is in the upper decade
     assert values[0] == 3162
     assert open_results(store).sizes["point"] == 6
+
+
+def test_extend_points_grows_the_store_once_and_refuses_other_points(tmp_path):
+    from pipeline import store as zstore
+    from pipeline.errors import SpecError
+    from pipeline.ledger import StoreRef
+    from pipeline.preflight import store_attrs
+    from sweeps.refine import Added, Plan, RefinedSpec
+
+    spec = parse_spec(K2 + RULE)
+    ref = StoreRef.parse(str(tmp_path / "s.zarr"))
+    first = RefinedSpec(spec, Plan.first(spec))
+    zstore.create(ref, first, store_attrs(first))
+    grown = RefinedSpec(spec, Plan(1, (Added(0.18, 0, 1),), (4, 4, 4, 4)))
+    assert zstore.extend_points(ref, grown, grown.provenance())
+    assert not zstore.extend_points(ref, grown, grown.provenance())  # idempotent
+    ds = open_results(str(tmp_path / "s.zarr"))
+    assert ds.sizes == {**ds.sizes, "point": 4, "seed": 32}
+    assert list(ds["beta"].values) == [0.0, 0.36, 0.72, 0.18]
+    assert list(ds["refine_round"].values) == [0, 0, 0, 1]
+    assert (ds["status"].values == -1).all()  # nothing computed yet: all missing
+    other = RefinedSpec(spec, Plan(1, (Added(0.2, 0, 1),), (4, 4, 4, 4)))
+    with pytest.raises(SpecError, match="first points"):
+        zstore.extend_points(ref, RefinedSpec(parse_spec(K2.replace("0.72, 3", "0.7, 3")
+                                                         + RULE), other.plan))
