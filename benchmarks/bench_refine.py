@@ -7,7 +7,10 @@ beta grid at +-1e-2, in the same run, on the same LocalCluster.
   16 seeds per point, as the paper's beta-f-vs-k sweep ran before, one ``run_sweep``;
 * refined: the grid 0, 0.18, ..., 0.72 (5 values) with 4 seeds per point, then rounds of
   bisection to a bracket of width <= 1e-3 (undecided points get up to 32 seeds),
-  ``analysis.refine.run_refined``.
+  ``analysis.refine.run_refined``. Its bracket is the certain one (95% Wilson intervals on
+  both sides); where the fraction crosses 1/2 slowly, 32 seeds cannot place the points near
+  beta_f and the group ends ``undecided`` with a bracket wider than 1e-3. The dense grid's
+  bracket is ``BifurcationPoint``'s, from point estimates at 16 seeds.
 
 Both start after the cluster is up and the kernels are loaded. Reported: trajectories actually
 computed (status != -1 in the store), wall time, and per group both brackets and whether they
@@ -91,13 +94,14 @@ def main() -> None:
             report = run_refined(refined, str(tmp / "refined.zarr"), client=client, out=log)
             t_refined = time.perf_counter() - t0
         a = BifurcationPoint().fit(open_results(str(tmp / "dense.zarr")).load()).summary_
-        b = BifurcationPoint().fit(open_results(str(tmp / "refined.zarr")).load()).summary_
+        # The refinement's bracket is the certain one: the last beta where the fraction is
+        # surely below 1/2 and the first where it is surely above (95% Wilson intervals).
+        b = pd.DataFrame(report.plan.outcome).rename(
+            columns={"lo": "beta_f_lo_refined", "hi": "beta_f_hi_refined"})
         keys = ["teacher", "k"]
-        both = a[keys + ["p_star", "beta_c", "beta_f_lo", "beta_f_hi"]].merge(
-            b[keys + ["beta_f_lo", "beta_f_hi"]], on=keys, suffixes=("_dense", "_refined"))
-        status = {(r["teacher"], r["k"]): r["status"] for r in report.plan.outcome}
-        both["status"] = [status.get((t, k)) for t, k in zip(both["teacher"], both["k"],
-                                                              strict=True)]
+        both = a[keys + ["p_star", "beta_c", "beta_f_lo", "beta_f_hi"]].rename(
+            columns={"beta_f_lo": "beta_f_lo_dense", "beta_f_hi": "beta_f_hi_dense"}).merge(
+            b[keys + ["beta_f_lo_refined", "beta_f_hi_refined", "status"]], on=keys)
         # Both brackets hold beta_f, so they must overlap (the refined one may stick out of
         # the dense one by less than its width when beta_f sits on a dense grid value).
         both["consistent"] = (np.maximum(both["beta_f_lo_refined"], both["beta_f_lo_dense"])

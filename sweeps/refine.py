@@ -377,15 +377,23 @@ def midpoint(rule: Rule, a: Any, b: Any) -> Any:
     return float(f"{m:.12g}")
 
 
+def _wider(a: float, b: float, tol: float) -> bool:
+    """``b - a > tol``, up to rounding (0.3 - 0.299 is not wider than 1e-3)."""
+    return b - a > tol * (1 + 1e-9)
+
+
 def bisect_step(rule: Rule, xs: list[Any], estimates: list[Estimate], members: list[int],
                 max_seeds: int) -> Decision:
     """One bisection decision for one group (points ``members`` at values ``xs``, sorted).
 
     The condition is assumed to fail below the threshold value and hold above it. A point
     counts on one side only when its whole confidence interval does; an undecided point
-    inside the bracket gets more seeds (up to ``max_seeds``) and, still undecided then, stops
-    the group with status ``undecided`` and the bracket that is certain. A condition that
-    holds below a point where it fails stops it with status ``non_monotone``.
+    inside the bracket gets more seeds (up to ``max_seeds``); points still undecided then form
+    a zone where the threshold cannot be located at that seed count: the gaps between the
+    zone and the nearest decided points are bisected down to ``tol`` (status ``narrowing``),
+    then the group stops with status ``undecided`` and the bracket that is certain (wider
+    than ``tol``). A condition that holds below a point where it fails stops it with status
+    ``non_monotone``.
     """
     sides = [_side(rule, e) for e in estimates]
     holds = [i for i, s in enumerate(sides) if s == "holds"]
@@ -409,14 +417,25 @@ def bisect_step(rule: Rule, xs: list[Any], estimates: list[Estimate], members: l
         d.outcome["status"] = "adding_seeds"
         return d
     if list(between):
-        d.outcome.update(status="undecided", note="undecided at max_seeds at "
-                         + ", ".join(str(xs[i]) for i in between))
+        # The crossing lies in the zone of points that max_seeds cannot place on a side
+        # (the statistic is close to the threshold there); bisecting the gaps between the
+        # zone and the nearest decided points still narrows the certain bracket to it.
+        first_u, last_u = xs[between[0]], xs[between[-1]]
+        for a, b in ((lo, first_u), (last_u, hi)):
+            if a is not None and b is not None and _wider(a, b, rule.tol) \
+                    and (mid := midpoint(rule, a, b)) not in (a, b):
+                d.values.append(mid)
+        zone = ", ".join(str(xs[i]) for i in between)
+        if d.values:
+            d.outcome.update(status="narrowing", note=f"undecided at max_seeds at {zone}")
+        else:
+            d.outcome.update(status="undecided", note=f"undecided at max_seeds at {zone}")
         return d
     if lo is None or hi is None:
         d.outcome["status"] = "no_crossing"
         return d
     mid = midpoint(rule, lo, hi)
-    if hi - lo <= rule.tol or mid in (lo, hi):
+    if not _wider(lo, hi, rule.tol) or mid in (lo, hi):
         d.outcome["status"] = "bracketed"
         return d
     d.values = [mid]

@@ -145,9 +145,19 @@ def test_an_undecided_point_gets_seeds_then_is_flagged_with_the_certain_bracket(
     assert d.more_seeds == [11] and not d.values and d.outcome["status"] == "adding_seeds"
     est[1] = wilson(16, 32)
     d = bisect_step(rule, xs, est, [10, 11, 12], 32)
+    # at max seeds: the gaps on both sides of the undecided point are bisected
+    assert not d.more_seeds and d.values == [0.15, 0.45]
+    assert d.outcome["status"] == "narrowing"
+    xs, est = [0.0, 0.2995, 0.3, 0.3005], [wilson(0, 32), wilson(0, 32), wilson(16, 32),
+                                           wilson(32, 32)]
+    d = bisect_step(rule, xs, est, [10, 11, 12, 13], 32)
     assert not d.more_seeds and not d.values
-    assert d.outcome == {"lo": 0.0, "hi": 0.6, "status": "undecided",
+    assert d.outcome == {"lo": 0.2995, "hi": 0.3005, "status": "undecided",
                          "note": "undecided at max_seeds at 0.3"}
+    xs, est = [0.0, 0.299, 0.3, 0.3005], [wilson(0, 32), wilson(0, 32), wilson(16, 32),
+                                          wilson(32, 32)]
+    d = bisect_step(rule, xs, est, [10, 11, 12, 13], 32)
+    assert d.outcome["status"] == "undecided"  # 0.0015 wide, but each gap is within tol
 
 
 def test_a_non_monotone_condition_is_flagged_not_bracketed():
