@@ -116,22 +116,21 @@ def test_valid_rules_parse_and_the_seed_axis_is_max_seeds():
 
 # --- decisions -------------------------------------------------------------------------------
 
-def _step_estimates(xs, x_star, seeds):
-    """Fractions of a sharp threshold at x_star (0 below, 1 at and above), with the Wilson
-    intervals that many seeds give."""
-    return [wilson(seeds if x >= x_star else 0, seeds) for x in xs]
-
-
 @pytest.mark.parametrize("x_star", [0.05, 0.3333, 0.61, 0.7199])
 def test_bisection_of_a_sharp_threshold_brackets_it_within_tol(x_star):
+    # a sharp threshold at x_star: fraction 0 below, 1 at and above
     rule = Rule("beta", "bisect", "fraction_at_average", ">=", 0.5, tol=1e-3)
-    xs = [0.0, 0.36, 0.72]
+    seeds = {0.0: 4, 0.36: 4, 0.72: 4}
     for _ in range(40):
-        d = bisect_step(rule, xs, _step_estimates(xs, x_star, 4), list(range(len(xs))), 32)
-        if not d.values:
+        xs = sorted(seeds)
+        est = [wilson(seeds[x] if x >= x_star else 0, seeds[x]) for x in xs]
+        d = bisect_step(rule, xs, est, xs, 32)
+        if not d.values and not d.more_seeds:
             break
-        xs = sorted(xs + d.values)
+        seeds.update({x: 4 for x in d.values})
+        seeds.update({x: 32 for x in d.more_seeds})
     assert d.outcome["status"] == "bracketed"
+    assert seeds[d.outcome["lo"]] == seeds[d.outcome["hi"]] == 32  # both ends confirmed
     assert d.outcome["lo"] < x_star <= d.outcome["hi"]
     assert d.outcome["hi"] - d.outcome["lo"] <= 1e-3
     assert len(xs) <= 3 + math.ceil(math.log2(0.36 / 1e-3))
@@ -148,8 +147,11 @@ def test_an_undecided_point_gets_seeds_then_is_flagged_with_the_certain_bracket(
     # at max seeds: the gaps on both sides of the undecided point are bisected
     assert not d.more_seeds and d.values == [0.15, 0.45]
     assert d.outcome["status"] == "narrowing"
-    xs, est = [0.0, 0.2995, 0.3, 0.3005], [wilson(0, 32), wilson(0, 32), wilson(16, 32),
+    xs, est = [0.0, 0.2995, 0.3, 0.3005], [wilson(0, 32), wilson(0, 8), wilson(16, 32),
                                            wilson(32, 32)]
+    d = bisect_step(rule, xs, est, [10, 11, 12, 13], 32)
+    assert d.more_seeds == [11] and d.outcome["status"] == "confirming"
+    est[1] = wilson(0, 32)
     d = bisect_step(rule, xs, est, [10, 11, 12, 13], 32)
     assert not d.more_seeds and not d.values
     assert d.outcome == {"lo": 0.2995, "hi": 0.3005, "status": "undecided",
@@ -245,7 +247,7 @@ def test_bisection_on_k2_h3_brackets_beta_f_with_few_trajectories(tmp_path, sche
 
     code, text, _ = cli("status", refined)
     assert code == 0
-    n = len(plan["seeds"])
+    n = sum(plan["seeds"]) // 4  # blocks of 4 seeds
     assert f"blocks:    {n} of {n} done (100%) (planned by the refinement)" in text
     assert "bracketed" in text and "finished" in text and "missing:" not in text
 
