@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.engine.activations import dual_coefficients, get_activation, information_exponent
+from pipeline.engine.status import MISSING
 
 
 def as_points(ds: xr.Dataset) -> xr.Dataset:
@@ -75,15 +76,23 @@ def dual_c(params: dict[str, Any]) -> np.ndarray:
 
 def iter_points(ds: xr.Dataset, table: pd.DataFrame | None = None
                 ) -> Iterator[tuple[dict[str, Any], xr.Dataset]]:
-    """Yield ``(params, data)`` per point, ``data`` trimmed to the point's real n and k.
+    """Yield ``(params, data)`` per point, ``data`` trimmed to the point's real n and k and
+    to the seeds that were run.
 
-    ``table`` is ``point_params(ds)`` when the caller already has it (it is not re-parsed).
+    A seed whose every neuron has status -1 was never computed (an adaptive sweep runs only
+    some seed blocks of a point; a damaged block read with ``damaged="skip"``): it is left
+    out, so that fractions and medians count the trajectories that exist. ``table`` is
+    ``point_params(ds)`` when the caller already has it (it is not re-parsed).
     """
     ds = as_points(ds)
     table = point_params(ds) if table is None else table
     for i, params in enumerate(table.to_dict("records")):
         sub = ds.isel(point=i)
         sub = sub.isel(neuron=slice(0, int(params["n"])), index=slice(0, int(params["k"])))
+        if "status" in sub and "seed" in sub["status"].dims:
+            ran = (np.asarray(sub["status"].values) != MISSING).any(axis=-1)
+            if not ran.all():
+                sub = sub.isel(seed=np.flatnonzero(ran))
         yield params, sub
 
 

@@ -75,7 +75,23 @@ def register(sub: argparse._SubParsersAction) -> dict:
                          "LocalCluster)")
     rp.add_argument("--workers", metavar="N", type=positive,
                     help="worker processes of the embedded cluster (default: CPU count)")
-    return {"analyze": _analyze, "figures": _figures, "reproduce": _reproduce}
+    # `run` itself is pipeline's command; a spec with [refine] needs the rounds of
+    # analysis.refine, whose statistics come from the estimators here.
+    return {"analyze": _analyze, "figures": _figures, "reproduce": _reproduce, "run": _run}
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``mimflow run``: a spec with ``[refine]`` runs its rounds, any other spec a sweep."""
+    from pipeline import cli as pcli
+    from sweeps.spec import load_spec
+
+    from .refine import run_refined
+
+    spec = load_spec(args.spec)
+    if spec.refine is None:
+        return pcli._run(args, out, err)
+    report = run_refined(spec, **pcli.run_options(args, spec), out=err)
+    return pcli.run_exit_code(report)
 
 
 def _reading(args: argparse.Namespace, err: TextIO) -> dict:

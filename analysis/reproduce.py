@@ -57,6 +57,8 @@ def reproduce(out: Path, *, scheduler: str | None = None, workers: int | None = 
     from pipeline.execute import run_sweep
     from sweeps.spec import load_spec
 
+    from .refine import run_refined
+
     stream = stream if stream is not None else sys.stderr
     out = Path(out)
     (out / "stores").mkdir(parents=True, exist_ok=True)
@@ -69,8 +71,10 @@ def reproduce(out: Path, *, scheduler: str | None = None, workers: int | None = 
         for i, spec in enumerate(loaded, 1):
             stream.write(f"\n[{i}/{len(loaded)}] {spec.name}: {spec.description}\n")
             t0 = time.perf_counter()
-            report = run_sweep(spec, str(out / "stores" / f"{spec.name}.zarr"), client=client,
-                               out=stream)
+            # A spec with [refine] runs in rounds (analysis.refine), each an ordinary run.
+            run = run_sweep if spec.refine is None else run_refined
+            report = run(spec, str(out / "stores" / f"{spec.name}.zarr"), client=client,
+                         out=stream)
             timings[spec.name] = time.perf_counter() - t0
             if not report.ok:
                 failed.append(spec.name)

@@ -21,6 +21,7 @@ from .bifurcation import BifurcationPoint
 from .coupon import CouponCollector
 from .escape import EscapeScaling, SampleComplexity
 from .hessian import hessian_critical_beta
+from .refine import refinement_table
 from .theory import average_overlap, beta_c
 
 
@@ -103,6 +104,9 @@ def analyze(ds: xr.Dataset) -> dict[str, pd.DataFrame]:
     if "beta" in varies and (table["loss"] == "correlation").all():
         est = BifurcationPoint().fit(ds)
         tables["beta_f"], tables["beta_f_fractions"] = est.summary_, est.fractions_
+    refinement = refinement_table(ds)
+    if refinement is not None:
+        tables["refinement"] = refinement
     if varies & {"n", "gamma"} and (table["loss"] == "correlation").all():
         tables["coupon"] = CouponCollector().fit(ds).table_
     if (table["init"] == "uncollected").all() and (table["k"] >= 2).all():

@@ -327,10 +327,23 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from sweeps.spec import load_spec
 
-    from .cluster import tls_security
-    from .execute import DEFAULT_RETRIES, run_sweep
+    from .execute import run_sweep
 
     spec = load_spec(args.spec)
+    if spec.refine is not None:  # the analysis plugin takes `run` over for these
+        raise SpecError("refine", args.spec, "a spec without [refine] when the analysis "
+                        "command plugin is not installed (it runs the refinement rounds)",
+                        hint="install mimflow (pip install -e .)")
+    report = run_sweep(spec, **run_options(args, spec), out=err)
+    return run_exit_code(report)
+
+
+def run_options(args: argparse.Namespace, spec) -> dict:
+    """The keyword arguments of ``run_sweep`` that ``mimflow run``'s options give (checked:
+    a bad combination raises :class:`SpecError`)."""
+    from .cluster import tls_security
+    from .execute import DEFAULT_RETRIES
+
     if (args.scheduler or args.cluster) and args.workers:
         raise SpecError("--workers", args.workers, "unset with --scheduler or --cluster (that "
                         "cluster has its own workers)")
@@ -346,11 +359,15 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise SpecError("--store", args.store, "a location the workers can reach (a path or "
                         "an object-store URL)", hint="memory:// lives inside one process; "
                         "the workers, separate processes, would each see an empty one")
-    report = run_sweep(spec, args.store or f"{spec.name}.zarr", scheduler=args.scheduler,
-                       cluster=args.cluster, security=security, workers=args.workers,
-                       retries=DEFAULT_RETRIES if args.retries is None else args.retries,
-                       overwrite=args.overwrite,
-                       storage_options=storage_options(args.storage_option), out=err)
+    return {"store": args.store or f"{spec.name}.zarr", "scheduler": args.scheduler,
+            "cluster": args.cluster, "security": security, "workers": args.workers,
+            "retries": DEFAULT_RETRIES if args.retries is None else args.retries,
+            "overwrite": args.overwrite,
+            "storage_options": storage_options(args.storage_option)}
+
+
+def run_exit_code(report) -> int:
+    """The exit code of ``mimflow run`` after a run with this ``RunReport``."""
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_MISSING
@@ -385,6 +402,12 @@ def describe(spec, layout) -> str:
         "  variables:     " + ", ".join(v.name for v in layout.variables),
         "  fixed:         " + (", ".join(f"{k}={v}" for k, v in spec.fixed.items()) or "-"),
     ]
+    if spec.refine is not None:
+        r = spec.refine
+        lines.append(f"  refine:        {r.rule.describe()}; the grid first with {r.seeds} "
+                     f"seeds per point ({len(spec.points) * r.seeds} trajectories), then "
+                     f"rounds (at most {r.max_rounds}) of new points, and of more seeds (up "
+                     f"to {r.max_seeds}) where a point is undecided")
     for w in spec.warnings:
         lines.append(f"  warning ({w.category}, {len(w.points)} of {len(spec.points)} points): "
                      f"{w.message}")
@@ -450,6 +473,12 @@ def status_text(path: str, options: dict | None = None) -> str:
     points, seeds, size = attrs["points"], attrs["seeds"], attrs["block_seeds"]
     word = "unit" if "unit_points" in attrs else "block"
     ids = health.block_ids
+    missing = health.missing
+    plan = refine_plan(ref)
+    if plan is not None:  # an adaptive sweep runs only the planned seed blocks
+        planned = set(plan.block_ids(size))
+        ids = [i for i in ids if i in planned]
+        missing = [i for i in missing if i in planned]
     done = [i for i in ids if i in health.done] if not health.initialized else []
     counts: Counter = Counter()
     for i in done:
@@ -470,7 +499,8 @@ def status_text(path: str, options: dict | None = None) -> str:
         + (f", work units of {attrs['unit_points']} points x {attrs['unit_seeds']} seeds"
            if "unit_points" in attrs else " (layout 1: one chunk per block)"),
         f"{word + 's:':<10} {len(done)} of {len(ids)} done "
-        f"({100 * len(done) / max(len(ids), 1):.0f}%)",
+        f"({100 * len(done) / max(len(ids), 1):.0f}%)"
+        + (" (planned by the refinement)" if plan is not None else ""),
         "status:    " + ", ".join(f"{name} {counts.get(name, 0)}" for name in order)
         + f" (neurons in done {word}s)",
         f"created:   {attrs.get('created')}, git {attrs.get('git_revision')}",
@@ -481,7 +511,6 @@ def status_text(path: str, options: dict | None = None) -> str:
         last = runs[-1]
         lines.append(f"runs:      {len(runs)} (last {last.get('run')}: computed "
                      f"{len(last.get('computed', []))}, failed {len(last.get('failed', []))})")
-    missing = health.missing
     if missing:
         lines.append(f"missing:   {len(missing)} {word}s, e.g. " + ", ".join(missing[:5]))
     for problem in health.problems(limit=10):
@@ -496,7 +525,27 @@ def status_text(path: str, options: dict | None = None) -> str:
                      "(removed by the next run or `mimflow verify --repair`)")
     for w in json.loads(attrs.get("warnings", "[]")):
         lines.append(f"warning:   {w}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + refine_text(ref)
+
+
+def refine_plan(ref):
+    """The refinement plan (``sweeps.refine.Plan``) of an adaptive sweep's store, or
+    ``None`` for any other store."""
+    from sweeps.refine import Plan
+
+    from . import ledger
+
+    record = ledger.get_json(ref, ledger.REFINE)
+    return None if record is None else Plan.from_json(record)
+
+
+def refine_text(ref) -> str:
+    """The ``refine:`` lines of ``mimflow status`` for an adaptive sweep's store (rounds,
+    points added, per group the bracket and its status); empty for any other store."""
+    from sweeps.refine import summary_text
+
+    plan = refine_plan(ref)
+    return "" if plan is None else summary_text(plan)
 
 
 def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

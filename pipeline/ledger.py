@@ -30,6 +30,9 @@ INITIALIZED = f"{BOOK}/initialized.json"
 #: initialized): a store that holds it was being (re)created when its run was interrupted,
 #: so what is left there was already given up and may be created again.
 CREATING = f"{BOOK}/creating.json"
+#: The plan of an adaptive sweep: rounds, added points, seeds per point, outcome
+#: (``sweeps.refine.Plan``; written by ``analysis.refine``, read by ``mimflow status``).
+REFINE = f"{BOOK}/refine.json"
 #: Where ``mimflow verify --repair`` moves the markers of damaged blocks (kept, not deleted).
 SET_ASIDE = f"{BOOK}/damaged"
 

@@ -45,8 +45,7 @@ from . import _testhooks
 from .engine.params import RENAMED, json_plain
 from .engine.status import STORE_FLAGS
 from .errors import SpecError
-from .ledger import CREATING, INITIALIZED, StoreRef, put_json
-from .ledger import get_json as ledger_get_json
+from .ledger import CREATING, INITIALIZED, StoreRef, get_json, put_json
 from .lock import LOCK
 
 if TYPE_CHECKING:
@@ -131,6 +130,10 @@ class Layout:
     """Seeds per work unit (a multiple of ``block_seeds``; 0: ``block_seeds``)."""
     chunk_points: int = 1
     sharded: bool = False
+    planned: frozenset[str] | None = None
+    """Ids of the units a run computes, when not all of them: an adaptive sweep
+    (:mod:`sweeps.refine`) plans seed blocks round by round and leaves the others missing;
+    its units are single blocks (:func:`pipeline.units.plan`), so a unit id is a block id."""
 
     def __post_init__(self) -> None:
         if not self.unit_seeds:
@@ -150,8 +153,11 @@ class Layout:
                    times, tuple(v for v in VARIABLES if all(features[f] for f in v.when)))
         unit_points, unit_seeds = units.plan(spec, base.trajectory_nbytes())
         unit_seeds = -(-unit_seeds // spec.block_seeds) * spec.block_seeds  # whole blocks
+        planned = (frozenset(b.id for b in spec.blocks)
+                   if getattr(spec, "refine", None) is not None else None)
         return replace(base, unit_points=unit_points, unit_seeds=unit_seeds,
-                       chunk_points=base._chunk_points(unit_points), sharded=True)
+                       chunk_points=base._chunk_points(unit_points), sharded=True,
+                       planned=planned)
 
     @classmethod
     def for_store(cls, spec: Spec, attrs: dict[str, Any]) -> Layout:
@@ -209,13 +215,18 @@ class Layout:
         """The store's work units (:class:`pipeline.units.Unit`), in order."""
         from . import units
 
-        return units.tile(self.points, self.seeds, self.unit_points, self.unit_seeds)
+        tiles = units.tile(self.points, self.seeds, self.unit_points, self.unit_seeds)
+        if self.planned is None:
+            return tiles
+        return (u for u in tiles if u.id in self.planned)
 
     @property
     def n_units(self) -> int:
         """Number of work units (computed)."""
         from . import units
 
+        if self.planned is not None:
+            return len(self.planned)
         return units.count(self.points, self.seeds, self.unit_points, self.unit_seeds)
 
     def trajectory_nbytes(self) -> int:
@@ -358,48 +369,6 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any], *, layout: Layout |
                                 "store_id": uuid.uuid4().hex})
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(ref.path(CREATING, root))
-    return layout
-
-
-def extend_points(ref: StoreRef, spec: Spec, attrs: dict[str, Any]) -> Layout:
-    """Grow the store at ``ref`` (root attributes ``attrs``) along ``point`` to the points of
-    ``spec``, whose first points must be the store's own (same content hashes, same order);
-    returns the grown layout. Call it from a driver holding the store's run lock.
-
-    The data arrays are resized (metadata only: no stored shard changes), the coordinates,
-    masks and attributes along ``point`` are rewritten for all points, and
-    ``initialized.json`` names ``spec``'s hash, so ``run_sweep(spec, store)`` then resumes
-    the store: the new points fall into new work units, i.e. new shards. The unit shape
-    never changes; a last unit that held fewer points than a unit holds (the old edge)
-    now holds more, so its ledger record no longer covers it (:func:`ledger.covers`) and it
-    is computed again whole - the old points in it to the same bytes.
-    """
-    old_points = int(attrs["points"])
-    hashes = zarr.open_array(_target(ref), path="point_hash", mode="r")[:]
-    if len(spec.points) < old_points or \
-            [p.point.hash for p in spec.points[:old_points]] != list(hashes):
-        raise SpecError("spec", spec.source, f"a spec whose first {old_points} points are the "
-                        "store's own points, in the same order",
-                        hint="points may only be appended to a store")
-    layout = replace(Layout.for_store(spec, attrs), points=len(spec.points))
-    ds = template(spec, layout, {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)
-        group = zarr.open_group(_target(ref), mode="r+", zarr_format=3)
-        for var in layout.variables:
-            group[var.name].resize(layout.shape(var))
-        for name, values in {**ds.coords, **{n: ds[n] for n in ("neuron_mask",
-                                                                "index_mask")}}.items():
-            if values.dims[:1] == ("point",):
-                arr = group[name]
-                arr.resize(values.shape)
-                arr[...] = values.values
-        grown = {"spec_text": spec.text, "spec_hash": spec.hash, "spec_file": spec.source,
-                 "points": len(spec.points), "blocks": spec.n_blocks, **layout.attrs()}
-        group.attrs.update(grown)
-    init = ledger_get_json(ref, INITIALIZED) or {}
-    put_json(ref, INITIALIZED, {**init, "spec_hash": spec.hash})
-    consolidate(ref)
     return layout
 
 
@@ -593,8 +562,13 @@ def open_store(path: str, storage_options: dict | None = None
     return ref, attrs
 
 
+#: ``open_results``'s ``chunks`` when not given: xarray's own default (dask, the zarr chunks).
+_DEFAULT = object()
+
+
 def open_results(path: str, *, storage_options: dict | None = None,
-                 damaged: str = "raise", warn: Any = None) -> xr.Dataset:
+                 damaged: str = "raise", warn: Any = None, chunks: Any = _DEFAULT
+                 ) -> xr.Dataset:
     """Open a results store as a lazy (dask-backed) dataset.
 
     The ``point`` dimension is indexed by the parameters that identify a point (attribute
@@ -610,6 +584,8 @@ def open_results(path: str, *, storage_options: dict | None = None,
     ``damaged="raise"`` (default) they raise :class:`SpecError` naming them, with
     ``"skip"`` they read as missing (fill values, status -1) and ``warn`` (a callable taking
     text, default :func:`warnings.warn`) is told which; ``"ignore"`` does not look.
+    ``chunks`` is xarray's: ``None`` gives lazily indexed arrays without dask, which a
+    caller reading many small chunks at once in one process reads far faster.
     """
     if damaged not in ("raise", "skip", "ignore"):
         raise SpecError("damaged", damaged, "'raise', 'skip' or 'ignore'")
@@ -626,7 +602,8 @@ def open_results(path: str, *, storage_options: dict | None = None,
         # a store whose run was interrupted is not consolidated yet: reading it is fine
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated",
                                 category=RuntimeWarning)
-        ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3)
+        ds = xr.open_zarr(_target(ref), consolidated=None, zarr_format=3,
+                          **({} if chunks is _DEFAULT else {"chunks": chunks}))
     # Labels along `point` are small: load them, so that selecting never reads more arrays.
     labels = [name for name, c in ds.coords.items() if c.dims == ("point",)]
     ds = ds.assign_coords({name: ds[name].load() for name in labels})
@@ -660,3 +637,86 @@ def _mask_units(ds: xr.Dataset, unit_ids: dict[str, str], grid: tuple[int, int]
     fills = {v.name: v.fill for v in VARIABLES}
     return ds.assign({name: ds[name].where(keep, fills[name]).astype(ds[name].dtype)
                       for name in ds.data_vars if name in fills})
+
+
+def extend_points(ref: StoreRef, spec: Spec, coords: dict[str, Sequence[Any]] | None = None
+                  ) -> bool:
+    """Grow the store at ``ref`` along ``point`` to the points of ``spec`` (an adaptive
+    sweep's later round: :mod:`sweeps.refine`); returns whether anything changed. Call it
+    from a driver holding the store's run lock.
+
+    The store's points must be the first points of ``spec`` (same content hashes, same
+    order), or :class:`SpecError` is raised and nothing is touched. Every ``(point, ...)``
+    array is resized (metadata only: no stored shard changes; the new points read as fill
+    values, status -1), the coordinates and masks along ``point`` are written for all
+    points, ``coords`` (name -> one value per point, e.g. the round that added each point)
+    become coordinates along ``point``, and the spec hash in the attributes and in
+    ``initialized.json`` becomes ``spec.hash``, last, so that an interrupted extension is
+    done again whole by calling this again (it is idempotent).
+
+    ``run_sweep(spec, store)`` then resumes the store: the new points fall into new work
+    units, i.e. new shards. The unit shape never changes; a last unit that held fewer points
+    than a unit holds (the old edge) now holds more, so its ledger record no longer covers it
+    (:func:`ledger.covers`) and it is computed again whole - the old points in it to the same
+    bytes.
+    """
+    coords = dict(coords or {})
+    attrs = read_attrs(ref) or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # `_mimflow` is no zarr node
+        # Not the consolidated metadata: it is stale while an extension is under way.
+        group = zarr.open_group(_target(ref), mode="r+", zarr_format=3,
+                                use_consolidated=False)
+        return _extend(ref, spec, group, coords, attrs)
+
+
+def _extend(ref: StoreRef, spec: Spec, group: Any, coords: dict[str, Sequence[Any]],
+            attrs: dict[str, Any]) -> bool:
+    old, new = int(attrs.get("points", 0)), len(spec.points)
+    hashes = [str(h) for h in group["point_hash"][:old]]
+    if new < old or hashes != [p.point.hash for p in spec.points[:old]]:
+        raise SpecError("store", ref.url, f"a store whose {old} points are the first points "
+                        f"of {spec.name!r}, in the same order (points may only be appended)",
+                        hint="its points differ; pass --overwrite to replace it or --store "
+                        "to write elsewhere")
+    init = get_json(ref, INITIALIZED) or {}
+    current = all(name in group and group[name].shape == (new,)
+                  and [_plain(v) for v in group[name][:]] == list(values)
+                  for name, values in coords.items())
+    if attrs.get("spec_hash") == spec.hash == init.get("spec_hash") and old == new and current:
+        return False
+    layout = replace(Layout.for_store(spec, attrs), points=new)
+    arrays = dict(group.arrays())
+    for arr in arrays.values():
+        dims = arr.metadata.dimension_names or ()
+        if dims[:1] == ("point",) and arr.shape[0] != new:
+            arr.resize((new, *arr.shape[1:]))
+    full = template(spec, layout, {})
+    data = {v.name for v in layout.variables}
+    for name, var in full.variables.items():
+        if name not in data and var.dims[:1] == ("point",):
+            arrays[name][...] = _writable(np.asarray(var.values))
+    for name, values in coords.items():
+        values = _writable(_coordinate(list(values)))
+        group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
+                           dimension_names=["point"], overwrite=True)[...] = values
+    for name in data:  # xarray reads an array as a coordinate when a variable names it
+        listed = str(group[name].attrs.get("coordinates", "")).split()
+        extra = [c for c in coords if c not in listed]
+        if extra:
+            group[name].attrs["coordinates"] = " ".join(listed + extra)
+    group.attrs.update({"spec_text": spec.text, "spec_file": spec.source, "points": new,
+                        "blocks": len(spec.blocks), **layout.attrs(), "spec_hash": spec.hash})
+    consolidate(ref)
+    put_json(ref, INITIALIZED, {**init, "spec_hash": spec.hash})
+    return True
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _writable(values: np.ndarray) -> np.ndarray:
+    """Object arrays of text as numpy strings (what zarr's string arrays take)."""
+    return values.astype(np.dtypes.StringDType()) if values.dtype == object else values
+

@@ -85,8 +85,13 @@ def point_seconds(spec: Spec, seeds: int) -> float:
 def plan(spec: Spec, trajectory_bytes: int) -> tuple[int, int]:
     """``(unit_points, unit_seeds)`` for ``spec``: the spec's settings where given, else sized
     so that a unit holds about :data:`TARGET_SECONDS` of work and at most
-    :data:`UNIT_BYTES` of results (``trajectory_bytes``: one trajectory's results)."""
+    :data:`UNIT_BYTES` of results (``trajectory_bytes``: one trajectory's results); one
+    block for an adaptive sweep."""
     seeds, block = spec.seeds, spec.block_seeds
+    if getattr(spec, "refine", None) is not None:
+        # An adaptive sweep adds seed blocks to single points round by round: a unit of one
+        # block is the only shape whose shards a later round never has to rewrite.
+        return 1, block
     unit_seeds = spec.unit_seeds
     if unit_seeds is None:
         # As many whole blocks as the time and memory targets allow; all seeds if they fit.

@@ -44,10 +44,11 @@ from pipeline.engine.seeding import validate_root_seed
 from pipeline.engine.snapshots import default_snapshot_times, late_snapshots, validate_snapshots
 from pipeline.errors import SpecError
 
+from .refine import Refine, parse_refine
 from .values import expand_helper, is_helper, looks_like_helper
 
 TOP_LEVEL = ("name", "description", "seeds", "root_seed", "block_seeds", "unit_points",
-             "unit_seeds", "params", "grid", "zip", "observe")
+             "unit_seeds", "params", "grid", "zip", "observe", "refine")
 #: What ``[observe]`` accepts: the integration/observation settings and the snapshot grid.
 OBSERVE_KEYS = (*OBSERVE_PARAMS, "snapshots")
 DEFAULT_BLOCK_SEEDS = 1000
@@ -143,6 +144,9 @@ class Spec:
     automatically (:mod:`pipeline.units`)."""
     unit_seeds: int | None = None
     """Seeds per work unit, a multiple of ``block_seeds`` (or all seeds); ``None``: auto."""
+    refine: Refine | None = None
+    """The ``[refine]`` section (:mod:`sweeps.refine`); with it, ``seeds`` is the store's
+    seed axis (``refine.max_seeds``) and the first round runs ``refine.seeds`` of them."""
 
     @cached_property
     def blocks(self) -> tuple[Block, ...]:
@@ -188,7 +192,7 @@ class Spec:
         block size, snapshot times, every point's swept labels and content hash), not the
         description or the formatting of the file.
         """
-        return content_hash({
+        identity = {
             "name": self.name, "seeds": self.seeds, "root_seed": self.root_seed,
             "block_seeds": self.block_seeds, "swept": list(self.swept),
             "snapshots": None if self.snapshots is None else self.snapshots.tolist(),
@@ -196,7 +200,10 @@ class Spec:
             # Only when set: specs without them keep the hash (and stores) they had.
             **{k: v for k, v in (("unit_points", self.unit_points),
                                  ("unit_seeds", self.unit_seeds)) if v is not None},
-        })
+        }
+        if self.refine is not None:  # absent otherwise: the hashes of older stores stand
+            identity["refine"] = self.refine.identity()
+        return content_hash(identity)
 
     def describe_point(self, index: int) -> str:
         """``d=1000, k=2`` for a point (``the single point`` when nothing is swept)."""
@@ -318,11 +325,23 @@ def _parse(text: str, source: str) -> Spec:
     snapshots = _snapshots(snapshots_raw, t_max)
     spec_warnings = _check_activations(points, sections)
     spec_warnings += _ignored_settings(points, snapshots)
+    refine = None
+    if "refine" in raw:
+        for name in ("unit_points", "unit_seeds"):
+            if raw.get(name) is not None:
+                raise SpecError(name, raw[name], "not set in a spec with a [refine] section",
+                                hint="an adaptive sweep's work units are single blocks (a "
+                                "later round adds seed blocks to single points); remove "
+                                f"{name}")
+        refine = parse_refine(raw["refine"], grid=grid, swept=swept, seeds=seeds,
+                              block_seeds=block_seeds)
+        seeds = refine.max_seeds  # the store's seed axis; rounds fill it as they need
     return Spec(
         source=source, text=text, name=name, description=description, seeds=seeds,
         root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
         index=index, points=tuple(points), snapshots=snapshots,
         warnings=tuple(spec_warnings), unit_points=unit_points, unit_seeds=unit_seeds,
+        refine=refine,
     )
 
 

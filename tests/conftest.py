@@ -98,10 +98,11 @@ def scheduler():
 
 
 def interrupt_cli(argv: list[str], ready: Callable[[], bool], env: dict | None = None,
-                  poll: float = 0.05) -> tuple[int, str]:
+                  poll: float = 0.05, sig: int = signal.SIGINT) -> tuple[int, str]:
     """Start ``mimflow argv`` in a new process group, wait until ``ready()`` (or the process
-    ends), then send SIGINT to the whole group as a terminal's Ctrl-C does; returns (exit
-    code, combined output)."""
+    ends), then send SIGINT to the whole group as a terminal's Ctrl-C does (or ``sig``:
+    SIGKILL kills the driver and its embedded cluster with no chance to clean up); returns
+    (exit code, combined output)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -110,7 +111,7 @@ def interrupt_cli(argv: list[str], ready: Callable[[], bool], env: dict | None =
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None and not ready():
             time.sleep(poll)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

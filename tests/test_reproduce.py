@@ -24,6 +24,23 @@ init = "positive"
 [grid]
 beta = [0.2, 0.3, 0.4, 0.5]
 """,
+    "beta-f-vs-k": """
+name = "beta-f-vs-k"
+description = "tiny refined beta_f against k"
+seeds = 4
+block_seeds = 4
+[params]
+d = 200
+n = 1
+init = "positive"
+[grid]
+teacher = ["h3"]
+k = [2, 3]
+beta = {linspace = [0.0, 0.72, 3]}
+[refine]
+max_seeds = 8
+beta = {bisect = "fraction_at_average >= 0.5", tol = 1e-2}
+""",
     "coupon-collector": """
 name = "coupon-collector"
 description = "tiny coupon collector"
@@ -82,6 +99,12 @@ def test_reproduce_writes_stores_tables_figures_and_report(run):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
         assert (out / "figures" / f"{fig}.pdf").read_bytes()[:4] == b"%PDF"
     assert "![paper-fig2-bifurcation](figures/figure2.png)" in text
+    # The refined sweep: brackets within tol, with their status, in the report and tables.
+    refinement = pd.read_csv(out / "tables" / "beta-f-vs-k__refinement.csv")
+    assert list(refinement["status"]) == ["bracketed", "bracketed"]
+    assert ((refinement["hi"] - refinement["lo"]) <= 1e-2).all()
+    assert "| bracketed |" in text or "bracketed" in text.split("Beyond the paper: beta_f")[1]
+    assert (out / "figures" / "beta_f_vs_k.png").stat().st_size > 10_000
     # Online SGD: samples (never times) in their own table and figure.
     assert "Samples to escape against d" in text
     samples = pd.read_csv(out / "tables" / "sgd-sample-complexity__samples_summary.csv")
