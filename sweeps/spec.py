@@ -327,12 +327,12 @@ def _parse(text: str, source: str) -> Spec:
     spec_warnings += _ignored_settings(points, snapshots)
     refine = None
     if "refine" in raw:
-        for name in ("unit_points", "unit_seeds"):
-            if raw.get(name) is not None:
-                raise SpecError(name, raw[name], "not set in a spec with a [refine] section",
-                                hint="an adaptive sweep's work units are single blocks (a "
-                                "later round adds seed blocks to single points); remove "
-                                f"{name}")
+        for setting in ("unit_points", "unit_seeds"):
+            if raw.get(setting) is not None:
+                raise SpecError(setting, raw[setting], "not set in a spec with a [refine] "
+                                "section", hint="an adaptive sweep's work units are single "
+                                "blocks (a later round adds seed blocks to single points); "
+                                f"remove {setting}")
         refine = parse_refine(raw["refine"], grid=grid, swept=swept, seeds=seeds,
                               block_seeds=block_seeds)
         seeds = refine.max_seeds  # the store's seed axis; rounds fill it as they need

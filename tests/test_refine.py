@@ -97,6 +97,28 @@ def test_invalid_refine_rules_exit_2_naming_the_field(tmp_path, rule, field):
     assert "allowed is" in err
 
 
+@pytest.mark.parametrize("setting", ["unit_points = 2", "unit_seeds = 8"])
+def test_work_unit_settings_are_refused_in_a_refined_spec(tmp_path, setting):
+    """A later round adds seed blocks to single points, so a refined sweep's units are single
+    blocks (no shard is ever rewritten); a unit size in its spec is refused by name."""
+    path = _write(tmp_path, K2.replace("block_seeds = 4\n", f"block_seeds = 4\n{setting}\n")
+                  + RULE)
+    code, _, err = cli("validate", path)
+    assert code == 2, err
+    assert f"invalid {setting.split()[0]} = " in err and "[refine]" in err, err
+
+
+def test_a_refined_sweep_runs_only_its_planned_single_block_units():
+    from pipeline.store import Layout
+    from sweeps.refine import Plan, RefinedSpec
+
+    first = RefinedSpec(parse_spec(K2 + RULE), Plan.first(parse_spec(K2 + RULE)))
+    layout = Layout.for_spec(first)
+    assert layout.grid == (1, 4) and layout.seeds == 32
+    assert [u.id for u in layout.units()] == [b.id for b in first.blocks]
+    assert layout.n_units == len(first.blocks) == 3  # 4 of 32 seeds at each of 3 points
+
+
 def test_invalid_rule_is_refused_by_run_before_anything_is_written(tmp_path):
     path = _write(tmp_path, K2 + '[refine]\nbeta = {bisect = "x >= 0.5", tol = 1e-3}\n')
     code, _, err = cli("run", path, "--store", str(tmp_path / "s.zarr"))
@@ -248,7 +270,7 @@ def test_bisection_on_k2_h3_brackets_beta_f_with_few_trajectories(tmp_path, sche
     code, text, _ = cli("status", refined)
     assert code == 0
     n = sum(plan["seeds"]) // 4  # blocks of 4 seeds
-    assert f"blocks:    {n} of {n} done (100%) (planned by the refinement)" in text
+    assert f"units:     {n} of {n} done (100%) (planned by the refinement)" in text
     assert "bracketed" in text and "finished" in text and "missing:" not in text
 
     code, text, _ = cli("run", _write(tmp_path, K2 + RULE), "--store", refined,
