@@ -36,22 +36,11 @@ everywhere inside it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy.integrate import RK45, Radau
 
 from . import mse
 from ._jit import jit as njit
-from .dynamics import (
-    grad_norm,
-    observables,
-    overlap_norm,
-    settled,
-    vector_field,
-    work_size,
-)
-from .status import CONVERGED, MAX_STEPS, NON_FINITE, T_MAX
+from .dynamics import vector_field
 
 #: The window of the continuation check is ``[t_c, VERIFY_FACTOR t_c]``.
 VERIFY_FACTOR = 10.0
@@ -134,114 +123,3 @@ def field_scale(model, y, args, work):
     for x in range(y.size):
         y_max = max(y_max, abs(y[x]))
     return 2.0 * (c_row * y_max + a_max * k)
-
-
-def _summary(model, y: np.ndarray, args: tuple) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(loss, M, Q)`` of one coupled state."""
-    n = mse.mse_n_neurons(args)
-    k = args[0].shape[1]
-    if model == mse.MSE_REDUCED:
-        Q, M = mse.gram_from_reduced(y, args[0], n)
-    else:
-        W = y.reshape(n, -1)
-        Q, M = W @ W.T, W @ args[0]
-    return float(mse.mse_loss(model, y, args)), M.reshape(n, k), Q
-
-
-def _moved(a, b) -> bool:
-    return (abs(a[0] - b[0]) > VERIFY_LOSS_TOL
-            or float(np.max(np.abs(a[1] - b[1]))) > VERIFY_OVERLAP_TOL
-            or float(np.max(np.abs(a[2] - b[2]))) > VERIFY_OVERLAP_TOL)
-
-
-def implicit_applies(y: np.ndarray) -> bool:
-    """Whether the implicit method is used for a state of this size."""
-    return y.size <= IMPLICIT_MAX_SIZE
-
-
-def finish(model, y0, t0, steps, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-           snap_out, t_esc, implicit=True):
-    """Continue one coupled trajectory from ``(t0, y0)`` until the convergence rule of the
-    module docstring decides, or ``t_max`` / ``max_steps`` / a failure ends it.
-
-    ``steps`` counts the accepted steps so far, ``t_esc`` (updated in place) the escape times
-    so far; ``snap_out`` rows for snapshot times > ``t0`` are written here. Returns
-    ``(y, t, steps, status)``. ``implicit``: Radau IIA (5) with a dense Jacobian, else
-    Dormand-Prince 5(4) (scipy's), for states too large to factorize.
-    """
-    work = np.empty(work_size(model, args))
-    y = np.array(y0, dtype=np.float64)
-    t = float(t0)
-    js = int(np.searchsorted(snaps, t, side="right"))
-
-    def fun(_t, x):
-        return field(model, x, args, work)
-
-    def candidate(x):
-        return (bool(np.any(~np.isnan(t_esc))) and grad_norm(model, x, args, work) < gtol
-                and settled(model, x, args, work, threshold))
-
-    status = None
-    window = None  # (end time, summary at its start)
-    solver = None
-    while status is None:
-        if candidate(y):
-            if window is None:
-                window = (VERIFY_FACTOR * t, _summary(model, y, args))
-            elif t >= window[0]:
-                now = _summary(model, y, args)
-                if not _moved(now, window[1]):
-                    status = CONVERGED
-                    break
-                window = (VERIFY_FACTOR * t, now)
-        else:
-            window = None
-        if t >= t_max:
-            status = T_MAX
-            break
-        if steps >= max_steps:
-            status = MAX_STEPS
-            break
-        if solver is None:
-            if implicit:
-                solver = Radau(fun, t, y, t_max, rtol=rtol, atol=atol,
-                               jac=lambda _t, x: jacobian(model, x, args, work))
-            else:
-                solver = RK45(fun, t, y, t_max, rtol=rtol, atol=atol)
-        # The field is computed with round-off ~ eps * (its largest cancelling terms), so no
-        # step of length h can be more accurate than h times that: without this floor the
-        # error of a state at rest is pure round-off and the implicit method, whose steps are
-        # not stability-limited, grows h until the round-off fails the test, then oscillates.
-        solver.atol = atol + ROUNDOFF_SAFETY * EPS * solver.h_abs * field_scale(
-            model, y, args, work)
-        solver.step()
-        if solver.status == "failed" or not np.all(np.isfinite(solver.y)):
-            status = NON_FINITE
-            break
-        steps += 1
-        t_old, t = t, float(solver.t)
-        y = np.array(solver.y)
-        sol = None
-        for e in range(t_esc.size):
-            if math.isnan(t_esc[e]) and overlap_norm(model, y, args, work, e) >= threshold:
-                sol = sol or solver.dense_output()
-                lo, hi = t_old, t
-                for _ in range(200):  # bisection on the dense output, to round-off in t
-                    mid = 0.5 * (lo + hi)
-                    if mid <= lo or mid >= hi:
-                        break
-                    if overlap_norm(model, sol(mid), args, work, e) >= threshold:
-                        hi = mid
-                    else:
-                        lo = mid
-                t_esc[e] = hi
-        while js < snaps.size and snaps[js] <= t:
-            sol = sol or solver.dense_output()
-            observables(model, np.ascontiguousarray(sol(snaps[js])), args, snap_out[js])
-            js += 1
-    for j in range(js, snaps.size):
-        if status == CONVERGED:
-            observables(model, y, args, snap_out[j])
-        else:
-            snap_out[j, :] = np.nan
-    return y, t, steps, status

@@ -41,7 +41,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .continuation import CONVERGENCE_RULES, finish, implicit_applies
+from .continuation import CONVERGENCE_RULES
 from .dynamics import (
     MSE_REDUCED,
     escapes_to_converge,
@@ -477,7 +477,9 @@ def solve(
     TE = np.empty((B, neurons))
     U_t = np.empty((B, snaps.size, observables_size(model, args)))
     coupled = method == "flow" and model >= MSE_REDUCED
-    implicit = coupled and integrator != "explicit" and B > 0 and implicit_applies(y0[0])
+    # stiff.py steps with this module's Dormand-Prince tableau: imported here, not above.
+    from . import stiff
+    implicit = coupled and integrator != "explicit" and B > 0 and stiff.implicit_applies(y0[0])
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:
@@ -491,15 +493,17 @@ def solve(
                     for j in np.flatnonzero(snaps <= 0.0):
                         observables(model, y0[b], args, U_t[b, j])
             else:
-                # Stiff phases are handed over only where the implicit method will take them.
+                # Stiff phases are handed over only where Rosenbrock steps will take them.
                 _flow_batch(model, y0, args, tolerances.rtol, tolerances.atol, stop.t_max,
                             stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
                             Y, T, S, ST, TE, U_t, coupled, implicit)
-            for b in np.flatnonzero(ST == HANDOVER):
-                Y[b], T[b], S[b], ST[b] = finish(
-                    model, Y[b], T[b], int(S[b]), args, tolerances.rtol, tolerances.atol,
-                    stop.t_max, stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
-                    U_t[b], TE[b], implicit=implicit)
+            rows = np.flatnonzero(ST == HANDOVER)
+            if rows.size:
+                mode = (stiff.ROSENBROCK if integrator == "implicit" and implicit
+                        else stiff.SWITCHING if implicit else stiff.EXPLICIT)
+                stiff.finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, tolerances.rtol,
+                                   tolerances.atol, stop.t_max, stop.max_steps, stop.gtol,
+                                   observe.escape_threshold, snaps, mode)
         elif method == "gd":
             if lr is None or not lr > 0:
                 raise ValueError(f"method 'gd' needs a learning rate lr > 0, got {lr!r}")
