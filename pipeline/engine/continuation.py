@@ -1,11 +1,8 @@
-"""Coupled (MSE) trajectories after the explicit kernel: stiff phases and verified convergence.
+"""The convergence rule of coupled (MSE) trajectories, and the constants of its stage.
 
-Why a second stage. In the MSE flow, once some neurons have converged they relax on an O(1)
-time scale (eigenvalues of the Jacobian ~ -1) while the neurons still at the initial saddle,
-at overlaps ~ d^-1/2, move on the rescaled time scale ~ d^((p*-2)/2). An explicit method is
-then stability-limited to steps ~ 1 and needs ~ d^((p*-2)/2) of them; an L-stable implicit
-method (Radau IIA, order 5) takes steps limited by accuracy alone, i.e. ~ the slow time scale
-itself, so its step count no longer grows with d.
+The stage that applies it (and takes the stiff phases) is ``stiff.py``; this module holds the
+rule, its tolerances, the round-off scale of the field and a difference Jacobian (the full-d
+model's; the reduced model's is in closed form, ``stiff.reduced_jacobian``).
 
 The convergence rule (``CONVERGENCE_RULES["mse"]``). A small gradient is no proof of rest in a
 coupled system: neurons at the d^-1/2 scale have gradients ~ d^-(p*-1)/2, far below any
@@ -19,10 +16,11 @@ every d. The rule:
 1. candidate at ``t_c``: at least one neuron has escaped, the spherical gradient norm is below
    ``gtol`` and no neuron that has neither escaped nor aligned with another one has growing
    overlaps (``dynamics.settled``, the linear growth test);
-2. continue the flow to ``t >= VERIFY_FACTOR t_c`` (cheap with the implicit method: the state
+2. continue the flow to ``t >= VERIFY_FACTOR t_c`` (cheap with Rosenbrock steps: the state
    is at rest up to slow modes); the candidate is confirmed when the candidate test still
    holds there, the loss has changed by at most ``VERIFY_LOSS_TOL`` and no overlap ``M_ij``
-   or Gram entry ``Q_il`` by more than ``VERIFY_OVERLAP_TOL``. The trajectory then ends at the
+   or Gram entry ``Q_il`` by more than ``VERIFY_OVERLAP_TOL``, and none above ``VERIFY_FLOOR``
+   grew in magnitude by more than ``VERIFY_GROWTH`` (relative). The trajectory then ends at the
    end of the window with status 0;
 3. otherwise the state moved: the window restarts from the current time (a slowly relaxing
    configuration, e.g. surplus neurons decaying towards orthogonality like t^-1/2, is accepted
@@ -48,10 +46,16 @@ VERIFY_FACTOR = 10.0
 VERIFY_LOSS_TOL = 1e-7
 #: Largest change of any overlap ``M_ij`` or Gram entry ``Q_il`` within a confirmed window.
 VERIFY_OVERLAP_TOL = 1e-5
+#: ... and no overlap above ``VERIFY_FLOOR`` may have grown in magnitude by more than the
+#: factor ``1 + VERIFY_GROWTH``: at d = 1e12 the components that start an escape are ~1e-6,
+#: below any absolute tolerance, and grow slowly (polynomially for p* >= 3) at first. A
+#: component that will escape by ``10 VERIFY_FACTOR t_c`` grows by >= ~10 % in the window.
+VERIFY_GROWTH = 0.05
+VERIFY_FLOOR = 1e-8
 #: Round-off floor of the absolute tolerance in units of ``eps * h * field_scale``.
 ROUNDOFF_SAFETY = 10.0
 EPS = float(np.finfo(float).eps)
-#: Largest state for the implicit method (it factorizes a dense Jacobian of this size).
+#: Largest state that takes Rosenbrock steps (they factorize a dense Jacobian of this size).
 IMPLICIT_MAX_SIZE = 1000
 
 CONVERGENCE_RULES = {
@@ -60,7 +64,8 @@ CONVERGENCE_RULES = {
     "mse": (f"continuation check: gradient norm < gtol after the first escape with no "
             f"growing overlap of an unescaped neuron at t_c, confirmed by continuing the flow "
             f"to {VERIFY_FACTOR:g} t_c with loss change <= {VERIFY_LOSS_TOL:g} and every "
-            f"overlap M and Gram entry Q changing by <= {VERIFY_OVERLAP_TOL:g}; the stop is "
+            f"overlap M and Gram entry Q changing by <= {VERIFY_OVERLAP_TOL:g} and none above "
+            f"{VERIFY_FLOOR:g} growing in magnitude by > {100 * VERIFY_GROWTH:g}%; the stop is "
             f"at the end of that window (status 1/2 if t_max/max_steps comes first)"),
     "gd": "gradient norm < gtol after the first escape, with no growing overlap of an "
           "unescaped neuron (no continuation check)",
@@ -80,8 +85,8 @@ def field(model, y, args, work):
 
 @njit
 def jacobian(model, y, args, work):
-    """Forward-difference Jacobian of the vector field (only Newton's iteration uses it, so
-    its ~sqrt(eps) error costs iterations, never accuracy)."""
+    """Forward-difference Jacobian of the vector field (``MSE_FULL``'s, at small d only: its
+    ~sqrt(eps) relative error is far below the tolerances there)."""
     N = y.size
     f0 = np.empty(N)
     f1 = np.empty(N)

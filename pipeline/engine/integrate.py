@@ -20,9 +20,9 @@ Stopping, checked after every accepted step:
   ``dynamics.escapes_to_converge`` and ``dynamics.settled``: every neuron for the
   correlation loss; for the MSE loss, whose coupled neurons need not all reach the threshold,
   at least one neuron and no other neuron still leaving the saddle. For the MSE flow this
-  is only a candidate: the kernel hands the trajectory to ``continuation.finish``, which
+  is only a candidate: the kernel hands the trajectory to ``stiff.finish``, which
   continues the flow to ten times the candidate's time and gives status 0 only if nothing
-  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Radau IIA);
+  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Rosenbrock);
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
 * status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
   is flagged and its batch goes on.
@@ -189,7 +189,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
 
     With ``handover`` (the MSE models) the kernel never declares convergence itself: when the
     gradient test first passes, or (with ``stiff_handover``) when the step size has become
-    stability-limited (stiff), it stops with status ``HANDOVER``, and ``continuation.finish``
+    stability-limited (stiff), it stops with status ``HANDOVER``, and ``stiff.finish``
     takes over from ``y_out`` at ``t_final``, with the snapshots taken so far (those at
     times <= ``t_final``).
     """
@@ -455,9 +455,10 @@ def solve(
         Worker threads for the batch (default: all of numba's); results do not depend on it.
     integrator:
         MSE flow only (the correlation flow is never stiff). ``"auto"``: Dormand-Prince until
-        the first convergence candidate or a stiff phase, then Radau IIA (``continuation.py``,
-        which also runs the continuation check of the convergence rule); ``"explicit"``:
-        Dormand-Prince throughout (the check included); ``"implicit"``: Radau from t = 0.
+        the first convergence candidate or a stiff phase, then the compiled stage of
+        ``stiff.py`` (Rosenbrock where stiff, Dormand-Prince where not; it also runs the
+        continuation check of the convergence rule); ``"explicit"``: Dormand-Prince
+        throughout (the check included); ``"implicit"``: Rosenbrock steps only, from t = 0.
         States too large for a dense Jacobian (the full-d backend beyond a few hundred
         numbers) always continue explicitly.
     """

@@ -46,6 +46,8 @@ from .continuation import (
     IMPLICIT_MAX_SIZE,
     ROUNDOFF_SAFETY,
     VERIFY_FACTOR,
+    VERIFY_FLOOR,
+    VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
     VERIFY_OVERLAP_TOL,
     field_scale,
@@ -374,14 +376,22 @@ def _summary(model, y, args, M, Q):
 
 
 @njit
+def _changed(x0, x1):
+    """Whether an overlap moved by more than ``VERIFY_OVERLAP_TOL``, or grew in magnitude by
+    more than the factor ``1 + VERIFY_GROWTH`` from above ``VERIFY_FLOOR``."""
+    return abs(x1 - x0) > VERIFY_OVERLAP_TOL or (
+        abs(x1) > VERIFY_FLOOR and abs(x1) > (1.0 + VERIFY_GROWTH) * abs(x0))
+
+
+@njit
 def _moved(loss0, M0, Q0, loss1, M1, Q1):
     if abs(loss1 - loss0) > VERIFY_LOSS_TOL:
         return True
     for x in range(M0.size):
-        if abs(M1[x] - M0[x]) > VERIFY_OVERLAP_TOL:
+        if _changed(M0[x], M1[x]):
             return True
     for x in range(Q0.size):
-        if abs(Q1[x] - Q0[x]) > VERIFY_OVERLAP_TOL:
+        if _changed(Q0[x], Q1[x]):
             return True
     return False
 
