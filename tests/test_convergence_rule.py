@@ -38,7 +38,7 @@ def _reduced_state(q: np.ndarray, u: np.ndarray, n: int, d: float) -> np.ndarray
 
 
 def _continue(teacher: str, n: int, d: float, ds, factor: float = 10.0,
-              engine: str = "scipy"):
+              engine: str = "scipy", t_max: float | None = None):
     """For every status-0 seed: the largest change of the loss and of any overlap when the
     flow goes on from the final state for ``factor`` times the elapsed time (or to t_max).
 
@@ -47,7 +47,7 @@ def _continue(teacher: str, n: int, d: float, ds, factor: float = 10.0,
     a = get_activation(teacher).coefficients
     args = mse.reduced_args(np.eye(K), a, a, n, orthogonal_rank(n, int(d), K))
     work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
-    t_max = resolve_point({"teacher": teacher, "d": d, "k": K}).t_max
+    t_max = t_max or resolve_point({"teacher": teacher, "d": d, "k": K}).t_max
     out = []
     for s in range(ds.sizes["seed"]):
         if int(ds.status[s, 0]) != CONVERGED:
@@ -87,7 +87,8 @@ def test_no_false_convergence(teacher, n, d):
     """Status 0 is a state the flow does not leave: continuing it for 10x its elapsed time
     moves the loss by < 1e-6 and no overlap by > 1e-4."""
     ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse"}, 4)
-    checked = _continue(teacher, n, d, ds)
+    # scipy's Radau is Python-driven: at d = 1e5 (windows to t ~ 1e6) the compiled flow.
+    checked = _continue(teacher, n, d, ds, engine="scipy" if d <= 1e3 else "mimflow")
     for s, dloss, du in checked:
         assert dloss < 1e-6, (s, dloss)
         assert du < 1e-4, (s, du)
@@ -137,9 +138,11 @@ def test_stiff_phase_steps_do_not_grow_with_d():
     assert steps[1e7] <= 4 * steps[1e3]
 
 
-def _check_grid_point(teacher, n, d, seeds):
-    ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse"}, seeds)
-    checked = _continue(teacher, n, d, ds, engine="mimflow")
+def _check_grid_point(teacher, n, d, seeds, t_max=1e16):
+    # h4's escapes take t ~ d: at d = 1e12 the default t_max (1e12) ends every seed at status 1.
+    point = {"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse", "t_max": t_max}
+    ds = pipeline.simulate(point, seeds)
+    checked = _continue(teacher, n, d, ds, engine="mimflow", t_max=t_max)
     for s, dloss, du in checked:
         assert dloss < 1e-6, (s, dloss)
         assert du < 1e-4, (s, du)
