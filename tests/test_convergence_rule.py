@@ -212,8 +212,8 @@ def test_outcome_does_not_depend_on_d(teacher):
     within binomial noise (a two-sided 3-sigma band around the pooled fraction)."""
     fractions = []
     for d in (1e6, 1e9, 1e12):
-        ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": 10, "loss": "mse"},
-                               16)
+        ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": 10, "loss": "mse",
+                                "t_max": 1e16}, 16)
         fractions.append(float((ds.loss.isel(neuron=0) < 1e-6).mean()))
     pooled = np.mean(fractions)
     band = 3 * np.sqrt(max(pooled * (1 - pooled), 1 / 16) / 16)
