@@ -151,8 +151,13 @@ def _check_grid_point(teacher, n, d, seeds, t_max=1e16):
 
 @pytest.mark.parametrize("teacher", ["h3", "h4"])
 def test_no_false_convergence_at_d_1e12(teacher):
-    """The issue's grid at its largest d, cheaply: n = 3, 4 seeds (the full grid is slow)."""
-    assert _check_grid_point(teacher, 3, 1e12, 4)
+    """The issue's grid at its largest d, cheaply: n = 3, 4 seeds (the full grid is slow).
+
+    h3: status-0 seeds exist and stay put. h4 (escapes at t ~ d): two neurons escape by
+    t ~ 3e11, the third one's overlaps keep growing slowly, so no window confirms before
+    t_max = 1e16 and every seed must end with status 1 at loss 1, never a false 0."""
+    checked = _check_grid_point(teacher, 3, 1e12, 4)
+    assert len(checked) > 0 if teacher == "h3" else len(checked) == 0
 
 
 @pytest.mark.slow
