@@ -51,7 +51,7 @@ VERIFY_OVERLAP_TOL = 1e-5
 #: below any absolute tolerance, and grow slowly (polynomially for p* >= 3) at first. A
 #: component that will escape by ``10 VERIFY_FACTOR t_c`` grows by >= ~10 % in the window.
 VERIFY_GROWTH = 0.05
-VERIFY_FLOOR = 1e-8
+VERIFY_FLOOR = 1e-7
 #: Round-off floor of the absolute tolerance in units of ``eps * h * field_scale``.
 ROUNDOFF_SAFETY = 10.0
 EPS = float(np.finfo(float).eps)

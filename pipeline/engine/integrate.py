@@ -480,7 +480,8 @@ def solve(
     coupled = method == "flow" and model >= MSE_REDUCED
     # stiff.py steps with this module's Dormand-Prince tableau: imported here, not above.
     from . import stiff
-    implicit = coupled and integrator != "explicit" and B > 0 and stiff.implicit_applies(y0[0])
+    implicit = (coupled and integrator != "explicit" and B > 0
+                and stiff.implicit_applies(model, y0[0]))
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:

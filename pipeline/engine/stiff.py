@@ -17,10 +17,10 @@ unknowns), ~ 20-50 Dormand-Prince steps' worth at n = 10, so where the flow is n
   Jacobian's spectral radius (power iteration) within ``COST_RATIO`` explicit steps,
   ``NONSTIFF_STEPS`` times in a row.
 
-The Jacobian of ``MSE_REDUCED`` is in closed form (:func:`reduced_jacobian`); ``MSE_FULL``
-(validation at small d) uses forward differences (``continuation.jacobian``), whose ~sqrt(eps)
-error is far below the tolerances there. States larger than ``continuation.IMPLICIT_MAX_SIZE``
-(the full-d backend at large d) never switch to Rosenbrock: dense Jacobians are out of reach.
+The Jacobian of ``MSE_REDUCED`` is in closed form (:func:`reduced_jacobian`). ``MSE_FULL``
+(validation at small d) continues with Dormand-Prince only (:func:`implicit_applies`); its
+forward-difference Jacobian (``continuation.jacobian``) serves ``mode = ROSENBROCK`` on
+request.
 
 The round-off floor of the absolute tolerance (``continuation.ROUNDOFF_SAFETY``): the field is
 computed with round-off ~ eps * (its largest cancelling terms), so no step of length h can be
@@ -622,9 +622,13 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     return t, steps, status
 
 
-def implicit_applies(y: np.ndarray) -> bool:
-    """Whether a state of this size may take Rosenbrock steps (a dense Jacobian)."""
-    return y.size <= IMPLICIT_MAX_SIZE
+def implicit_applies(model: int, y: np.ndarray) -> bool:
+    """Whether a state of this model and size may take Rosenbrock steps: the reduced model's
+    (closed-form Jacobian) up to ``IMPLICIT_MAX_SIZE`` numbers. The full-d model, for
+    validation at small d, steps with Dormand-Prince throughout: with its difference Jacobian
+    the Rosenbrock steps jittered at rest above a tight ``gtol`` (1e-8) and no window
+    confirmed."""
+    return model == mse.MSE_REDUCED and y.size <= IMPLICIT_MAX_SIZE
 
 
 @njit(parallel=True)
