@@ -459,8 +459,8 @@ def solve(
         ``stiff.py`` (Rosenbrock where stiff, Dormand-Prince where not; it also runs the
         continuation check of the convergence rule); ``"explicit"``: Dormand-Prince
         throughout (the check included); ``"implicit"``: Rosenbrock steps only, from t = 0.
-        States too large for a dense Jacobian (the full-d backend beyond a few hundred
-        numbers) always continue explicitly.
+        The full-d backend, and reduced states over ``IMPLICIT_MAX_SIZE`` numbers, always
+        continue explicitly (``stiff.implicit_applies``).
     """
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
     if integrator not in ("auto", "explicit", "implicit"):
