@@ -20,9 +20,9 @@ Stopping, checked after every accepted step:
   ``dynamics.escapes_to_converge`` and ``dynamics.settled``: every neuron for the
   correlation loss; for the MSE loss, whose coupled neurons need not all reach the threshold,
   at least one neuron and no other neuron still leaving the saddle. For the MSE flow this
-  is only a candidate: the kernel hands the trajectory to ``continuation.finish``, which
+  is only a candidate: the kernel hands the trajectory to ``stiff.finish``, which
   continues the flow to ten times the candidate's time and gives status 0 only if nothing
-  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Radau IIA);
+  moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Rosenbrock);
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
 * status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
   is flagged and its batch goes on.
@@ -41,7 +41,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .continuation import CONVERGENCE_RULES, finish, implicit_applies
+from .continuation import CONVERGENCE_RULES
 from .dynamics import (
     FULL,
     MSE_FULL,
@@ -200,7 +200,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
 
     With ``handover`` (the MSE models) the kernel never declares convergence itself: when the
     gradient test first passes, or (with ``stiff_handover``) when the step size has become
-    stability-limited (stiff), it stops with status ``HANDOVER``, and ``continuation.finish``
+    stability-limited (stiff), it stops with status ``HANDOVER``, and ``stiff.finish``
     takes over from ``y_out`` at ``t_final``, with the snapshots taken so far (those at
     times <= ``t_final``).
     """
@@ -538,11 +538,12 @@ def solve(
         Worker threads for the batch (default: all of numba's); results do not depend on it.
     integrator:
         MSE flow only (the correlation flow is never stiff). ``"auto"``: Dormand-Prince until
-        the first convergence candidate or a stiff phase, then Radau IIA (``continuation.py``,
-        which also runs the continuation check of the convergence rule); ``"explicit"``:
-        Dormand-Prince throughout (the check included); ``"implicit"``: Radau from t = 0.
-        States too large for a dense Jacobian (the full-d backend beyond a few hundred
-        numbers) always continue explicitly.
+        the first convergence candidate or a stiff phase, then the compiled stage of
+        ``stiff.py`` (Rosenbrock where stiff, Dormand-Prince where not; it also runs the
+        continuation check of the convergence rule); ``"explicit"``: Dormand-Prince
+        throughout (the check included); ``"implicit"``: Rosenbrock steps only, from t = 0.
+        The full-d backend, and reduced states over ``IMPLICIT_MAX_SIZE`` numbers, always
+        continue explicitly (``stiff.implicit_applies``).
     """
     y0 = np.ascontiguousarray(np.atleast_2d(y0), dtype=np.float64)
     if integrator not in ("auto", "explicit", "implicit"):
@@ -560,7 +561,10 @@ def solve(
     TE = np.empty((B, neurons))
     U_t = np.empty((B, snaps.size, observables_size(model, args)))
     coupled = method == "flow" and model >= MSE_REDUCED
-    implicit = coupled and integrator != "explicit" and B > 0 and implicit_applies(y0[0])
+    # stiff.py steps with this module's Dormand-Prince tableau: imported here, not above.
+    from . import stiff
+    implicit = (coupled and integrator != "explicit" and B > 0
+                and stiff.implicit_applies(model, y0[0]))
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:
@@ -574,18 +578,21 @@ def solve(
                     for j in np.flatnonzero(snaps <= 0.0):
                         observables(model, y0[b], args, U_t[b, j])
             else:
-                # Stiff phases are handed over only where the implicit method will take them.
+                # Stiff phases are handed over only where Rosenbrock steps will take them.
                 # Fixed types, so that every call finds the same compiled kernel.
                 settings = (float(tolerances.rtol), float(tolerances.atol), float(stop.t_max),
                             int(stop.max_steps), float(stop.gtol),
                             float(observe.escape_threshold), snaps, bool(coupled),
                             bool(implicit))
                 _ENTRIES["flow"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
-            for b in np.flatnonzero(ST == HANDOVER):
-                Y[b], T[b], S[b], ST[b] = finish(
-                    model, Y[b], T[b], int(S[b]), args, tolerances.rtol, tolerances.atol,
-                    stop.t_max, stop.max_steps, stop.gtol, observe.escape_threshold, snaps,
-                    U_t[b], TE[b], implicit=implicit)
+            rows = np.flatnonzero(ST == HANDOVER)
+            if rows.size:
+                mode = (stiff.ROSENBROCK if integrator == "implicit" and implicit
+                        else stiff.SWITCHING if implicit else stiff.EXPLICIT)
+                settings = (float(tolerances.rtol), float(tolerances.atol), float(stop.t_max),
+                            int(stop.max_steps), float(stop.gtol),
+                            float(observe.escape_threshold), snaps, int(mode))
+                stiff.FINISH[model](rows, args, settings, (Y, T, S, ST, TE, U_t))
         elif method == "gd":
             if lr is None or not lr > 0:
                 raise ValueError(f"method 'gd' needs a learning rate lr > 0, got {lr!r}")

@@ -1,0 +1,671 @@
+"""The coupled (MSE) flow after the explicit kernel's handover, compiled: stiff steps and the
+continuation check of the convergence rule (``continuation.py``), one trajectory per thread.
+
+Why a switching integrator. Once some neurons of the MSE flow have converged they relax on an
+O(1) time scale (Jacobian eigenvalues ~ -1) while neurons still at the initial saddle move on
+the rescaled clock t ~ d^((p*-2)/2). Dormand-Prince is then stability-limited to steps ~ 1 and
+needs ~ d^((p*-2)/2) of them. A Rosenbrock method (Hairer & Wanner's RODAS: 6 stages, order 4,
+embedded order 3, stiffly accurate, L-stable, 3rd-order dense output) takes steps limited by
+accuracy alone, i.e. ~ the slow time scale itself, so the step count no longer grows with d.
+A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
+unknowns), ~ 20-50 Dormand-Prince steps' worth at n = 10, so where the flow is not stiff
+(an escape, which runs on an O(1) clock at every d) the stage steps with Dormand-Prince again:
+
+* explicit -> Rosenbrock: Hairer's h|lambda| test on the last two DOPRI stages says the step
+  size is stability-limited (``integrate.STIFF_HLAMBDA``, ``STIFF_COUNT`` such steps);
+* Rosenbrock -> explicit: the accepted step is within DOPRI's stability region for the
+  Jacobian's spectral radius (power iteration) within ``COST_RATIO`` explicit steps,
+  ``NONSTIFF_STEPS`` times in a row.
+
+The Jacobian of ``MSE_REDUCED`` is in closed form (:func:`reduced_jacobian`). ``MSE_FULL``
+(validation at small d) continues with Dormand-Prince only (:func:`implicit_applies`); its
+forward-difference Jacobian (``continuation.jacobian``) serves ``mode = ROSENBROCK`` on
+request.
+
+The round-off floor of the absolute tolerance (``continuation.ROUNDOFF_SAFETY``): the field is
+computed with round-off ~ eps * (its largest cancelling terms), so no step of length h can be
+more accurate than h times that; without this floor the error of a state at rest is pure
+round-off and an L-stable method, whose steps are not stability-limited, grows h until the
+round-off fails the test, then oscillates.
+
+Everything a trajectory computes depends only on its own inputs (no shared state, fixed
+operation order): results do not depend on the batch, the threads or their number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from . import integrate as dp
+from . import mse
+from ._jit import jit as njit
+from .continuation import (
+    IMPLICIT_MAX_SIZE,
+    ROUNDOFF_SAFETY,
+    VERIFY_FACTOR,
+    VERIFY_FLOOR,
+    VERIFY_GROWTH,
+    VERIFY_LOSS_TOL,
+    VERIFY_OVERLAP_TOL,
+    field_scale,
+)
+from .continuation import jacobian as difference_jacobian
+from .dynamics import (
+    MSE_FULL,
+    MSE_REDUCED,
+    grad_norm_given,
+    observables,
+    overlap_norm,
+    settled,
+    vector_field,
+    work_size,
+)
+from .status import CONVERGED, MAX_STEPS, NON_FINITE, T_MAX
+
+EPS = 2.220446049250313e-16
+
+# RODAS (Hairer & Wanner, Solving ODEs II, IV.7; the form of Numerical Recipes' StepperRoss for
+# an autonomous field): (I/(gamma h) - J) k_i = f(y + sum_j a_ij k_j) + sum_j c_ij k_j / h.
+GAMMA = 0.25
+R21 = 1.544
+R31, R32 = 0.9466785280815826, 0.2557011698983284
+R41, R42, R43 = 3.314825187068521, 2.896124015972201, 0.9986419139977817
+R51, R52, R53, R54 = 1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950
+Q21 = -5.6688
+Q31, Q32 = -2.430093356833875, -0.2063599157091915
+Q41, Q42, Q43 = -0.1073529058151375, -9.594562251023355, -20.47028614809616
+Q51, Q52, Q53, Q54 = 7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160
+Q61, Q62, Q63, Q64, Q65 = (8.083246795921522, -7.981132988064893, -31.52159432874371,
+                           16.31930543123136, -6.058818238834054)
+# Dense output y(t + s h) = y (1 - s) + s (y_new + (1 - s) (e3 + s e4)).
+P21, P22, P23, P24, P25 = (10.12623508344586, -7.487995877610167, -34.80091861555747,
+                           -7.992771707568823, 1.025137723295662)
+P31, P32, P33, P34, P35 = (-0.6762803392801253, 6.087714651680015, 16.43084320892478,
+                           24.76722511418386, -6.594389125716872)
+# Step-size controller (Gustafsson's predictive controller, error of order 3).
+R_SAFE, R_FAC_UP, R_FAC_DOWN = 0.9, 5.0, 1.0 / 6.0
+
+#: Rosenbrock steps in a row inside DOPRI's stability region before the stage steps
+#: explicitly again.
+NONSTIFF_STEPS = 3
+#: ``finish``'s ``mode``: Dormand-Prince only, switching, Rosenbrock only.
+EXPLICIT, SWITCHING, ROSENBROCK = 0, 1, 2
+#: A Rosenbrock step costs about as much as this many Dormand-Prince steps at n = 10 (a
+#: dense LU of 120 unknowns): the stage steps explicitly again once the Rosenbrock step is
+#: below that many explicit stable steps (``h rho(J) <= SWITCH_LIMIT``).
+COST_RATIO = 8.0
+#: DOPRI5's stability boundary on the negative real axis is h |lambda| ~ 3.3.
+SWITCH_LIMIT = 3.0 * COST_RATIO
+POWER_ITERATIONS = 8
+#: A Rosenbrock stretch shorter than this doubles the stiff DOPRI steps (from
+#: ``integrate.STIFF_COUNT`` up to ``MAX_STIFF_COUNT``) needed before the next one.
+SHORT_RUN, MAX_STIFF_COUNT = 10, 960
+#: Largest round-off floor of the absolute tolerance per step. Uncapped, the floor grows with
+#: h (steps ~ t ~ 1e11 at d = 1e12): its allowance let overlaps drift along flat directions
+#: (antipodal pairs) by more than ``VERIFY_OVERLAP_TOL`` per window, and no window confirmed.
+ROUNDOFF_CAP = 1e-7
+
+
+@njit
+def _dpoly(c, L, x):
+    """Derivative of ``sum_{q < L} c_q x^q`` at ``x``."""
+    acc = 0.0
+    for q in range(L - 1, 0, -1):
+        acc = acc * x + q * c[q]
+    return acc
+
+
+@njit
+def reduced_jacobian(y, args, work, dy, J):
+    """Closed-form Jacobian of the ``MSE_REDUCED`` field (rows ``xi_i = (M_i, z_i)``).
+
+    With ``P = diag(A^-1, I)``, ``G_i = P xi_i``, ``Q_il = G_i . xi_l`` and the field
+    ``dxi_i = -2 sum_l C_il xi_l + 2 (A a_i, 0)`` (``mse.py``)::
+
+        d dxi_i / d xi_m = -2 C_im I                                       (every i, m)
+                         + 2 (A diag(a'_i), 0) - 2 xi_i (a_i + M_i a'_i, 0)^T   (m = i)
+                         + sum_{l != i} 2 (e_il xi_i - b'_il xi_l) G_l^T        (m = i)
+                         + 2 (e_il xi_i - b'_il xi_l) G_i^T                     (m = l != i)
+
+    with ``a' = g_st''(M)``, ``b'_il = g_ss''(Q_il)``, ``e_il = b'_il Q_il + B_il`` (the
+    derivative of ``s_i`` in ``Q_il``, sign flipped). The velocity is written to ``dy``.
+    """
+    A = args[0]
+    extra = args[3]
+    k = A.shape[0]
+    n = mse.mse_n_neurons(args)
+    K = mse._width(mse.MSE_REDUCED, args)
+    mse.mse_vector_field(mse.MSE_REDUCED, y, args, work, dy)
+    oa, oQ, oC, _, _, _ = mse._layout(mse.MSE_REDUCED, args)
+    dss = extra[mse._ROW_DSS]
+    dst = extra[mse._ROW_DST]
+    Lss = int(extra[mse._ROW_META, mse._META_LDSS])
+    Lst = int(extra[mse._ROW_META, mse._META_LDST])
+    J[:, :] = 0.0
+    for i in range(n):
+        for m in range(n):
+            c = -2.0 * work[oC + i * n + m]
+            for x in range(K):
+                J[i * K + x, m * K + x] += c
+    for i in range(n):
+        r = i * K
+        for jp in range(k):
+            mij = y[r + jp]
+            ap = _dpoly(dst, Lst, mij)
+            ds = work[oa + i * k + jp] + mij * ap
+            for j in range(k):
+                J[r + j, r + jp] += 2.0 * A[jp, j] * ap
+            for x in range(K):
+                J[r + x, r + jp] -= 2.0 * y[r + x] * ds
+        for l in range(n):
+            if l == i:
+                continue
+            q = work[oQ + min(i, l) * n + max(i, l)]
+            bp = _dpoly(dss, Lss, q)
+            e = bp * q + work[oC + i * n + l]
+            o = l * K
+            for x in range(K):
+                cx = 2.0 * (e * y[r + x] - bp * y[o + x])
+                for z in range(K):
+                    J[r + x, r + z] += cx * work[z + o]
+                    J[r + x, o + z] += cx * work[z + r]
+
+
+@njit
+def _jacobian(model, y, args, work, dy, J):
+    """The Jacobian of the field at ``y`` into ``J``, its velocity into ``dy``."""
+    if model == mse.MSE_REDUCED:
+        reduced_jacobian(y, args, work, dy, J)
+    else:
+        J[:, :] = difference_jacobian(model, y, args, work)
+        vector_field(model, y, args, work, dy)
+
+
+@njit(fastmath={"contract"})
+def _lu(W, piv):
+    """In-place LU factorization with partial pivoting; False if ``W`` is singular."""
+    # fastmath "contract" lets LLVM fuse multiply-adds (2-3x here); the result stays a
+    # deterministic function of the inputs.
+    N = W.shape[0]
+    for c in range(N):
+        p = c
+        big = abs(W[c, c])
+        for r in range(c + 1, N):
+            if abs(W[r, c]) > big:
+                big = abs(W[r, c])
+                p = r
+        if big == 0.0:
+            return False
+        piv[c] = p
+        if p != c:
+            for x in range(N):
+                W[c, x], W[p, x] = W[p, x], W[c, x]
+        inv = 1.0 / W[c, c]
+        for r in range(c + 1, N):
+            f = W[r, c] * inv
+            W[r, c] = f
+            if f != 0.0:
+                for x in range(c + 1, N):
+                    W[r, x] -= f * W[c, x]
+    return True
+
+
+@njit(fastmath={"contract"})
+def _lu_solve(W, piv, b):
+    """Solve ``W x = b`` in place from :func:`_lu`'s factors."""
+    N = W.shape[0]
+    for c in range(N):
+        p = piv[c]
+        if p != c:
+            b[c], b[p] = b[p], b[c]
+    for r in range(N):
+        acc = b[r]
+        for x in range(r):
+            acc -= W[r, x] * b[x]
+        b[r] = acc
+    for r in range(N - 1, -1, -1):
+        acc = b[r]
+        for x in range(r + 1, N):
+            acc -= W[r, x] * b[x]
+        b[r] = acc / W[r, r]
+
+
+@njit(fastmath={"contract"})
+def _spectral_radius(J, v, w):
+    """Power-iteration estimate of the largest |eigenvalue| of ``J`` (fixed start vector)."""
+    N = v.size
+    v[:] = 1.0 / math.sqrt(N)
+    rho = 0.0
+    for _ in range(POWER_ITERATIONS):
+        nw = 0.0
+        for i in range(N):
+            acc = 0.0
+            for j in range(N):
+                acc += J[i, j] * v[j]
+            w[i] = acc
+            nw += acc * acc
+        rho = math.sqrt(nw)
+        if rho == 0.0:
+            return 0.0
+        for i in range(N):
+            v[i] = w[i] / rho
+    return rho
+
+
+@njit
+def _error(y, yn, e, atol, rtol):
+    acc = 0.0
+    for i in range(y.size):
+        sk = atol + rtol * max(abs(y[i]), abs(yn[i]))
+        acc += (e[i] / sk) ** 2
+    return math.sqrt(acc / y.size)
+
+
+@njit
+def _rodas_step(model, y, f0, h, args, work, J, W, piv, k, ys, fs, yn):
+    """One RODAS step of length ``h`` from ``y`` (velocity ``f0``, Jacobian ``J``).
+
+    Stages go to ``k[0:5]``, the error estimate to ``k[5]``, the new state to ``yn``.
+    Returns False if ``I/(gamma h) - J`` is singular.
+    """
+    N = y.size
+    for i in range(N):
+        for j in range(N):
+            W[i, j] = -J[i, j]
+        W[i, i] += 1.0 / (GAMMA * h)
+    if not _lu(W, piv):
+        return False
+    k1, k2, k3, k4, k5, k6 = k[0], k[1], k[2], k[3], k[4], k[5]
+    k1[:] = f0
+    _lu_solve(W, piv, k1)
+    for i in range(N):
+        ys[i] = y[i] + R21 * k1[i]
+    vector_field(model, ys, args, work, fs)
+    for i in range(N):
+        k2[i] = fs[i] + Q21 * k1[i] / h
+    _lu_solve(W, piv, k2)
+    for i in range(N):
+        ys[i] = y[i] + R31 * k1[i] + R32 * k2[i]
+    vector_field(model, ys, args, work, fs)
+    for i in range(N):
+        k3[i] = fs[i] + (Q31 * k1[i] + Q32 * k2[i]) / h
+    _lu_solve(W, piv, k3)
+    for i in range(N):
+        ys[i] = y[i] + R41 * k1[i] + R42 * k2[i] + R43 * k3[i]
+    vector_field(model, ys, args, work, fs)
+    for i in range(N):
+        k4[i] = fs[i] + (Q41 * k1[i] + Q42 * k2[i] + Q43 * k3[i]) / h
+    _lu_solve(W, piv, k4)
+    for i in range(N):
+        ys[i] = y[i] + R51 * k1[i] + R52 * k2[i] + R53 * k3[i] + R54 * k4[i]
+    vector_field(model, ys, args, work, fs)
+    for i in range(N):
+        k5[i] = fs[i] + (Q51 * k1[i] + Q52 * k2[i] + Q53 * k3[i] + Q54 * k4[i]) / h
+    _lu_solve(W, piv, k5)
+    for i in range(N):
+        ys[i] += k5[i]
+    vector_field(model, ys, args, work, fs)
+    for i in range(N):
+        k6[i] = fs[i] + (Q61 * k1[i] + Q62 * k2[i] + Q63 * k3[i] + Q64 * k4[i]
+                         + Q65 * k5[i]) / h
+    _lu_solve(W, piv, k6)
+    for i in range(N):
+        yn[i] = ys[i] + k6[i]
+    return True
+
+
+@njit
+def _rodas_dense(y, yn, k, s, out):
+    s1 = 1.0 - s
+    for i in range(y.size):
+        e3 = P21 * k[0, i] + P22 * k[1, i] + P23 * k[2, i] + P24 * k[3, i] + P25 * k[4, i]
+        e4 = P31 * k[0, i] + P32 * k[1, i] + P33 * k[2, i] + P34 * k[3, i] + P35 * k[4, i]
+        out[i] = y[i] * s1 + s * (yn[i] + s1 * (e3 + s * e4))
+
+
+@njit
+def _dopri_step(model, y, h, args, work, k, ys, yn):
+    """One Dormand-Prince 5(4) step (``integrate.py``'s tableau) with ``k[0]`` the velocity
+    at ``y``; stages to ``k[1:7]`` (``k[6]``: velocity at ``yn``), error estimate to ``k[7]``
+    (``ys`` is left at stage 6's argument, for the stiffness test)."""
+    N = y.size
+    k1, k2, k3, k4, k5, k6, k7, e = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+    for i in range(N):
+        ys[i] = y[i] + h * dp.A21 * k1[i]
+    vector_field(model, ys, args, work, k2)
+    for i in range(N):
+        ys[i] = y[i] + h * (dp.A31 * k1[i] + dp.A32 * k2[i])
+    vector_field(model, ys, args, work, k3)
+    for i in range(N):
+        ys[i] = y[i] + h * (dp.A41 * k1[i] + dp.A42 * k2[i] + dp.A43 * k3[i])
+    vector_field(model, ys, args, work, k4)
+    for i in range(N):
+        ys[i] = y[i] + h * (dp.A51 * k1[i] + dp.A52 * k2[i] + dp.A53 * k3[i] + dp.A54 * k4[i])
+    vector_field(model, ys, args, work, k5)
+    for i in range(N):
+        ys[i] = y[i] + h * (dp.A61 * k1[i] + dp.A62 * k2[i] + dp.A63 * k3[i] + dp.A64 * k4[i]
+                            + dp.A65 * k5[i])
+    vector_field(model, ys, args, work, k6)
+    for i in range(N):
+        yn[i] = y[i] + h * (dp.A71 * k1[i] + dp.A73 * k3[i] + dp.A74 * k4[i] + dp.A75 * k5[i]
+                            + dp.A76 * k6[i])
+    vector_field(model, yn, args, work, k7)
+    for i in range(N):
+        e[i] = h * (dp.E1 * k1[i] + dp.E3 * k3[i] + dp.E4 * k4[i] + dp.E5 * k5[i]
+                    + dp.E6 * k6[i] + dp.E7 * k7[i])
+
+
+@njit
+def _dense(stiff, y, yn, k, h, s, out):
+    if stiff:
+        _rodas_dense(y, yn, k, s, out)
+    else:
+        dp._dense(y, yn, k[0], k[2], k[3], k[4], k[5], k[6], h, s, out)
+
+
+@njit
+def _summary(model, y, args, M, Q):
+    """Loss of ``y``; its overlaps ``M`` and Gram matrix ``Q`` are written to the arrays."""
+    mse.mse_overlaps(model, y, args, M)
+    n = mse.mse_n_neurons(args)
+    for i in range(n):
+        for l in range(n):
+            Q[i * n + l] = mse._gram_entry(model, y, args, i, l)
+    return mse.mse_loss(model, y, args)
+
+
+@njit
+def _changed(x0, x1):
+    """Whether an overlap moved by more than ``VERIFY_OVERLAP_TOL``, or grew in magnitude by
+    more than the factor ``1 + VERIFY_GROWTH`` from above ``VERIFY_FLOOR``."""
+    return abs(x1 - x0) > VERIFY_OVERLAP_TOL or (
+        abs(x1) > VERIFY_FLOOR and abs(x1) > (1.0 + VERIFY_GROWTH) * abs(x0))
+
+
+@njit
+def _moved(loss0, M0, Q0, loss1, M1, Q1):
+    if abs(loss1 - loss0) > VERIFY_LOSS_TOL:
+        return True
+    for x in range(M0.size):
+        if _changed(M0[x], M1[x]):
+            return True
+    for x in range(Q0.size):
+        if _changed(Q0[x], Q1[x]):
+            return True
+    return False
+
+
+@njit
+def _first_step(y, f0, rtol, atol, room):
+    """A first step size from the scaled sizes of ``y`` and its velocity (the controller
+    corrects it within a few tries)."""
+    dnf = 0.0
+    dny = 0.0
+    for i in range(y.size):
+        sk = atol + rtol * abs(y[i])
+        dnf += (f0[i] / sk) ** 2
+        dny += (y[i] / sk) ** 2
+    if dnf <= 1e-10 or dny <= 1e-10:
+        return min(1e-6, room)
+    return min(0.01 * math.sqrt(dny / dnf), room)
+
+
+@njit
+def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
+           snap_out, t_esc, mode):
+    """Continue one coupled trajectory from ``(t, y)`` (``y`` is advanced in place) until the
+    convergence rule (``continuation.py``) decides, or ``t_max`` / ``max_steps`` / a failure
+    ends it; returns ``(t, steps, status)``.
+
+    ``steps`` counts the accepted steps so far, ``t_esc`` (updated in place) the escape times;
+    ``snap_out`` rows for snapshot times > ``t`` are written here. ``mode``: ``SWITCHING``
+    (the module docstring), ``EXPLICIT`` (Dormand-Prince only: states too large for a dense
+    Jacobian, or on request) or ``ROSENBROCK`` (never switches back; for comparisons).
+    """
+    N = y.size
+    n = mse.mse_n_neurons(args)
+    k_dim = args[0].shape[1]
+    work = np.empty(work_size(model, args))
+    yn = np.empty(N)
+    ys = np.empty(N)
+    fs = np.empty(N)
+    f0 = np.empty(N)
+    kr = np.empty((6, N))
+    kd = np.empty((8, N))
+    allow_stiff = mode != EXPLICIT
+    J = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
+    W = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
+    piv = np.empty(N, dtype=np.int64)
+    M0 = np.empty(n * k_dim)
+    Q0 = np.empty(n * n)
+    M1 = np.empty(n * k_dim)
+    Q1 = np.empty(n * n)
+    loss0 = 0.0
+    window_end = -1.0  # < 0: no window open
+    js = 0
+    while js < snaps.size and snaps[js] <= t:
+        js += 1
+    any_escaped = False
+    n_escaped = 0
+    for e in range(t_esc.size):
+        if not math.isnan(t_esc[e]):
+            any_escaped = True
+            n_escaped += 1
+    stiff = allow_stiff
+    jac_fresh = False
+    if stiff:
+        _jacobian(model, y, args, work, f0, J)
+        jac_fresh = True
+    else:
+        vector_field(model, y, args, work, f0)
+    h = _first_step(y, f0, rtol, atol, max(t_max - t, 0.0))
+    facold = 1e-4
+    err_old = 1e-2
+    h_old = 0.0
+    first = True
+    rejected = False
+    n_stiff = 0
+    n_nonstiff = 0
+    stiff_needed = dp.STIFF_COUNT
+    run = 0
+    rho = 0.0
+    scale = field_scale(model, y, args, work)
+    status = -1
+    while True:
+        if any_escaped and grad_norm_given(model, y, f0, args, work) < gtol \
+                and settled(model, y, args, work, threshold):
+            if window_end < 0.0:
+                window_end = VERIFY_FACTOR * t
+                loss0 = _summary(model, y, args, M0, Q0)
+            elif t >= window_end:
+                loss1 = _summary(model, y, args, M1, Q1)
+                if not _moved(loss0, M0, Q0, loss1, M1, Q1):
+                    status = CONVERGED
+                    break
+                window_end = VERIFY_FACTOR * t
+                loss0 = loss1
+                M0[:] = M1
+                Q0[:] = Q1
+        else:
+            window_end = -1.0
+        if t >= t_max:
+            status = T_MAX
+            break
+        if steps >= max_steps:
+            status = MAX_STEPS
+            break
+        if not (h > 8.0 * EPS * max(t, 1e-300)):
+            status = NON_FINITE
+            break
+        h = min(h, t_max - t)
+        atol_h = atol + min(ROUNDOFF_SAFETY * EPS * h * scale, ROUNDOFF_CAP)
+        if stiff:
+            if not jac_fresh:
+                _jacobian(model, y, args, work, fs, J)
+                jac_fresh = True
+            ok = _rodas_step(model, y, f0, h, args, work, J, W, piv, kr, ys, fs, yn)
+            err = _error(y, yn, kr[5], atol_h, rtol) if ok else math.inf
+            if not math.isfinite(err) or not dp._all_finite(yn):
+                h *= R_FAC_DOWN
+                rejected = True
+                continue
+            fac = max(R_FAC_DOWN, min(R_FAC_UP, err ** 0.25 / R_SAFE))
+            if err > 1.0:
+                h = h / fac
+                rejected = True
+                continue
+            if not first:
+                pred = (h_old / h) * (err * err / err_old) ** 0.25 / R_SAFE
+                fac = max(fac, max(R_FAC_DOWN, min(R_FAC_UP, pred)))
+            first = False
+            h_old = h
+            err_old = max(1e-2, err)
+            h_new = h / fac
+        else:
+            kd[0, :] = f0
+            _dopri_step(model, y, h, args, work, kd, ys, yn)
+            err = _error(y, yn, kd[7], atol_h, rtol)
+            if not math.isfinite(err) or not dp._all_finite(yn):
+                h *= dp.FAC_MIN
+                rejected = True
+                continue
+            fac11 = err ** dp.EXPO1
+            fac = max(1.0 / dp.FAC_MAX, min(1.0 / dp.FAC_MIN, fac11 / facold ** dp.BETA / dp.SAFE))
+            if err > 1.0:
+                h = h / min(1.0 / dp.FAC_MIN, fac11 / dp.SAFE)
+                rejected = True
+                continue
+            facold = max(err, 1e-4)
+            h_new = h / fac
+            if allow_stiff:
+                num = 0.0
+                den = 0.0
+                for i in range(N):
+                    num += (kd[6, i] - kd[5, i]) ** 2
+                    den += (yn[i] - ys[i]) ** 2
+                if den > 0.0 and h * math.sqrt(num / den) > dp.STIFF_HLAMBDA:
+                    n_stiff += 1
+                    n_nonstiff = 0
+                else:
+                    n_nonstiff += 1
+                    if n_nonstiff == dp.NONSTIFF_RESET:
+                        n_stiff = 0
+        # Accepted step [t, t + h].
+        if rejected:
+            h_new = min(h_new, h)
+            rejected = False
+        t_new = t + h
+        if n_escaped < t_esc.size:
+            for e in range(t_esc.size):
+                if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
+                    lo, hi = 0.0, 1.0  # bisection on the dense output, to round-off
+                    for _ in range(60):
+                        mid = 0.5 * (lo + hi)
+                        _dense(stiff, y, yn, kr if stiff else kd, h, mid, ys)
+                        if overlap_norm(model, ys, args, work, e) >= threshold:
+                            hi = mid
+                        else:
+                            lo = mid
+                        if hi - lo <= 1e-16:
+                            break
+                    t_esc[e] = t + hi * h
+                    n_escaped += 1
+                    any_escaped = True
+        while js < snaps.size and snaps[js] <= t_new:
+            _dense(stiff, y, yn, kr if stiff else kd, h, (snaps[js] - t) / h, ys)
+            observables(model, ys, args, snap_out[js])
+            js += 1
+        y[:] = yn
+        t = t_new
+        steps += 1
+        if stiff:
+            # The Jacobian at the new state gives both the next step's matrix and the test
+            # whether an explicit step of the proposed size would be stable.
+            _jacobian(model, y, args, work, f0, J)
+            jac_fresh = True
+            scale = field_scale(model, y, args, work)
+            run += 1
+            # The power iteration only where a switch is plausible (not at rest, where h is
+            # orders of magnitude beyond the explicit stability limit).
+            if mode == SWITCHING and (rho == 0.0 or h_new * rho <= 4.0 * SWITCH_LIMIT):
+                rho = _spectral_radius(J, fs, ys)
+                if h_new * rho <= SWITCH_LIMIT:
+                    n_nonstiff += 1
+                else:
+                    n_nonstiff = 0
+                if n_nonstiff >= NONSTIFF_STEPS:
+                    stiff = False
+                    n_nonstiff = 0
+                    n_stiff = 0
+                    facold = 1e-4
+                    # A short Rosenbrock stretch was not worth its switch: ask for a longer
+                    # stability-limited stretch before the next one.
+                    stiff_needed = (min(2 * stiff_needed, MAX_STIFF_COUNT)
+                                    if run < SHORT_RUN else dp.STIFF_COUNT)
+        else:
+            f0[:] = kd[6]
+            if n_stiff >= stiff_needed:
+                stiff = True
+                jac_fresh = False
+                first = True
+                n_stiff = 0
+                n_nonstiff = 0
+                run = 0
+                rho = 0.0
+        h = h_new
+    for j in range(js, snaps.size):
+        if status == CONVERGED:
+            observables(model, y, args, snap_out[j])
+        else:
+            snap_out[j, :] = np.nan
+    return t, steps, status
+
+
+def implicit_applies(model: int, y: np.ndarray) -> bool:
+    """Whether a state of this model and size may take Rosenbrock steps: the reduced model's
+    (closed-form Jacobian) up to ``IMPLICIT_MAX_SIZE`` numbers. The full-d model, for
+    validation at small d, steps with Dormand-Prince throughout: with its difference Jacobian
+    the Rosenbrock steps jittered at rest above a tight ``gtol`` (1e-8) and no window
+    confirmed."""
+    return model == mse.MSE_REDUCED and y.size <= IMPLICIT_MAX_SIZE
+
+
+@njit(parallel=True)
+def finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
+                 threshold, snaps, mode):
+    """:func:`finish` for the trajectories ``rows`` of a batch, in place, one per thread."""
+    for r in prange(rows.size):
+        b = rows[r]
+        T[b], S[b], ST[b] = finish(model, Y[b], T[b], S[b], args, rtol, atol, t_max, max_steps,
+                                   gtol, threshold, snaps, U_t[b], TE[b], mode)
+
+
+@njit
+def _finish(model, rows, args, settings, out):
+    # Unpacked here, not in the parallel kernel (as integrate._flow does: numba 0.68 returned
+    # unwritten arrays when the tuple was unpacked inside the prange function).
+    rtol, atol, t_max, max_steps, gtol, threshold, snaps, mode = settings
+    Y, T, S, ST, TE, U_t = out
+    finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
+                 threshold, snaps, mode)
+
+
+# One entry kernel per coupled model, each passing its model as a compile-time constant, so
+# that the stage compiles that model's functions alone (dispatch.py; integrate's entries).
+@njit
+def _finish_mse_reduced(rows, args, settings, out):
+    _finish(MSE_REDUCED, rows, args, settings, out)
+
+
+@njit
+def _finish_mse_full(rows, args, settings, out):
+    _finish(MSE_FULL, rows, args, settings, out)
+
+
+#: The stage's entry kernel per model: ``FINISH[model](rows, args, settings, out)`` with
+#: ``settings = (rtol, atol, t_max, max_steps, gtol, threshold, snaps, mode)`` and
+#: ``out = (Y, T, S, ST, TE, U_t)`` of :func:`integrate.solve`.
+FINISH = {MSE_REDUCED: _finish_mse_reduced, MSE_FULL: _finish_mse_full}
