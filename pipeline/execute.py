@@ -127,9 +127,11 @@ def run_sweep(spec: Spec, store: str, *, client: Any = None, scheduler: str | No
         zstore.Layout.for_store(spec, zstore.read_attrs(ref) or {})
     check_unit_count(spec, layout)
     run_id = new_run_id()
+    seeds = (f"{spec.seeds} seeds = " if layout.planned is None  # else: planned per point
+             else f"up to {spec.seeds} seeds, ")
     out.write(f"mimflow: sweep {spec.name!r} from {spec.source}: {len(spec.points)} points x "
-              f"{spec.seeds} seeds = {spec.n_trajectories} trajectories in "
-              f"{layout.n_units} {_unit_word(layout)}s\n")
+              f"{seeds}{spec.n_trajectories} trajectories in {layout.n_units} "
+              f"{_unit_word(layout)}s\n")
     for w in spec.warnings:
         out.write(f"mimflow: warning ({w.category}, {len(w.points)} of {len(spec.points)} "
                   f"points): {w.message}\n")
