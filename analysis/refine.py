@@ -123,20 +123,31 @@ assert set(ESTIMATORS) == set(STATISTICS)
 VARIABLES = ("u", "status", "escape_time")
 
 
-def estimates(rs: RefinedSpec, ds: xr.Dataset) -> list[Estimate]:
-    """The rule's statistic at every point of ``rs``, from its planned seeds in ``ds``."""
+def estimates(rs: RefinedSpec, ds: xr.Dataset,
+              known: dict[tuple[int, int], Estimate] | None = None) -> list[Estimate]:
+    """The rule's statistic at every point of ``rs``, from its planned seeds in ``ds``.
+
+    ``known`` (point index, planned seeds) -> estimate, filled in place: a point whose planned
+    seeds did not change since an earlier round has the same stored results, so its estimate
+    is taken from there and only the other points are read (a round then reads what the
+    previous round added, not the whole store: ~2 s a round at 1,000 points otherwise).
+    """
     estimator = ESTIMATORS[rs.refine.rule.statistic]
-    table = point_params(ds)
-    # Read once, then slice numpy arrays point by point (``ds`` opened with chunks=None:
-    # through dask, a task per chunk, the reads would cost more than a round's compute).
-    data = ds[list(VARIABLES)].isel(seed=slice(0, max(rs.plan.seeds))).load()
-    arrays = {name: np.asarray(data[name].values) for name in VARIABLES}
-    out = []
-    for i, params in enumerate(table.to_dict("records")):
-        s, n, k = rs.plan.seeds[i], int(params["n"]), int(params["k"])
-        out.append(estimator(params, arrays["u"][i, :s, :n, :k],
-                             arrays["status"][i, :s, :n], arrays["escape_time"][i, :s, :n]))
-    return out
+    known = {} if known is None else known
+    records = point_params(ds).to_dict("records")
+    todo = [i for i in range(len(records)) if (i, rs.plan.seeds[i]) not in known]
+    if todo:
+        # Read once, then slice numpy arrays point by point (``ds`` opened with chunks=None:
+        # through dask, a task per chunk, the reads would cost more than a round's compute).
+        seeds = max(rs.plan.seeds[i] for i in todo)
+        data = ds[list(VARIABLES)].isel(point=todo, seed=slice(0, seeds)).load()
+        arrays = {name: np.asarray(data[name].values) for name in VARIABLES}
+        for row, i in enumerate(todo):
+            s, n, k = rs.plan.seeds[i], int(records[i]["n"]), int(records[i]["k"])
+            known[i, s] = estimator(records[i], arrays["u"][row, :s, :n, :k],
+                                    arrays["status"][row, :s, :n],
+                                    arrays["escape_time"][row, :s, :n])
+    return [known[i, rs.plan.seeds[i]] for i in range(len(records))]
 
 
 def next_plan(rs: RefinedSpec, stats: list[Estimate]) -> Plan:
@@ -233,6 +244,7 @@ def run_refined(spec: Spec, store: str, *, client: Any = None, scheduler: str | 
     out = out if out is not None else sys.stderr
     ref = StoreRef.parse(store, storage_options)
     rounds = 0
+    known: dict[tuple[int, int], Estimate] = {}  # estimates of points already read
     with client_for(client, cluster, scheduler, security, workers, out) as cl:
         plan = (None if overwrite else load_plan(ref, spec)) or Plan.first(spec)
         fresh = overwrite
@@ -252,7 +264,7 @@ def run_refined(spec: Spec, store: str, *, client: Any = None, scheduler: str | 
             if plan.done:
                 break
             ds = zstore.open_results(store, storage_options=storage_options, chunks=None)
-            plan = next_plan(rs, estimates(rs, ds))
+            plan = next_plan(rs, estimates(rs, ds, known))
             save_plan(ref, spec, plan)
             if plan.done:
                 break

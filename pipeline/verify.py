@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,11 +96,30 @@ def stored_chunks(ref: StoreRef, names: Iterable[str], point_index: int, start: 
     return out
 
 
+def _scan_sizes(root: Path, folder: Path, out: dict[str, int]) -> None:
+    """Add ``key -> size`` of every file under ``folder`` (keys relative to ``root``)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _scan_sizes(root, Path(entry.path), out)
+        elif not entry.name.endswith(TEMPORARY_SUFFIXES):
+            out[Path(entry.path).relative_to(root).as_posix()] = entry.stat().st_size
+
+
 def chunk_sizes(ref: StoreRef, names: Iterable[str]) -> dict[str, int]:
     """Size of every stored chunk of the variables ``names``, by key (one listing each)."""
     fs, root = ref.fs()
     root = root.rstrip("/")
     out: dict[str, int] = {}
+    if ref.is_local:
+        # os.scandir, not fsspec's find: the same listing ~10x faster on a local disk (a
+        # store of 10^4 units has 7 10^4 files, listed before every run and round).
+        for name in names:
+            _scan_sizes(Path(root), Path(root, name, "c"), out)
+        return out
     for name in names:
         folder = f"{root}/{name}/c"
         fs.invalidate_cache(folder)
