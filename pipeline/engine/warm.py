@@ -65,7 +65,7 @@ def tiny_point(kind: tuple[str, str, str]) -> dict[str, Any]:
         p.update(lr=0.01, max_samples=64)
     elif loss == "mse" and method == "flow":
         # Run to convergence: the convergence candidate hands the trajectory to the
-        # continuation stage (stiff.finish_batch), whose kernel must be warmed too.
+        # continuation stage (its entry kernel stiff.FINISH[model]), which must be warmed too.
         p.update(t_max=1e6)
     else:
         p.update(t_max=10.0, max_steps=50)
