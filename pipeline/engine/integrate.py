@@ -111,6 +111,28 @@ class Observation:
     snapshots: np.ndarray | None = None
 
 
+#: :func:`limit_reached`'s "no limit reached: take the step".
+GOING = -2
+
+
+@njit
+def limit_reached(t, t_max, steps, max_steps, h):
+    """The status that ends a trajectory at ``t`` before a step of size ``h``, or
+    :data:`GOING`: ``t_max`` reached, ``max_steps`` taken, or the step size collapsed.
+
+    A step below a few ulps of t makes no progress in t. (Relative to the ulp, not to t
+    itself: after an escape at t ~ 1e12 the dynamics run on an O(1) time scale, and steps
+    ~ 0.1 there are fine.) Shared by every adaptive integrator (also ``stiff.finish``).
+    """
+    if t >= t_max:
+        return T_MAX
+    if steps >= max_steps:
+        return MAX_STEPS
+    if not (h > 8.0 * EPS * max(t, 1e-300)):
+        return NON_FINITE
+    return GOING
+
+
 @njit
 def _initial_step(model, y, f0, args, work, rtol, atol, t_max, tmp, f1):
     n = y.size
@@ -248,17 +270,8 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         if stiff_handover and n_stiff >= STIFF_COUNT:
             status = HANDOVER
             break
-        if t >= t_max:
-            status = T_MAX
-            break
-        if steps >= max_steps:
-            status = MAX_STEPS
-            break
-        # A step below a few ulps of t makes no progress in t: the step size has collapsed.
-        # (Relative to the ulp, not to t itself: after an escape at t ~ 1e12 the dynamics run
-        # on an O(1) time scale, and steps ~ 0.1 there are fine.)
-        if not (h > 8.0 * EPS * max(t, 1e-300)):
-            status = NON_FINITE
+        status = limit_reached(t, t_max, steps, max_steps, h)
+        if status != GOING:
             break
         h = min(h, t_max - t)
         for i in range(n):

@@ -63,9 +63,9 @@ from .dynamics import (
     vector_field,
     work_size,
 )
-from .status import CONVERGED, MAX_STEPS, NON_FINITE, T_MAX
+from .status import CONVERGED
 
-EPS = 2.220446049250313e-16
+EPS = dp.EPS
 
 # RODAS (Hairer & Wanner, Solving ODEs II, IV.7; the form of Numerical Recipes' StepperRoss for
 # an autonomous field): (I/(gamma h) - J) k_i = f(y + sum_j a_ij k_j) + sum_j c_ij k_j / h.
@@ -491,14 +491,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 Q0[:] = Q1
         else:
             window_end = -1.0
-        if t >= t_max:
-            status = T_MAX
-            break
-        if steps >= max_steps:
-            status = MAX_STEPS
-            break
-        if not (h > 8.0 * EPS * max(t, 1e-300)):
-            status = NON_FINITE
+        status = dp.limit_reached(t, t_max, steps, max_steps, h)
+        if status != dp.GOING:
             break
         h = min(h, t_max - t)
         atol_h = atol + min(ROUNDOFF_SAFETY * EPS * h * scale, ROUNDOFF_CAP)
