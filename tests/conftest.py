@@ -87,6 +87,17 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def run_spec(root: Path, name: str, text: str, scheduler: str) -> tuple[Path, Path, str]:
+    """Write spec ``text`` to ``root/<name>.toml`` and run it into ``root/<name>.zarr``
+    through ``mimflow run`` on ``scheduler`` (asserting exit 0); returns (spec, store,
+    stderr)."""
+    spec, store = root / f"{name}.toml", root / f"{name}.zarr"
+    spec.write_text(text)
+    code, _, err = cli("run", str(spec), "--store", str(store), "--scheduler", scheduler)
+    assert code == 0, err
+    return spec, store, err
+
+
 @pytest.fixture(scope="module")
 def scheduler():
     """Address of a Dask scheduler with in-process workers (two threads), per test module."""

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.store import open_results
 
-from conftest import cli, interrupt_cli, tiny_spec
+from conftest import cli, interrupt_cli, run_spec, tiny_spec
 
 SPEC = tiny_spec("cli-test", description="tiny sweep for the CLI tests")
 
@@ -40,11 +40,7 @@ def snapshot(path: Path) -> dict[str, tuple[int, str]]:
 def made(tmp_path_factory, scheduler):
     """A complete store of SPEC, written through `mimflow run`."""
     root = tmp_path_factory.mktemp("cli")
-    spec = root / "cli.toml"
-    spec.write_text(SPEC)
-    store = root / "cli.zarr"
-    code, _, err = call("run", str(spec), "--store", str(store), "--scheduler", scheduler)
-    assert code == 0, err
+    spec, store, err = run_spec(root, "cli", SPEC, scheduler)
     assert "4 of 4 work units in" in err
     (root / "scheduler.txt").write_text(scheduler)
     return spec, store

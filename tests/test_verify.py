@@ -22,7 +22,7 @@ from pipeline.preflight import check_store
 from pipeline.store import open_results
 from sweeps.spec import load_spec
 
-from conftest import cli, interrupt_cli, tiny_spec
+from conftest import cli, interrupt_cli, run_spec, tiny_spec
 
 #: Work units of one block each (12), so that a test damages one unit's shards and no other.
 SPEC = tiny_spec("verify-test").replace("block_seeds = 4\n",
@@ -56,12 +56,7 @@ def chunks(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def original(tmp_path_factory, scheduler):
     """(spec file, store): a complete, healthy store, never modified by a test."""
-    root = tmp_path_factory.mktemp("verify")
-    spec = root / "verify.toml"
-    spec.write_text(SPEC)
-    store = root / "original.zarr"
-    code, _, err = call("run", str(spec), "--store", str(store), "--scheduler", scheduler)
-    assert code == 0, err
+    spec, store, _ = run_spec(tmp_path_factory.mktemp("verify"), "original", SPEC, scheduler)
     return spec, store
 
 
