@@ -161,7 +161,7 @@ def next_plan(rs: RefinedSpec, stats: list[Estimate]) -> Plan:
     outcome = []
     stop = plan.round >= refine.max_rounds
     for key, members in rs.groups().items():
-        xs = [rs.points[i].labels[rule.param] for i in members]
+        xs = [rs.points.label(i)[rule.param] for i in members]
         est = [stats[i] for i in members]
         if rule.kind == "bisect":
             d = bisect_step(rule, xs, est, members, refine.max_seeds)

@@ -52,7 +52,7 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
     for unit in layout.units():
         if unit.id in skip:
             continue
-        points = tuple(PointTask(i, spec.points[i].point.hash, spec.points[i].params,
+        points = tuple(PointTask(i, spec.points.hash(i), spec.points.params(i),
                                  spec.describe_point(i)) for i in range(unit.p0, unit.p1))
         yield UnitTask(ref, layout, unit, points, spec.root_seed, run_id, store_id,
                        unit.id in recompute)

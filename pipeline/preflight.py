@@ -119,8 +119,8 @@ def _is_empty_dir(ref: StoreRef) -> bool:
 
 def convergence_rules(spec: Spec) -> dict[str, str]:
     """``{"loss/method": rule}`` for every (loss, method) the sweep's points use."""
-    return {f"{sp.point.loss}/{sp.point.method}": convergence_rule(sp.point.loss, sp.point.method)
-            for sp in spec.points}
+    return {f"{pr.point.loss}/{pr.point.method}": convergence_rule(pr.point.loss, pr.point.method)
+            for pr in spec.points.profiles}
 
 
 def store_attrs(spec: Spec) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def store_attrs(spec: Spec) -> dict[str, Any]:
         "root_seed": spec.root_seed,
         "block_seeds": spec.block_seeds,
         "points": len(spec.points),
-        "blocks": len(spec.blocks),
+        "blocks": spec.n_blocks,
         # coordinate names (a parameter that is also a data variable is renamed: loss_type)
         "swept": json.dumps([zstore.coord_name(n) for n in spec.swept]),
         "index": json.dumps([zstore.coord_name(n) for n in spec.index]),

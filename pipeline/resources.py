@@ -31,10 +31,10 @@ def block_memory_bytes(spec: Spec, layout: zstore.Layout, block_seeds: int | Non
     seeds = spec.block_seeds if block_seeds is None else block_seeds
     if seeds != layout.block_seeds:
         layout = replace(layout, block_seeds=seeds)
-    width = max((p.point.d if p.point.backend == "full" else p.point.k + 1)
-                for p in spec.points)
+    width = max((pr.point.d if pr.point.backend == "full" else pr.point.k + 1)
+                for pr in spec.points.profiles)
     state = seeds * layout.n_max * width * 8
-    if any(p.point.loss == "mse" for p in spec.points):  # the Gram Q: n x n per seed
+    if any(pr.point.loss == "mse" for pr in spec.points.profiles):  # the Gram Q: n x n
         state += seeds * layout.n_max * layout.n_max * 8
     return 3 * layout.block_nbytes() + 4 * state
 
@@ -85,14 +85,15 @@ def memory_refusal(spec: Spec, layout: zstore.Layout, limit: int | None, where: 
     one = block_memory_bytes(spec, layout, 1)
     if one <= limit:
         return None
-    big = max(spec.points, key=lambda p: p.point.n * (p.point.d if p.point.backend == "full"
-                                                      else p.point.k + 1))
+    big = max(spec.points.profiles, key=lambda pr: pr.point.n * (
+        pr.point.d if pr.point.backend == "full" else pr.point.k + 1))
     source = f" ({where})" if where else ""
     return SpecError("block_seeds", spec.block_seeds,
                      f"blocks that fit in a worker's memory limit {format_bytes(limit)}{source}",
                      hint=f"even one seed needs ~{format_bytes(one)} (n padded to "
                           f"{layout.n_max}, k to {layout.k_max}; the largest point is "
-                          f"{big.describe()}): lower n or the number of snapshot times, or "
+                          f"{spec.describe_point(big.index)}): lower n or the number of "
+                          "snapshot times, or "
                           "give each worker more memory")
 
 

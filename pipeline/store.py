@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,8 @@ from .lock import LOCK
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
+
+    from .engine.simulate import Trajectories
 
 #: Version of this layout, recorded in every store.
 LAYOUT_VERSION = 2
@@ -145,9 +148,10 @@ class Layout:
         :func:`pipeline.units.plan`)."""
         from . import units
 
-        mse = any(p.point.loss == "mse" for p in spec.points)
+        profiles = spec.points.profiles
+        mse = any(pr.point.loss == "mse" for pr in profiles)
         times = None if spec.snapshots is None else tuple(float(t) for t in spec.snapshots)
-        sgd = any(p.point.method == "sgd" for p in spec.points)
+        sgd = any(pr.point.method == "sgd" for pr in profiles)
         features = {"snapshots": times is not None, "mse": mse, "sgd": sgd}
         base = cls(len(spec.points), spec.seeds, spec.block_seeds, spec.n_max, spec.k_max,
                    times, tuple(v for v in VARIABLES if all(features[f] for f in v.when)))
@@ -266,6 +270,8 @@ def _coordinate(values: Sequence[Any]) -> np.ndarray:
     (activation names) are variable-length strings; tables and matrices become their JSON
     text, a readable and exact label.
     """
+    if isinstance(values, np.ndarray) and values.dtype in (np.int64, np.float64):
+        return values  # a label column already typed (sweeps.points)
     if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.int64)
     if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values):
@@ -276,7 +282,9 @@ def _coordinate(values: Sequence[Any]) -> np.ndarray:
 
 def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
     """The store as a lazy dataset: data variables are unevaluated dask arrays (never
-    computed), coordinates, masks and attributes are real."""
+    computed), coordinates, masks and attributes are real, except ``point_hash`` and
+    ``point_params`` (:func:`write_point_texts` writes them in pieces: as Python strings,
+    10^6 points' parameter texts alone are ~400 MB)."""
     data: dict[str, Any] = {}
     for var in layout.variables:
         # One dask chunk per variable: the array is never computed (only its metadata is
@@ -288,8 +296,7 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
     data["status"][2].update(flag_values=sorted(STATUS_FLAGS),
                              flag_meanings=" ".join(STATUS_FLAGS[k] for k in
                                                     sorted(STATUS_FLAGS)))
-    n = np.array([p.point.n for p in spec.points])
-    k = np.array([p.point.k for p in spec.points])
+    n, k = spec.points.n, spec.points.k
     data["neuron_mask"] = (("point", "neuron"), np.arange(layout.n_max) < n[:, None],
                            {"long_name": "neuron exists at this point (n < n_max is padded)"})
     data["index_mask"] = (("point", "index"), np.arange(layout.k_max) < k[:, None],
@@ -299,14 +306,9 @@ def template(spec: Spec, layout: Layout, attrs: dict[str, Any]) -> xr.Dataset:
         "seed": np.arange(layout.seeds, dtype=np.int64),
         "neuron": np.arange(layout.n_max, dtype=np.int64),
         "index": np.arange(layout.k_max, dtype=np.int64),
-        "point_hash": ("point", np.array([p.point.hash for p in spec.points], dtype=object)),
-        "point_params": ("point", np.array([json.dumps(json_plain(p.point.canonical()),
-                                                       sort_keys=True)
-                                            for p in spec.points], dtype=object)),
     }
     for name in spec.swept:
-        coords[coord_name(name)] = ("point",
-                                    _coordinate([p.labels[name] for p in spec.points]))
+        coords[coord_name(name)] = ("point", _coordinate(spec.points.columns[name]))
     for name, values in (("n", n), ("k", k)):
         if name not in spec.swept:
             coords[name] = ("point", values.astype(np.int64))
@@ -365,11 +367,55 @@ def create(ref: StoreRef, spec: Spec, attrs: dict[str, Any], *, layout: Layout |
         # "w": the location is empty but for the lock, which "w" would delete.
         ds.to_zarr(_target(ref), mode="a", compute=False, consolidated=False, zarr_format=3,
                    encoding=_encoding(layout))
+        write_point_texts(zarr.open_group(_target(ref), mode="r+", zarr_format=3,
+                                          use_consolidated=False), spec)
     put_json(ref, INITIALIZED, {"spec_hash": spec.hash, "layout_version": LAYOUT_VERSION,
                                 "store_id": uuid.uuid4().hex})
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(ref.path(CREATING, root))
     return layout
+
+
+#: Points per chunk of ``point_hash`` and ``point_params`` (one object up to this many; a
+#: chunk of parameter texts is ~10 MB as Python strings, and is written whole, once).
+TEXT_CHUNK = 20_000
+
+
+def write_point_texts(group: Any, spec: Spec) -> None:
+    """Write the coordinates ``point_hash`` (each point's content hash) and ``point_params``
+    (its canonical parameters as JSON text) into the zarr ``group`` of a store, block by
+    block, and name them as coordinates of every data variable (xarray reads them as such
+    then, as when ``to_zarr`` writes them; the array metadata is what it writes too)."""
+    n = len(spec.points)
+    hashes = spec.points.hash_bytes
+    pieces = {
+        "point_hash": ([hashes[lo:lo + TEXT_CHUNK].astype(str)
+                        for lo in range(0, n, TEXT_CHUNK)]),
+        "point_params": spec.points.canonical_texts(),
+    }
+    for name, blocks in pieces.items():
+        if name in group and group[name].shape == (n,):
+            arr = group[name]
+        else:
+            arr = group.create_array(name, shape=(n,), dtype=str,
+                                     chunks=(min(n, TEXT_CHUNK),),
+                                     dimension_names=["point"], overwrite=True)
+        # Whole chunks at a time: a partial write would read, decode and re-encode the chunk.
+        step = arr.chunks[0]
+        lo, buffer = 0, []
+        for texts in itertools.chain(blocks, [None]):
+            if texts is not None:
+                buffer.extend(texts)
+            while buffer and (len(buffer) >= step or texts is None):
+                piece, buffer = buffer[:step], buffer[step:]
+                arr[lo:lo + len(piece)] = np.array(piece, dtype=np.dtypes.StringDType())
+                lo += len(piece)
+    for _, arr in group.arrays():  # the data variables (and masks) xarray wrote
+        if "coordinates" in arr.attrs:
+            listed = str(arr.attrs["coordinates"]).split()
+            missing = [name for name in pieces if name not in listed]
+            if missing:
+                arr.attrs["coordinates"] = " ".join(sorted([*listed, *missing]))
 
 
 def remove(ref: StoreRef, *, keep: Sequence[str] = ()) -> None:
@@ -433,35 +479,41 @@ def fill_unit(layout: Layout, unit: Any) -> dict[str, np.ndarray]:
             for v in layout.variables}
 
 
-def put_point(layout: Layout, data: dict[str, np.ndarray], row: int, ds: xr.Dataset) -> None:
-    """Copy one point's simulation output (from :func:`pipeline.simulate`, over the unit's
-    seeds) into row ``row`` of a unit's arrays ``data`` (from :func:`fill_unit`).
+def put_point(layout: Layout, data: dict[str, np.ndarray], row: int,
+              run: Trajectories | xr.Dataset) -> None:
+    """Copy one point's simulation output over the unit's seeds (from
+    :func:`pipeline.engine.simulate.compute`, or the dataset of :func:`pipeline.simulate`)
+    into row ``row`` of a unit's arrays ``data`` (from :func:`fill_unit`).
 
     ``neuron``/``index`` stay padded to the sweep maximum; coordinates are the driver's.
     Dtypes are checked, never cast (a float32 cast would break bit-identity).
     """
-    extra = sorted(set(ds.data_vars) - set(data))
+    if isinstance(run, xr.Dataset):
+        out = {name: (var.dims, var.values) for name, var in run.data_vars.items()}
+        times = run.variables["time"].values if "time" in run.variables else None
+    else:
+        out, times = run.data, run.times
+    extra = sorted(set(out) - set(data))
     if extra:
         raise ValueError(f"simulate returned {extra}, which this store does not declare: "
                          "add them to pipeline.store.VARIABLES")
     if layout.times is not None:
-        times = np.asarray(ds.variables["time"].values, dtype=np.float64)
-        if not np.array_equal(times, np.asarray(layout.times)):
+        if times is None or not np.array_equal(np.asarray(times, dtype=np.float64),
+                                               np.asarray(layout.times)):
             raise ValueError("snapshot times of the point differ from the store's")
-    variables = ds.variables  # plain variables: no DataArray built per lookup
     for var in layout.variables:
-        if var.name not in variables:
+        if var.name not in out:
             if var.when:  # optional: e.g. q of a correlation point in a mixed sweep
                 continue
             raise ValueError(f"simulate did not return {var.name!r}, which the store expects")
-        arr = variables[var.name]
-        if arr.dims != ("seed",) + var.dims:
-            raise ValueError(f"{var.name} has dims {arr.dims}, the store expects "
+        dims, values = out[var.name]
+        if tuple(dims) != ("seed",) + var.dims:
+            raise ValueError(f"{var.name} has dims {tuple(dims)}, the store expects "
                              f"{('seed',) + var.dims}")
-        if arr.dtype != np.dtype(var.dtype):
-            raise TypeError(f"{var.name} is {arr.dtype}, the store holds {var.dtype}; "
+        if values.dtype != np.dtype(var.dtype):
+            raise TypeError(f"{var.name} is {values.dtype}, the store holds {var.dtype}; "
                             "refusing to cast")
-        data[var.name][(row,) + tuple(slice(0, s) for s in arr.shape)] = arr.values
+        data[var.name][(row,) + tuple(slice(0, s) for s in values.shape)] = values
 
 
 def check_unit(layout: Layout, unit: Any) -> None:
@@ -674,7 +726,7 @@ def _extend(ref: StoreRef, spec: Spec, group: Any, coords: dict[str, Sequence[An
             attrs: dict[str, Any]) -> bool:
     old, new = int(attrs.get("points", 0)), len(spec.points)
     hashes = [str(h) for h in group["point_hash"][:old]]
-    if new < old or hashes != [p.point.hash for p in spec.points[:old]]:
+    if new < old or hashes != spec.points.hashes(0, old):
         raise SpecError("store", ref.url, f"a store whose {old} points are the first points "
                         f"of {spec.name!r}, in the same order (points may only be appended)",
                         hint="its points differ; pass --overwrite to replace it or --store "
@@ -696,6 +748,7 @@ def _extend(ref: StoreRef, spec: Spec, group: Any, coords: dict[str, Sequence[An
     for name, var in full.variables.items():
         if name not in data and var.dims[:1] == ("point",):
             arrays[name][...] = _writable(np.asarray(var.values))
+    write_point_texts(group, spec)
     for name, values in coords.items():
         values = _writable(_coordinate(list(values)))
         group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
@@ -706,7 +759,7 @@ def _extend(ref: StoreRef, spec: Spec, group: Any, coords: dict[str, Sequence[An
         if extra:
             group[name].attrs["coordinates"] = " ".join(listed + extra)
     group.attrs.update({"spec_text": spec.text, "spec_file": spec.source, "points": new,
-                        "blocks": len(spec.blocks), **layout.attrs(), "spec_hash": spec.hash})
+                        "blocks": spec.n_blocks, **layout.attrs(), "spec_hash": spec.hash})
     consolidate(ref)
     put_json(ref, INITIALIZED, {**init, "spec_hash": spec.hash})
     return True

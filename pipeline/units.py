@@ -68,8 +68,8 @@ class Unit:
 def point_seconds(spec: Spec, seeds: int) -> float:
     """Rough seconds of one point of ``spec`` over ``seeds`` seeds (the slowest point)."""
     worst = 0.0
-    for sp in spec.points:
-        p = sp.point
+    for profile in spec.points.profiles:  # each with its largest d, t_max and budgets
+        p = profile.point
         width = p.d if p.backend == "full" else p.k + 1
         if p.loss == "mse":
             width += p.n

@@ -30,7 +30,7 @@ def sweep_kinds(spec: Spec) -> list[tuple[str, str, str]]:
     """The kernel kinds ``(loss, method, backend)`` the points of ``spec`` use."""
     from .engine.warm import kernel_kind
 
-    return sorted({kernel_kind(sp.point) for sp in spec.points})
+    return sorted({kernel_kind(pr.point) for pr in spec.points.profiles})
 
 
 def _warm_here(kinds: list[tuple[str, str, str]], snapshots: bool) -> dict[str, Any]:

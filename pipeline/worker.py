@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _testhooks, ledger, verify
 from . import store as zstore
-from .engine.simulate import simulate
+from .engine.simulate import compute
 from .ledger import StoreRef
 from .provenance import utc_now
 from .units import Unit
@@ -135,9 +135,13 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
             warnings.simplefilter("always")
             for row, point in enumerate(task.points):
                 current = point
-                ds = simulate(point.params, seeds, root_seed=task.root_seed,
+                run = compute(point.params, seeds, root_seed=task.root_seed,
                               snapshots=times, threads=1)
-                zstore.put_point(layout, data, row, ds)
+                if run.point.hash != point.hash:  # driver and worker must agree on it
+                    raise ValueError(f"the point resolves to hash {run.point.hash} on this "
+                                     f"worker, {point.hash} in the driver: are both running "
+                                     "the same mimflow version?")
+                zstore.put_point(layout, data, row, run)
         current = None
         status = data["status"]  # -1: padding (neurons beyond a point's n)
         for s, c in zip(*np.unique(status[status >= 0], return_counts=True), strict=True):

@@ -37,7 +37,8 @@ from pipeline.engine.params import INTEGER_PARAMS, json_plain, resolve_point
 from pipeline.errors import SpecError
 
 if TYPE_CHECKING:
-    from .spec import Block, Spec, SweepPoint
+    from .points import Points
+    from .spec import Block, Spec
 
 #: The statistics a rule may name (computed by ``analysis.refine.STATISTICS``), and whether
 #: each is a fraction (its threshold then lies in (0, 1)).
@@ -253,18 +254,13 @@ class RefinedSpec:
         return getattr(self.base, name)
 
     @cached_property
-    def points(self) -> tuple[SweepPoint, ...]:
+    def points(self) -> Points:
         """The grid's points, then the added ones in the order they were added."""
-        from .spec import SweepPoint
-
-        out = list(self.base.points)
+        added = []
         for a in self.plan.added:
-            sp = self.base.points[a.base]
-            params = {**sp.params, self.base.refine.rule.param: a.value}
-            point = resolve_point(params)
-            labels = {name: getattr(point, name) for name in self.base.swept}
-            out.append(SweepPoint(len(out), params, labels, point))
-        return tuple(out)
+            params = {**self.base.points.params(a.base), self.base.refine.rule.param: a.value}
+            added.append((params, resolve_point(params)))
+        return self.base.points.extended(added)
 
     @cached_property
     def blocks(self) -> tuple[Block, ...]:
@@ -272,9 +268,9 @@ class RefinedSpec:
         from .spec import Block
 
         out = []
-        for p, planned in zip(self.points, self.plan.seeds, strict=True):
+        for p, planned in enumerate(self.plan.seeds):
             for start in range(0, planned, self.base.block_seeds):
-                out.append(Block(len(out), p.index, start,
+                out.append(Block(len(out), p, start,
                                  min(start + self.base.block_seeds, self.base.seeds)))
         return tuple(out)
 
@@ -291,7 +287,7 @@ class RefinedSpec:
     @property
     def n_neuron_trajectories(self) -> int:
         """Number of planned single-neuron paths."""
-        return sum(s * p.point.n for s, p in zip(self.plan.seeds, self.points, strict=True))
+        return sum(s * int(n) for s, n in zip(self.plan.seeds, self.points.n, strict=True))
 
     @cached_property
     def hash(self) -> str:
@@ -299,12 +295,14 @@ class RefinedSpec:
         seed blocks leaves the store's layout as it is)."""
         from pipeline.engine.params import content_hash
 
+        n = len(self.base.points)
         return content_hash({"spec": self.base.hash, "added": [
-            [json_plain(p.labels), p.point.hash] for p in self.points[len(self.base.points):]]})
+            [json_plain(self.points.label(i)), self.points.hash(i)]
+            for i in range(n, len(self.points))]})
 
     def describe_point(self, index: int) -> str:
         """``d=1000, k=2`` for a point."""
-        return self.points[index].describe()
+        return self.points.describe(index)
 
     def provenance(self) -> dict[str, list]:
         """Per point, the round that added it and the rule (``""`` for the grid's points)."""
@@ -318,12 +316,13 @@ class RefinedSpec:
         sorted along the rule's parameter."""
         param = self.base.refine.rule.param
         out: dict[str, list[int]] = {}
-        for p in self.points:
-            key = json.dumps({k: json_plain(v) for k, v in p.labels.items() if k != param},
+        labels = [self.points.label(i) for i in range(len(self.points))]
+        for i, lab in enumerate(labels):
+            key = json.dumps({k: json_plain(v) for k, v in lab.items() if k != param},
                              sort_keys=True)
-            out.setdefault(key, []).append(p.index)
+            out.setdefault(key, []).append(i)
         for members in out.values():
-            members.sort(key=lambda i: self.points[i].labels[param])
+            members.sort(key=lambda i: labels[i][param])
         return out
 
 

@@ -14,6 +14,7 @@ axis varies slowest. Points are numbered in that order and each point is cut int
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -36,14 +37,16 @@ from pipeline.engine.params import (
     TABLE_PARAMS,
     VOCABULARY,
     Point,
-    content_hash,
+    hash_text,
     json_plain,
+    json_text,
     resolve_point,
 )
 from pipeline.engine.seeding import validate_root_seed
 from pipeline.engine.snapshots import default_snapshot_times, late_snapshots, validate_snapshots
 from pipeline.errors import SpecError
 
+from .points import GridParams, Points, PointsBuilder, SweepPoint, describe, show  # noqa: F401
 from .refine import Refine, parse_refine
 from .values import expand_helper, is_helper, looks_like_helper
 
@@ -57,26 +60,6 @@ MAX_POINTS = 1_000_000
 #: Largest spec file read (a spec is a few lines; this stops /dev/zero, not a real spec).
 MAX_SPEC_BYTES = 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True, eq=False)
-class SweepPoint:
-    """One point of a sweep: its position, its parameters and its swept labels."""
-
-    index: int
-    params: dict[str, Any]
-    """Parameters as given to :func:`pipeline.simulate` (fixed and swept values)."""
-    labels: dict[str, Any]
-    """Swept parameter name -> resolved value (the store's coordinates along ``point``)."""
-    point: Point
-
-    def swept_names(self) -> list[str]:
-        """Names of the swept parameters, in expansion order."""
-        return list(self.labels)
-
-    def describe(self) -> str:
-        """``d=1000, k=2`` for the point (``the single point`` when nothing is swept)."""
-        return ", ".join(f"{k}={_show(v)}" for k, v in self.labels.items()) or "the single point"
 
 
 def block_id(point_index: int, start: int) -> str:
@@ -136,7 +119,8 @@ class Spec:
     index: tuple[str, ...]
     """The swept parameters that identify a point: every grid parameter and one key of each
     zip group (the others are determined by it). The store indexes ``point`` by these."""
-    points: tuple[SweepPoint, ...]
+    points: Points
+    """The points (:class:`~sweeps.points.Points`: by column, each resolved on demand)."""
     snapshots: np.ndarray | None
     warnings: tuple[SpecWarning, ...] = field(default=())
     unit_points: int | None = None
@@ -152,10 +136,10 @@ class Spec:
     def blocks(self) -> tuple[Block, ...]:
         """Every block, point by point, seed range by seed range."""
         out = []
-        for p in self.points:
+        for p in range(len(self.points)):
             for start in range(0, self.seeds, self.block_seeds):
-                out.append(Block(len(out), p.index, start, min(start + self.block_seeds,
-                                                               self.seeds)))
+                out.append(Block(len(out), p, start, min(start + self.block_seeds,
+                                                         self.seeds)))
         return tuple(out)
 
     @property
@@ -172,17 +156,17 @@ class Spec:
     @property
     def n_neuron_trajectories(self) -> int:
         """Number of single-neuron paths (each trajectory has ``n`` neurons)."""
-        return self.seeds * sum(p.point.n for p in self.points)
+        return self.seeds * int(self.points.n.sum())
 
     @property
     def n_max(self) -> int:
         """Largest number of neurons over the points (the store pads to it)."""
-        return max(p.point.n for p in self.points)
+        return int(self.points.n.max())
 
     @property
     def k_max(self) -> int:
         """Largest number of index vectors over the points (the store pads to it)."""
-        return max(p.point.k for p in self.points)
+        return int(self.points.k.max())
 
     @cached_property
     def hash(self) -> str:
@@ -196,22 +180,24 @@ class Spec:
             "name": self.name, "seeds": self.seeds, "root_seed": self.root_seed,
             "block_seeds": self.block_seeds, "swept": list(self.swept),
             "snapshots": None if self.snapshots is None else self.snapshots.tolist(),
-            "points": [[json_plain(p.labels), p.point.hash] for p in self.points],
+            "points": [],  # [[labels, point hash], ...]: streamed in below
             # Only when set: specs without them keep the hash (and stores) they had.
             **{k: v for k, v in (("unit_points", self.unit_points),
                                  ("unit_seeds", self.unit_seeds)) if v is not None},
         }
         if self.refine is not None:  # absent otherwise: the hashes of older stores stand
             identity["refine"] = self.refine.identity()
-        return content_hash(identity)
+        # The digest of the whole identity's JSON text, fed piece by piece: the same
+        # digest as content_hash(identity with its points), never holding their text.
+        # The first '"points":[]' is the top-level key's (sorted keys: only block_seeds
+        # and name come before it, neither can hold a quote).
+        head, mark, tail = json_text(identity).partition('"points":[]')
+        return hash_text(itertools.chain([head, '"points":['],
+                                         self.points.identity_chunks(), ["]", tail]))
 
     def describe_point(self, index: int) -> str:
         """``d=1000, k=2`` for a point (``the single point`` when nothing is swept)."""
-        return self.points[index].describe()
-
-
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(json_plain(value))
+        return self.points.describe(index)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -309,22 +295,32 @@ def _parse(text: str, source: str) -> Spec:
         raise SpecError("grid", f"{count} points", f"at most {MAX_POINTS} points per sweep",
                         hint="split the sweep into several specs")
 
-    points = []
-    for combo in itertools.product(*(values for _, values in axes)):
+    params_of = GridParams(fixed, axes)
+    builder = PointsBuilder(swept, count)
+    activations = _Activations(sections, swept, params_of)
+    lr_points = []
+    for i, combo in enumerate(itertools.product(*(values for _, values in axes))):
         assigned = {name: v for (names, _), vals in zip(axes, combo, strict=True)
                     for name, v in zip(names, vals, strict=True)}
         p = {**fixed, **assigned}
         point = _resolve(p, assigned, sections)
-        labels = {name: getattr(point, name) for name in swept}
-        points.append(SweepPoint(len(points), p, labels, point))
+        labels = builder.add(point)
+        activations.add(i, point, labels)
+        if p.get("lr") is not None and point.method == "flow":
+            lr_points.append(i)
+    t_max_of = builder.t_max  # (not kept by Points: only the warnings below need it)
+    points = builder.build(params_of)
+    del builder
 
     index = _index(axes, points, sections)
-    t_max = max(sp.point.t_max for sp in points)
-    if snapshots_raw not in (None, False) and any(sp.point.method == "sgd" for sp in points):
+    activations.raise_first()
+    t_max = float(t_max_of.max())
+    if snapshots_raw not in (None, False) and any(pr.point.method == "sgd"
+                                                  for pr in points.profiles):
         t_max = _sample_grid_end(points)  # an SGD sweep's snapshots count samples
     snapshots = _snapshots(snapshots_raw, t_max)
-    spec_warnings = _check_activations(points, sections)
-    spec_warnings += _ignored_settings(points, snapshots)
+    spec_warnings = activations.warnings()
+    spec_warnings += _ignored_settings(lr_points, t_max_of, snapshots)
     refine = None
     if "refine" in raw:
         for setting in ("unit_points", "unit_seeds"):
@@ -339,7 +335,7 @@ def _parse(text: str, source: str) -> Spec:
     return Spec(
         source=source, text=text, name=name, description=description, seeds=seeds,
         root_seed=root_seed, block_seeds=block_seeds, fixed=fixed, swept=swept,
-        index=index, points=tuple(points), snapshots=snapshots,
+        index=index, points=points, snapshots=snapshots,
         warnings=tuple(spec_warnings), unit_points=unit_points, unit_seeds=unit_seeds,
         refine=refine,
     )
@@ -455,31 +451,52 @@ def _zip_axis(g: int, group: dict) -> tuple[tuple[str, ...], list[tuple]]:
     return tuple(columns), rows
 
 
-def _index(axes: list[tuple[tuple[str, ...], list[tuple]]], points: list[SweepPoint],
+def _index(axes: list[tuple[tuple[str, ...], list[tuple]]], points: Points,
            sections: dict[str, str]) -> tuple[str, ...]:
     """The parameters that label points uniquely; refuse two points with the same labels
     (``d = [100, 100.0]`` gives two points with d = 100)."""
-    def key_of(p: SweepPoint, names: list[str]) -> str:
-        return json.dumps([json_plain(p.labels[n]) for n in names], sort_keys=True)
-
+    codes = {name: _codes(points.columns[name]) for names, _ in axes for name in names}
     index: list[str] = []
     for names, rows in axes:
-        key = next((n for n in names if len({key_of(p, [n]) for p in points}) == len(rows)),
-                   None)
+        key = next((n for n in names if int(codes[n].max(initial=-1)) + 1 == len(rows)), None)
         index.extend([key] if key else names)
-    seen: dict[str, SweepPoint] = {}
-    for p in points:
-        text = key_of(p, index)
-        if text in seen:
-            first = seen[text]
-            name = next((n for n in p.swept_names() if p.params[n] != first.params[n]),
-                        index[0])
-            raise SpecError(f"{sections[name]}.{name}", p.params[name],
-                            "values that give distinct points",
-                            hint=f"{first.params[name]!r} and {p.params[name]!r} both give "
-                                 f"the point {p.describe()}")
-        seen[text] = p
+    if not index or len(points) < 2:
+        return tuple(index)
+    # One integer per point from its codes (mixed radix), when that fits in 63 bits.
+    sizes = [int(codes[name].max()) + 1 for name in index]
+    if math.prod(sizes) < 2**62:
+        key = np.zeros(len(points), dtype=np.int64)
+        for name, size in zip(index, sizes, strict=True):
+            key = key * size + codes[name]
+        order = np.argsort(key, kind="stable")
+        same = np.nonzero(key[order][1:] == key[order][:-1])[0]
+        pairs = [(int(order[s]), int(order[s + 1])) for s in same[:1]]
+    else:
+        table = np.stack([codes[name] for name in index], axis=1)
+        _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        repeated = np.nonzero(first[inverse] != np.arange(len(points)))[0]
+        pairs = [(int(first[inverse[r]]), int(r)) for r in repeated[:1]]
+    if pairs:
+        j, i = pairs[0]
+        p, q = points.params(i), points.params(j)
+        name = next((n for n in points.swept if p[n] != q[n]), index[0])
+        raise SpecError(f"{sections[name]}.{name}", p[name],
+                        "values that give distinct points",
+                        hint=f"{q[name]!r} and {p[name]!r} both give the point "
+                             f"{points.describe(i)}")
     return tuple(index)
+
+
+def _codes(column: Any) -> np.ndarray:
+    """An integer per value of a label column, equal exactly where the labels' JSON texts
+    are equal (floats by their bits: -0.0 and 0.0 are two labels, as their texts are)."""
+    if isinstance(column, np.ndarray):
+        bits = column.view(np.int64) if column.dtype == np.float64 else column
+        return np.unique(bits, return_inverse=True)[1].reshape(-1)
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(json.dumps(json_plain(v), sort_keys=True), len(seen))
+                     for v in column], dtype=np.int64)
 
 
 def _resolve(params: dict, assigned: dict, sections: dict[str, str]) -> Point:
@@ -489,22 +506,22 @@ def _resolve(params: dict, assigned: dict, sections: dict[str, str]) -> Point:
     except SpecError as err:
         section = sections.get(err.field)
         where = f"{section}.{err.field}" if section else err.field
-        at = ", ".join(f"{k}={_show(v)}" for k, v in assigned.items())
+        at = ", ".join(f"{k}={show(v)}" for k, v in assigned.items())
         hint = "; ".join(x for x in (err.hint, f"at the point {at}" if at else None) if x)
         raise SpecError(where, err.value, err.allowed, hint=hint or None) from None
 
 
-def _sample_grid_end(points: list[SweepPoint]) -> float:
+def _sample_grid_end(points: Points) -> float:
     """The largest sample budget, for a sweep whose snapshots are sample counts (SGD).
 
     The store has one ``time`` axis, so a sweep with snapshots may not mix SGD points (grid
     in samples) with flow or GD points (grid in time)."""
-    methods = sorted({sp.point.method for sp in points})
+    methods = sorted({pr.point.method for pr in points.profiles})
     if methods != ["sgd"]:
         raise SpecError("method", methods, "only 'sgd', or no 'sgd', in a sweep with "
                         "snapshots (SGD snapshots count samples, the others time)",
                         hint="split the sweep into an SGD spec and a flow/GD spec")
-    return float(max(sp.point.max_samples for sp in points))
+    return float(max(pr.point.max_samples for pr in points.profiles))
 
 
 def _snapshots(value: Any, t_max: float) -> np.ndarray | None:
@@ -524,70 +541,118 @@ def _snapshots(value: Any, t_max: float) -> np.ndarray | None:
         raise SpecError(field_name, err.value, err.allowed, hint=err.hint) from None
 
 
-def _check_activations(points: list[SweepPoint], sections: dict[str, str]) -> list[SpecWarning]:
-    """Check the paper's assumptions once per distinct (teacher, student, degree, frame).
+class _Activations:
+    """The paper's assumptions, checked once per distinct (teacher, student, degree, frame),
+    point by point as the parse resolves them.
 
     An activation pair with no dynamics is an error; broken assumptions and truncated
     expansions become :class:`SpecWarning` s, each reported once with the points it concerns.
+    Two spellings of one activation (``h3`` and ``{3 = 1.0}``) at otherwise equal points are
+    one computation under two labels: an error. The first error is raised by
+    :meth:`raise_first`, after the check of distinct labels (as before points were kept by
+    column).
     """
-    found: dict[tuple[str, str], list[int]] = {}
-    seen: dict[str, list[tuple[str, str]]] = {}
-    numbers: dict[str, str] = {}  # activation key -> the Hermite coefficients, as text
-    same: dict[str, SweepPoint] = {}  # what the point computes -> the first point
-    for sp in points:
-        p = sp.point
-        key = json.dumps([p.teacher, p.student, p.degree, p.gram, p.beta, p.k],
-                         sort_keys=True)
-        if key not in seen:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                teacher = get_activation(p.teacher, p.degree, field_name="teacher")
-                student = get_activation(p.student, p.degree, field_name="student")
-            numbers[key] = json.dumps([teacher.coefficients.tolist(),
-                                       student.coefficients.tolist()])
-            issues = check_assumptions(student.coefficients, teacher.coefficients,
-                                       p.gram_matrix)
-            for issue in issues:
-                if issue.severity == "error":
-                    name = "teacher" if "teacher" in sections else "student"
-                    raise SpecError(
-                        f"{sections.get(name, 'params')}.{name}", getattr(p, name),
-                        f"activations satisfying Assumption {issue.assumption}",
-                        hint=f"{issue.message}; at the point {sp.describe()}")
-            seen[key] = [(w.category.__name__, str(w.message)) for w in caught]
-            seen[key] += [("AssumptionWarning",
-                           f"Assumption {i.assumption} broken: {i.message}") for i in issues]
-        for item in seen[key]:
-            found.setdefault(item, []).append(sp.index)
-        # Two spellings of one activation (h3 and {3 = 1.0}) are two labels of one point.
+
+    def __init__(self, sections: dict[str, str], swept: tuple[str, ...],
+                 params_of: GridParams) -> None:
+        self.sections = sections
+        self.params_of = params_of
+        self.found: dict[tuple[str, str], list[int]] = {}
+        self.seen: dict[Any, list[tuple[str, str]]] = {}
+        self.numbers: dict[Any, str] = {}  # activation key -> the Hermite coefficients, text
+        # Only when an activation is swept can two points differ by its spelling alone.
+        self.spellings = "teacher" in swept or "student" in swept
+        # digest of what a point computes -> its first point and activation key
+        self.same: dict[int, tuple[int, Any]] = {}
+        self.error: SpecError | None = None
+
+    def add(self, i: int, p: Any, labels: dict[str, Any]) -> None:
+        """Check point ``i`` (resolved: ``p``; its swept labels: ``labels``)."""
+        if self.error is not None:
+            return
+        key: Any = (p.teacher, p.student, p.degree, p.gram, p.beta, p.k)
+        try:
+            hash(key)
+        except TypeError:  # an activation given as a table of coefficients
+            key = json.dumps([p.teacher, p.student, p.degree, p.gram, p.beta, p.k],
+                             sort_keys=True)
+        if key not in self.seen:
+            if not self._first_of(key, i, p, labels):
+                return
+        for item in self.seen[key]:
+            self.found.setdefault(item, []).append(i)
+        if self.spellings:
+            self._spelling(key, i, p, labels)
+
+    def _first_of(self, key: Any, i: int, p: Any, labels: dict[str, Any]) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            teacher = get_activation(p.teacher, p.degree, field_name="teacher")
+            student = get_activation(p.student, p.degree, field_name="student")
+        self.numbers[key] = json.dumps([teacher.coefficients.tolist(),
+                                        student.coefficients.tolist()])
+        issues = check_assumptions(student.coefficients, teacher.coefficients, p.gram_matrix)
+        for issue in issues:
+            if issue.severity == "error":
+                name = "teacher" if "teacher" in self.sections else "student"
+                self.error = SpecError(
+                    f"{self.sections.get(name, 'params')}.{name}", getattr(p, name),
+                    f"activations satisfying Assumption {issue.assumption}",
+                    hint=f"{issue.message}; at the point {describe(labels)}")
+                return False
+        self.seen[key] = [(w.category.__name__, str(w.message)) for w in caught]
+        self.seen[key] += [("AssumptionWarning",
+                            f"Assumption {i.assumption} broken: {i.message}") for i in issues]
+        return True
+
+    def _spelling(self, key: Any, i: int, p: Any, labels: dict[str, Any]) -> None:
         canon = {k: v for k, v in p.canonical().items() if k not in ("teacher", "student")}
-        ident = json.dumps([canon, numbers[key]], sort_keys=True, default=str)
-        if ident in same:
-            first = same[ident]
-            name = next((n for n in ("teacher", "student") if getattr(p, n) !=
-                         getattr(first.point, n)), "teacher")
-            raise SpecError(f"{sections.get(name, 'params')}.{name}", sp.params.get(name),
-                            "activations that give distinct points",
-                            hint=f"{_show(getattr(first.point, name))} and "
-                                 f"{_show(getattr(p, name))} have the same Hermite "
-                                 f"coefficients: the points {first.describe()} and "
-                                 f"{sp.describe()} are one computation")
-        same[ident] = sp
-    return [SpecWarning(cat, msg, tuple(idx)) for (cat, msg), idx in found.items()]
+        ident = json.dumps([canon, self.numbers[key]], sort_keys=True, default=str)
+        digest = int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest())
+        j, key_j = self.same.setdefault(digest, (i, key))
+        if j == i:
+            return
+        first = resolve_point(self.params_of(j))
+        canon_j = {k: v for k, v in first.canonical().items()
+                   if k not in ("teacher", "student")}
+        if json.dumps([canon_j, self.numbers[key_j]], sort_keys=True, default=str) != ident:
+            return  # two digests alike by chance, not two spellings
+        name = next((n for n in ("teacher", "student") if getattr(p, n) != getattr(first, n)),
+                    "teacher")
+        params = self.params_of(i)
+        self.error = SpecError(
+            f"{self.sections.get(name, 'params')}.{name}", params.get(name),
+            "activations that give distinct points",
+            hint=f"{show(getattr(first, name))} and {show(getattr(p, name))} have the same "
+                 f"Hermite coefficients: the points "
+                 f"{describe({n: getattr(first, n) for n in labels})} and "
+                 f"{describe(labels)} are one computation")
+
+    def raise_first(self) -> None:
+        """Raise the first error found, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def warnings(self) -> list[SpecWarning]:
+        """The warnings, each with the points it concerns."""
+        return [SpecWarning(cat, msg, tuple(idx)) for (cat, msg), idx in self.found.items()]
 
 
-def _ignored_settings(points: list[SweepPoint], snapshots: np.ndarray | None
+def _ignored_settings(lr_points: list[int], t_max: np.ndarray, snapshots: np.ndarray | None
                       ) -> list[SpecWarning]:
-    """Warnings for settings that have no effect: ``lr`` with method flow, snapshot times
-    after ``t_max``."""
+    """Warnings for settings that have no effect: ``lr`` with method flow (at the points
+    ``lr_points``), snapshot times after a point's ``t_max`` (``t_max[i]``)."""
     out = []
-    lr = tuple(sp.index for sp in points
-               if sp.params.get("lr") is not None and sp.point.method == "flow")
-    if lr:
-        out.append(SpecWarning("ignored", IGNORED_LR, lr))
+    if lr_points:
+        out.append(SpecWarning("ignored", IGNORED_LR, tuple(lr_points)))
+    if snapshots is None:
+        return out
+    values, first, inverse = np.unique(t_max, return_index=True, return_inverse=True)
+    members = np.split(np.argsort(inverse, kind="stable"),
+                       np.cumsum(np.bincount(inverse.reshape(-1)))[:-1])
     late: dict[str, list[int]] = {}
-    for sp in points:
-        if (text := late_snapshots(snapshots, sp.point.t_max)) is not None:
-            late.setdefault(text, []).append(sp.index)
-    out += [SpecWarning("ignored", text, tuple(idx)) for text, idx in late.items()]
+    for v in np.argsort(first, kind="stable"):  # in the order of each value's first point
+        if (text := late_snapshots(snapshots, float(values[v]))) is not None:
+            late.setdefault(text, []).extend(members[v].tolist())
+    out += [SpecWarning("ignored", text, tuple(sorted(idx))) for text, idx in late.items()]
     return out

@@ -197,17 +197,17 @@ def test_failing_block_is_reported_and_the_rest_completes(tmp_path, monkeypatch)
     spec_path = tmp_path / "exec.toml"
     spec_path.write_text(_with(SPEC, unit_points=2))  # 2 units of 2 points x 10 seeds
     store = str(tmp_path / "fail.zarr")
-    real = worker.simulate
+    real = worker.compute
 
     def flaky(params, seeds, **kwargs):
         if params["d"] == 1000 and params["k"] == 3:
             raise FloatingPointError("boom")
         return real(params, seeds, **kwargs)
 
-    # workers in this process (threads), so that the patched simulate is the one they call
+    # workers in this process (threads), so that the patched compute is the one they call
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
-        monkeypatch.setattr(worker, "simulate", flaky)
+        monkeypatch.setattr(worker, "compute", flaky)
         err = io.StringIO()
         code = main(["run", str(spec_path), "--store", store,
                      "--scheduler", cluster.scheduler_address], err=err)

@@ -1,10 +1,16 @@
-"""The one entry point that joins dynamics, integrator and observation: :func:`simulate`."""
+"""The one entry point that joins dynamics, integrator and observation: :func:`simulate`.
+
+:func:`compute` is the same computation without the labeled dataset (plain arrays, a
+:class:`Trajectories`): a sweep's worker copies them into its work unit, and building an
+``xarray.Dataset`` per point was more than half of a cheap point's cost.
+"""
 
 from __future__ import annotations
 
 import json
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,18 @@ from .seeding import (
 )
 from .snapshots import late_snapshots, validate_snapshots
 from .status import STATUS_NAMES
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """The numbers :func:`simulate` labels: the resolved point, its seeds and snapshot
+    times, and per variable its dimensions (after ``seed``) and values."""
+
+    point: Point
+    seeds: np.ndarray
+    times: np.ndarray | None
+    data: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    """Variable name -> (dims, values); dims start with ``seed``."""
 
 
 def simulate(
@@ -85,6 +103,44 @@ def simulate(
         grid count samples: ``escape_samples`` replaces ``escape_time`` (NaN), ``t_final`` is
         ``lr x steps`` and status 1 is the sample budget ``max_samples``.
     """
+    run = compute(point, seeds, root_seed=root_seed, snapshots=snapshots, threads=threads,
+                  _stacklevel=3)
+    p = run.point
+    ds = run.dataset if isinstance(run, _Labeled) else _dataset(p, run.data, run.seeds,
+                                                                  run.times)
+    teacher = get_activation(p.teacher, p.degree, field_name="teacher")
+    student = get_activation(p.student, p.degree, field_name="student")
+    issues = check_assumptions(student.coefficients, teacher.coefficients, p.gram_matrix)
+    ds.attrs.update({
+        "point": json.dumps(p.canonical(), sort_keys=True),
+        "point_hash": p.hash,
+        "initial_key": content_hash(p.initial_key()),
+        "root_seed": validate_root_seed(root_seed),
+        "p_star": information_exponent(teacher.coefficients) or 0,
+        "c_p": [float(x) for x in dual_coefficients(student.coefficients,
+                                                    teacher.coefficients)],
+        "hermite_degree": p.degree,
+        "teacher_relative_tail": teacher.relative_tail,
+        "student_relative_tail": student.relative_tail,
+        "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
+        "convergence_rule": convergence_rule(p.loss, p.method),
+    })
+    return ds
+
+
+@dataclass(frozen=True)
+class _Labeled(Trajectories):
+    """Trajectories that came labeled already (an SGD point: ``engine/sgd.py`` builds its
+    dataset, with the attributes that say its units)."""
+
+    dataset: xr.Dataset | None = None
+
+
+def compute(point: Mapping[str, Any] | Point, seeds: Iterable[int] | int, *,
+            root_seed: int = 0, snapshots: Any = None, threads: int | None = None,
+            _stacklevel: int = 2) -> Trajectories:
+    """:func:`simulate`'s numbers as plain arrays (same arguments, same checks, same
+    warnings, bit-identical values), without the labeled dataset."""
     if not isinstance(point, Mapping | Point):
         raise SpecError("point", point, "a mapping of parameters such as {'teacher': 'h3', "
                         "'d': 1000, 'k': 2}, or a pipeline.Point")
@@ -98,44 +154,31 @@ def simulate(
                                 or threads < 1):
         raise SpecError("threads", threads, "None (all cores) or an integer >= 1")
     if isinstance(point, Mapping) and point.get("lr") is not None and p.method == "flow":
-        warnings.warn(IGNORED_LR, IgnoredSettingWarning, stacklevel=2)
+        warnings.warn(IGNORED_LR, IgnoredSettingWarning, stacklevel=_stacklevel)
     if (late := late_snapshots(times, horizon)) is not None:
-        warnings.warn(late, IgnoredSettingWarning, stacklevel=2)
+        warnings.warn(late, IgnoredSettingWarning, stacklevel=_stacklevel)
 
     teacher = get_activation(p.teacher, p.degree, field_name="teacher")
     student = get_activation(p.student, p.degree, field_name="student")
     A = p.gram_matrix
     issues = check_assumptions(student.coefficients, teacher.coefficients, A)
-    warn_assumptions(issues, stacklevel=2)
+    warn_assumptions(issues, stacklevel=_stacklevel)
 
     key = content_hash(p.initial_key())
     if p.method == "sgd":  # online SGD: a Markov chain, not an ODE
         ds = sgd.simulate_sgd(p, A, student.coefficients, teacher.coefficients, root_seed,
                               key, seed_idx, times, threads)
-    else:
-        ds = _simulate_ode(p, A, student.coefficients, teacher.coefficients, root_seed, key,
-                           seed_idx, times, threads)
-    ds.attrs.update({
-        "point": json.dumps(p.canonical(), sort_keys=True),
-        "point_hash": p.hash,
-        "initial_key": key,
-        "root_seed": root_seed,
-        "p_star": information_exponent(teacher.coefficients) or 0,
-        "c_p": [float(x) for x in dual_coefficients(student.coefficients,
-                                                    teacher.coefficients)],
-        "hermite_degree": p.degree,
-        "teacher_relative_tail": teacher.relative_tail,
-        "student_relative_tail": student.relative_tail,
-        "assumption_warnings": [f"{i.assumption}: {i.message}" for i in issues],
-        "convergence_rule": convergence_rule(p.loss, p.method),
-    })
-    return ds
+        data = {name: (var.dims, var.values) for name, var in ds.data_vars.items()}
+        return _Labeled(p, seed_idx, times, data, ds)
+    data = _simulate_ode(p, A, student.coefficients, teacher.coefficients, root_seed, key,
+                         seed_idx, times, threads)
+    return Trajectories(p, seed_idx, times, data)
 
 
 def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
                   key: str, seed_idx: np.ndarray, times: np.ndarray | None,
-                  threads: int | None) -> xr.Dataset:
-    """Gradient flow or GD of point ``p``: initial states, the integrator, the dataset."""
+                  threads: int | None) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Gradient flow or GD of point ``p``: initial states, the integrator, the arrays."""
     model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
     res = solve(
         model, y0, args, method=p.method, lr=p.lr,
@@ -145,7 +188,7 @@ def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_se
         threads=threads,
     )
     out = _outputs(p, res, args, A, a, b, seed_idx.size, times)
-    return _dataset(p, u0, out, seed_idx, times)
+    return _data(p, u0, out, times)
 
 
 def _initial_state(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
@@ -209,10 +252,9 @@ def _outputs(p: Point, res, args: tuple, A: np.ndarray, a: np.ndarray, b: np.nda
             "escape_time": res.escape_time[:, 0].reshape(shape), "u_t": u_t}
 
 
-def _dataset(p: Point, u0: np.ndarray, out: dict[str, Any], seed_idx: np.ndarray,
-             times: np.ndarray | None) -> xr.Dataset:
-    """The labeled dataset of one point, with the variables' attributes."""
-    mse_loss = p.loss == "mse"
+def _data(p: Point, u0: np.ndarray, out: dict[str, Any], times: np.ndarray | None
+          ) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Per variable of one point: its dimensions and values."""
     data = {
         "u0": (("seed", "neuron", "index"), u0),
         "u": (("seed", "neuron", "index"), out["u"]),
@@ -222,15 +264,24 @@ def _dataset(p: Point, u0: np.ndarray, out: dict[str, Any], seed_idx: np.ndarray
         "status": (("seed", "neuron"), out["status"]),
         "loss": (("seed", "neuron"), out["loss"]),
     }
-    coords = {"seed": seed_idx, "neuron": np.arange(p.n), "index": np.arange(p.k)}
-    if mse_loss:
+    if p.loss == "mse":
         data["q"] = (("seed", "neuron", "neuron2"), out["q"])
-        coords["neuron2"] = np.arange(p.n)
     if times is not None:
         data["u_t"] = (("seed", "neuron", "time", "index"), out["u_t"])
-        coords["time"] = times
-        if mse_loss:
+        if p.loss == "mse":
             data["loss_t"] = (("seed", "time"), out["loss_t"])
+    return data
+
+
+def _dataset(p: Point, data: dict[str, tuple[tuple[str, ...], np.ndarray]],
+             seed_idx: np.ndarray, times: np.ndarray | None) -> xr.Dataset:
+    """The labeled dataset of one point, with the variables' attributes."""
+    mse_loss = p.loss == "mse"
+    coords = {"seed": seed_idx, "neuron": np.arange(p.n), "index": np.arange(p.k)}
+    if mse_loss:
+        coords["neuron2"] = np.arange(p.n)
+    if times is not None:
+        coords["time"] = times
     ds = xr.Dataset(data, coords=coords)
     ds["status"].attrs["flag_meanings"] = " ".join(STATUS_NAMES[i] for i in sorted(STATUS_NAMES))
     ds["status"].attrs["flag_values"] = sorted(STATUS_NAMES)
