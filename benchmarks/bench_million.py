@@ -47,20 +47,14 @@ n = 1
 d = 100
 [grid]
 escape_threshold = {{linspace = [0.5, 0.9, {points}]}}
-{second_axis}"""
-#: Most values of one axis of a spec (``linspace``): more points take a second axis.
-AXIS = 100_000
+[observe]
+t_max = 1e-3
+"""
 
 
 def spec_text(points: int, seeds: int) -> str:
-    """The benchmark's spec: ``points`` points (a multiple of 1,000 beyond :data:`AXIS`)."""
-    if points <= AXIS:
-        return SPEC.format(points=points, seeds=seeds,
-                           second_axis="[observe]\nt_max = 1e-3\n")
-    if points % 1000:
-        raise SystemExit(f"--points {points}: beyond {AXIS}, a multiple of 1000")
-    axis = f"t_max = {{linspace = [1e-3, 2e-3, {points // 1000}]}}\n"  # still trivial
-    return SPEC.format(points=1000, seeds=seeds, second_axis=axis)
+    """The benchmark's spec: ``points`` points on one axis, trivial trajectories."""
+    return SPEC.format(points=points, seeds=seeds)
 
 
 def _child(code_root: str, spec: str, store: str, workers: int) -> None:

@@ -36,7 +36,7 @@ from .provenance import utc_now
 from .resources import check_block_count, check_unit_count, memory_advice, memory_refusal
 from .verify import describe_unit
 from .warmup import slots, sweep_kinds, warm_cluster
-from .worker import BlockError, PointTask, UnitTask, run_unit
+from .worker import BlockError, UnitTask, run_unit
 
 if TYPE_CHECKING:
     from sweeps.spec import Spec
@@ -52,9 +52,8 @@ def tasks_for(spec: Spec, ref: StoreRef, layout: zstore.Layout, run_id: str,
     for unit in layout.units():
         if unit.id in skip:
             continue
-        points = tuple(PointTask(i, spec.points.hash(i), spec.points.params(i),
-                                 spec.describe_point(i)) for i in range(unit.p0, unit.p1))
-        yield UnitTask(ref, layout, unit, points, spec.root_seed, run_id, store_id,
+        yield UnitTask(ref, layout, unit, spec.points.slice(unit.p0, unit.p1), spec.root_seed,
+                       run_id, store_id,
                        unit.id in recompute)
 
 
@@ -337,7 +336,7 @@ def _execute(client: Any, tasks: Iterable[UnitTask], total: int, report: RunRepo
                 u = task.unit
                 report.failed.append({"block": task.id, "unit": task.id,
                                       "point": u.p0, "points": [u.p0, u.p1],
-                                      "params": task.points[0].where,
+                                      "params": task.points.first,
                                       "seeds": [u.s0, u.s1],
                                       "error": message, "traceback": details})
                 progress.advance(failed=True)

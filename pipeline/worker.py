@@ -13,16 +13,20 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _testhooks, ledger, verify
 from . import store as zstore
+from .engine.params import hash_text
 from .engine.simulate import compute
 from .ledger import StoreRef
 from .provenance import utc_now
 from .units import Unit
+
+if TYPE_CHECKING:
+    from sweeps.points import PointRange
 
 
 class BlockError(RuntimeError):
@@ -39,24 +43,14 @@ class BlockError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PointTask:
-    """One point of a work unit: what simulating it needs, and how to name it."""
-
-    index: int
-    hash: str
-    params: dict[str, Any]
-    where: str
-    """The point's swept parameters as text, for messages (``d=1000, k=2``)."""
-
-
-@dataclass(frozen=True)
 class UnitTask:
     """Everything a worker needs to compute one work unit and write it (small, picklable)."""
 
     store: StoreRef
     layout: zstore.Layout
     unit: Unit
-    points: tuple[PointTask, ...]
+    points: PointRange
+    """The unit's points (parameters by column, a digest of their hashes)."""
     root_seed: int
     run_id: str
     store_id: str | None = None
@@ -77,9 +71,9 @@ class UnitTask:
         point, ``unit ... (points #0..#99: d=100 .. d=1000; seeds 0..3)`` otherwise."""
         u = self.unit
         kind = "block" if not self.layout.sharded else "unit"
-        where = (f"point {self.points[0].where}" if len(self.points) == 1 else
-                 f"points #{u.p0}..#{u.p1 - 1}: {self.points[0].where} .. "
-                 f"{self.points[-1].where}")
+        where = (f"point {self.points.first}" if u.p1 - u.p0 == 1 else
+                 f"points #{u.p0}..#{u.p1 - 1}: {self.points.first} .. "
+                 f"{self.points.last}")
         return f"{kind} {self.id} ({where}; seeds {u.s0}..{u.s1 - 1})"
 
 
@@ -133,16 +127,18 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
         counts: dict[str, int] = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for row, point in enumerate(task.points):
-                current = point
-                run = compute(point.params, seeds, root_seed=task.root_seed,
+            hashes = []
+            for row in range(unit.p1 - unit.p0):
+                current = row
+                run = compute(task.points.params(row), seeds, root_seed=task.root_seed,
                               snapshots=times, threads=1)
-                if run.point.hash != point.hash:  # driver and worker must agree on it
-                    raise ValueError(f"the point resolves to hash {run.point.hash} on this "
-                                     f"worker, {point.hash} in the driver: are both running "
-                                     "the same mimflow version?")
+                hashes.append(run.point.hash)
                 zstore.put_point(layout, data, row, run)
         current = None
+        if hash_text(hashes) != task.points.digest:  # driver and worker must agree on them
+            raise ValueError("the unit's points resolve to other content hashes on this "
+                             "worker than in the driver: are both running the same mimflow "
+                             "version?")
         status = data["status"]  # -1: padding (neurons beyond a point's n)
         for s, c in zip(*np.unique(status[status >= 0], return_counts=True), strict=True):
             counts[zstore.STATUS_FLAGS[int(s)]] = int(c)
@@ -156,7 +152,7 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
         _testhooks.after_write(task.id)
         record = {
             "point": unit.p0, "points": [unit.p0, unit.p1],
-            "point_hash": task.points[0].hash, "seeds": [unit.s0, unit.s1],
+            "point_hash": task.points.first_hash, "seeds": [unit.s0, unit.s1],
             "status_counts": counts, "chunks": chunks,
             "warnings": sorted({f"{w.category.__name__}: {w.message}" for w in caught}),
             "seconds": round(time.perf_counter() - t0, 6), "run": task.run_id,
@@ -166,8 +162,8 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
         ledger.mark_done(task.store, task.id, record)
     except Exception as err:
         what = task.label if current is None else \
-            (f"{task.label}, at point {current.where} (#{current.index}; seeds "
-             f"{unit.s0}..{unit.s1 - 1})")
+            (f"{task.label}, at point {task.points.describe(current)} (#{unit.p0 + current}; "
+             f"seeds {unit.s0}..{unit.s1 - 1})")
         raise BlockError(f"{what} failed: {type(err).__name__}: {err}",
                          traceback.format_exc()) from None
     return record

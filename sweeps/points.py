@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engine.params import Point, json_plain, json_text, resolve_point
+from pipeline.engine.params import Point, hash_text, json_plain, json_text, resolve_point
 
 #: Canonical parameter texts per compressed block.
 CANON_BLOCK = 10_000
@@ -265,6 +265,20 @@ class Points(Sequence[SweepPoint]):
                     for i in range(lo, min(lo + step, len(self)))]
             yield ("," if lo > start else "") + ",".join(rows)
 
+    def slice(self, start: int, stop: int) -> PointRange:
+        """Points ``start:stop`` as a :class:`PointRange` (what a work unit's task carries)."""
+        params = [self.params(i) for i in range(start, stop)]
+        fixed = {k: v for k, v in params[0].items() if k not in self.swept}
+        for i, p in enumerate(params):
+            if list(p) != [*fixed, *self.swept] or \
+                    any(p[k] != v for k, v in fixed.items()):
+                raise ValueError(f"point {start + i} does not share the fixed parameters of "
+                                 f"point {start}")
+        values = {name: _as_column([p[name] for p in params]) for name in self.swept}
+        return PointRange(start, fixed, self.swept, values, self.hash(start),
+                          hash_text(self.hashes(start, stop)), self.describe(start),
+                          self.describe(stop - 1))
+
     def extended(self, added: Sequence[tuple[dict[str, Any], Point]]) -> Points:
         """These points followed by ``added`` (parameters and resolved point, in order)."""
         n = len(self)
@@ -283,6 +297,50 @@ class Points(Sequence[SweepPoint]):
         for _, point in added:
             b.add(point)
         return b.build(_Extended(self._params_of, base, extra))
+
+
+def _as_column(values: list) -> Sequence[Any]:
+    """``values`` as an int64 or float64 array when every one is a Python int (or every one
+    a float): a few bytes each, and the same values back; the list itself otherwise."""
+    if values and all(type(v) is int for v in values):
+        return np.array(values, dtype=np.int64)
+    if values and all(type(v) is float for v in values):
+        return np.array(values, dtype=np.float64)
+    return values
+
+
+@dataclass(frozen=True)
+class PointRange:
+    """Consecutive points ``start, start + 1, ...`` of a sweep in a few bytes each: the
+    fixed parameters once, the swept ones by column, and a digest of the points' content
+    hashes (a work unit's task carries this: a Dask scheduler keeps a task's arguments
+    around, and 5,000 parameter dictionaries per task made the driver grow by MBs per unit).
+    """
+
+    start: int
+    fixed: dict[str, Any]
+    swept: tuple[str, ...]
+    values: dict[str, Sequence[Any]]
+    """Swept parameter name -> its given (unresolved) value at each point of the range."""
+    first_hash: str
+    """The content hash of the first point."""
+    digest: str
+    """``hash_text`` of the points' content hashes, in order."""
+    first: str
+    """The first point described (``d=1000, k=2``)."""
+    last: str
+    """The last point described."""
+
+    def __len__(self) -> int:
+        return len(next(iter(self.values.values()))) if self.values else 1
+
+    def params(self, row: int) -> dict[str, Any]:
+        """The parameters of the range's point ``row`` (``start + row`` of the sweep)."""
+        return {**self.fixed, **{name: _item(self.values[name], row) for name in self.swept}}
+
+    def describe(self, row: int) -> str:
+        """Point ``row`` described by its given swept values."""
+        return describe({name: _item(self.values[name], row) for name in self.swept})
 
 
 class _Extended:

@@ -16,8 +16,9 @@ from pipeline.engine.params import INTEGER_PARAMS
 from pipeline.errors import SpecError
 
 HELPERS = ("logspace", "linspace", "range")
-#: Most values one helper may produce (a typo such as a step of 1e-9 must not hang validation).
-MAX_HELPER_VALUES = 100_000
+#: Most values one helper may produce: as many as a sweep may have points (a one-axis scan of
+#: 10^6 values is a sweep like any other); a typo such as a step of 1e-9 is refused, not run.
+MAX_HELPER_VALUES = 1_000_000
 
 
 def is_helper(value: Any) -> bool:

@@ -172,3 +172,23 @@ def test_open_results_names_a_bad_path():
     for bad in (None, 3):
         with pytest.raises(SpecError, match="store|path"):
             open_results(bad)
+
+
+@pytest.mark.parametrize("point", [
+    {"teacher": "h3", "d": 1000, "k": 2, "n": 3},
+    {"teacher": "h4", "d": 400, "k": 2, "n": 3, "loss": "mse", "t_max": 50},
+    {"teacher": "h3", "d": 200, "k": 1, "n": 2, "method": "gd", "lr": 0.05},
+])
+def test_compute_gives_simulate_numbers_as_plain_arrays(point):
+    """What a sweep's worker stores (``compute``) is bit for bit what ``simulate`` labels."""
+    from pipeline.engine.simulate import compute
+
+    times = [0.5, 5.0]
+    ds = pipeline.simulate(point, [3, 7], snapshots=times, threads=1)
+    run = compute(point, [3, 7], snapshots=times, threads=1)
+    assert run.point.hash == ds.attrs["point_hash"]
+    assert sorted(run.data) == sorted(ds.data_vars)
+    for name, (dims, values) in run.data.items():
+        assert tuple(dims) == ds[name].dims
+        np.testing.assert_array_equal(values, ds[name].values, strict=True)
+    np.testing.assert_array_equal(run.times, ds["time"].values)

@@ -49,6 +49,15 @@ def test_helpers_and_integer_rounding():
     assert all(isinstance(p.labels["d"], int) for p in spec.points)
 
 
+def test_one_helper_may_give_as_many_values_as_a_sweep_has_points():
+    values = expand_helper("grid.beta", "beta", {"linspace": [0, 0.5, 1_000_000]})
+    assert len(values) == 1_000_000 and values[-1] == 0.5
+    for helper in ({"linspace": [0, 0.5, 1_000_001]}, {"range": [0, 1, 1e-7]}):
+        with pytest.raises(SpecError) as err:
+            expand_helper("grid.beta", "beta", helper)
+        assert err.value.field == "grid.beta" and "1000000" in str(err.value)
+
+
 def test_single_point_observe_and_snapshots():
     spec = parse_spec("""
 name = "one"
