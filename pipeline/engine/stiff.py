@@ -108,6 +108,14 @@ SHORT_RUN, MAX_STIFF_COUNT = 10, 960
 #: (antipodal pairs) by more than ``VERIFY_OVERLAP_TOL`` per window, and no window confirmed.
 ROUNDOFF_CAP = 1e-7
 
+#: What :func:`finish` counts per trajectory into its ``stats`` row (``profile``; the
+#: benchmark's per-phase breakdown): accepted / rejected Rosenbrock and Dormand-Prince steps,
+#: Jacobians, LU factorizations, power iterations, verification windows opened and restarted,
+#: switches each way, and the time covered by Rosenbrock steps.
+(ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
+ ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME) = range(12)
+N_STATS = 12
+
 
 @njit
 def _dpoly(c, L, x):
@@ -213,7 +221,13 @@ def _lu(W, piv):
     return True
 
 
-@njit(fastmath={"contract"})
+#: Fast-math flags of the dot products below: "reassoc" lets LLVM vectorize the sums (the
+#: triangular solves 2x faster). The order of summation is then fixed by the compiled loop
+#: and the trip count alone, so results stay a deterministic function of the inputs.
+DOT_MATH = {"contract", "reassoc"}
+
+
+@njit(fastmath=DOT_MATH)
 def _lu_solve(W, piv, b):
     """Solve ``W x = b`` in place from :func:`_lu`'s factors."""
     N = W.shape[0]
@@ -222,18 +236,18 @@ def _lu_solve(W, piv, b):
         if p != c:
             b[c], b[p] = b[p], b[c]
     for r in range(N):
-        acc = b[r]
+        acc = 0.0
         for x in range(r):
-            acc -= W[r, x] * b[x]
-        b[r] = acc
+            acc += W[r, x] * b[x]
+        b[r] -= acc
     for r in range(N - 1, -1, -1):
-        acc = b[r]
+        acc = 0.0
         for x in range(r + 1, N):
-            acc -= W[r, x] * b[x]
-        b[r] = acc / W[r, r]
+            acc += W[r, x] * b[x]
+        b[r] = (b[r] - acc) / W[r, r]
 
 
-@njit(fastmath={"contract"})
+@njit(fastmath=DOT_MATH)
 def _spectral_radius(J, v, w):
     """Power-iteration estimate of the largest |eigenvalue| of ``J`` (fixed start vector)."""
     N = v.size
@@ -415,7 +429,7 @@ def _first_step(y, f0, rtol, atol, room):
 
 @njit
 def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-           snap_out, t_esc, mode):
+           snap_out, t_esc, mode, stats):
     """Continue one coupled trajectory from ``(t, y)`` (``y`` is advanced in place) until the
     convergence rule (``continuation.py``) decides, or ``t_max`` / ``max_steps`` / a failure
     ends it; returns ``(t, steps, status)``.
@@ -424,6 +438,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     ``snap_out`` rows for snapshot times > ``t`` are written here. ``mode``: ``SWITCHING``
     (the module docstring), ``EXPLICIT`` (Dormand-Prince only: states too large for a dense
     Jacobian, or on request) or ``ROSENBROCK`` (never switches back; for comparisons).
+    ``stats`` (``N_STATS`` numbers) receives the counts of ``ST_*``.
     """
     N = y.size
     n = mse.mse_n_neurons(args)
@@ -459,6 +474,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     if stiff:
         _jacobian(model, y, args, work, f0, J)
         jac_fresh = True
+        stats[ST_JAC] += 1
     else:
         vector_field(model, y, args, work, f0)
     h = _first_step(y, f0, rtol, atol, max(t_max - t, 0.0))
@@ -480,12 +496,14 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if window_end < 0.0:
                 window_end = VERIFY_FACTOR * t
                 loss0 = _summary(model, y, args, M0, Q0)
+                stats[ST_WINDOWS] += 1
             elif t >= window_end:
                 loss1 = _summary(model, y, args, M1, Q1)
                 if not _moved(loss0, M0, Q0, loss1, M1, Q1):
                     status = CONVERGED
                     break
                 window_end = VERIFY_FACTOR * t
+                stats[ST_RESTARTS] += 1
                 loss0 = loss1
                 M0[:] = M1
                 Q0[:] = Q1
@@ -500,17 +518,23 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if not jac_fresh:
                 _jacobian(model, y, args, work, fs, J)
                 jac_fresh = True
+                stats[ST_JAC] += 1
             ok = _rodas_step(model, y, f0, h, args, work, J, W, piv, kr, ys, fs, yn)
+            stats[ST_LU] += 1
             err = _error(y, yn, kr[5], atol_h, rtol) if ok else math.inf
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= R_FAC_DOWN
                 rejected = True
+                stats[ST_ROS_REJ] += 1
                 continue
             fac = max(R_FAC_DOWN, min(R_FAC_UP, err ** 0.25 / R_SAFE))
             if err > 1.0:
                 h = h / fac
                 rejected = True
+                stats[ST_ROS_REJ] += 1
                 continue
+            stats[ST_ROS] += 1
+            stats[ST_ROS_TIME] += h
             if not first:
                 pred = (h_old / h) * (err * err / err_old) ** 0.25 / R_SAFE
                 fac = max(fac, max(R_FAC_DOWN, min(R_FAC_UP, pred)))
@@ -525,13 +549,16 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= dp.FAC_MIN
                 rejected = True
+                stats[ST_DP_REJ] += 1
                 continue
             fac11 = err ** dp.EXPO1
             fac = max(1.0 / dp.FAC_MAX, min(1.0 / dp.FAC_MIN, fac11 / facold ** dp.BETA / dp.SAFE))
             if err > 1.0:
                 h = h / min(1.0 / dp.FAC_MIN, fac11 / dp.SAFE)
                 rejected = True
+                stats[ST_DP_REJ] += 1
                 continue
+            stats[ST_DP] += 1
             facold = max(err, 1e-4)
             h_new = h / fac
             if allow_stiff:
@@ -580,18 +607,21 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             # whether an explicit step of the proposed size would be stable.
             _jacobian(model, y, args, work, f0, J)
             jac_fresh = True
+            stats[ST_JAC] += 1
             scale = field_scale(model, y, args, work)
             run += 1
             # The power iteration only where a switch is plausible (not at rest, where h is
             # orders of magnitude beyond the explicit stability limit).
             if mode == SWITCHING and (rho == 0.0 or h_new * rho <= 4.0 * SWITCH_LIMIT):
                 rho = _spectral_radius(J, fs, ys)
+                stats[ST_RHO] += 1
                 if h_new * rho <= SWITCH_LIMIT:
                     n_nonstiff += 1
                 else:
                     n_nonstiff = 0
                 if n_nonstiff >= NONSTIFF_STEPS:
                     stiff = False
+                    stats[ST_TO_EXPLICIT] += 1
                     n_nonstiff = 0
                     n_stiff = 0
                     facold = 1e-4
@@ -603,6 +633,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             f0[:] = kd[6]
             if n_stiff >= stiff_needed:
                 stiff = True
+                stats[ST_TO_STIFF] += 1
                 jac_fresh = False
                 first = True
                 n_stiff = 0
@@ -629,12 +660,13 @@ def implicit_applies(model: int, y: np.ndarray) -> bool:
 
 @njit(parallel=True)
 def finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
-                 threshold, snaps, mode):
-    """:func:`finish` for the trajectories ``rows`` of a batch, in place, one per thread."""
+                 threshold, snaps, mode, stats):
+    """:func:`finish` for the trajectories ``rows`` of a batch, in place, one per thread
+    (``stats[r]``: row ``r``'s counts)."""
     for r in prange(rows.size):
         b = rows[r]
         T[b], S[b], ST[b] = finish(model, Y[b], T[b], S[b], args, rtol, atol, t_max, max_steps,
-                                   gtol, threshold, snaps, U_t[b], TE[b], mode)
+                                   gtol, threshold, snaps, U_t[b], TE[b], mode, stats[r])
 
 
 @njit
@@ -644,7 +676,7 @@ def _finish(model, rows, args, settings, out):
     rtol, atol, t_max, max_steps, gtol, threshold, snaps, mode = settings
     Y, T, S, ST, TE, U_t = out
     finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
-                 threshold, snaps, mode)
+                 threshold, snaps, mode, np.zeros((rows.size, N_STATS)))
 
 
 # One entry kernel per coupled model, each passing its model as a compile-time constant, so
