@@ -23,7 +23,7 @@ from pipeline.engine.integrate import Observation, StopRule, solve
 from pipeline.engine.params import content_hash, resolve_point
 from pipeline.engine.simulate import _initial_state
 from pipeline.engine.status import CONVERGED, T_MAX
-from pipeline.engine.stiff import reduced_jacobian
+from pipeline.engine.stiff import _lu, _lu_solve, reduced_jacobian
 
 K = 2
 
@@ -194,6 +194,24 @@ def test_closed_form_jacobian():
             central[:, j] = (dynamics_field(y + e, args, work)
                              - dynamics_field(y - e, args, work)) / 2e-6
         np.testing.assert_allclose(J, central, atol=1e-7 * max(1.0, np.abs(J).max()))
+
+
+@pytest.mark.parametrize("N", [1, 5, 8, 17, 120])
+def test_blocked_lu_solves(N):
+    """The stage's blocked LU and its solves against numpy's LAPACK solve, for sizes below,
+    at and off multiples of the panel width, with pivoting needed (a zero diagonal); a
+    singular matrix is reported, not factored."""
+    rng = np.random.default_rng(N)
+    W = rng.standard_normal((N, N))
+    W[0, 0] = 0.0 if N > 1 else 0.5
+    b = rng.standard_normal(N)
+    F, piv, x = W.copy(), np.empty(N, dtype=np.int64), b.copy()
+    assert _lu(F, piv)
+    _lu_solve(F, piv, x)
+    np.testing.assert_allclose(x, np.linalg.solve(W, b), rtol=1e-9, atol=1e-9 * np.abs(x).max())
+    S = W.copy()
+    S[:, N // 2] = 0.0  # stays zero under elimination: a zero pivot column
+    assert not _lu(S, piv)
 
 
 def test_stage_is_deterministic_across_threads_and_batches():
