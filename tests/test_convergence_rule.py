@@ -106,6 +106,20 @@ def test_issue_9_saddle_is_not_converged():
                   >= VERIFY_FACTOR * 0.999 * ds.escape_time.max("neuron").values)
 
 
+@pytest.mark.parametrize("d,seed", [(1e6, 5), (1e9, 6)])
+def test_slow_second_escape_is_not_converged(d, seed):
+    """Grid seeds that stopped at status 0 at loss 0.55 (d = 1e6) and 1.0 (d = 1e9) while an
+    overlap ~1e-4 grew by 4% per window: the flow left within 30x the elapsed time (to loss
+    0.37). Now their status-0 states stay put for 30x the elapsed time."""
+    ds = pipeline.simulate({"teacher": "h3", "d": d, "k": K, "n": 3, "loss": "mse",
+                            "t_max": 1e16}, [seed])
+    assert int(ds.status[0, 0]) == CONVERGED
+    checked = _continue("h3", 3, d, ds, factor=30.0, engine="mimflow", t_max=1e16)
+    assert len(checked) == 1
+    _, dloss, du = checked[0]
+    assert dloss < 1e-6 and du < 1e-4, (dloss, du)
+
+
 def _batch(teacher, n, d, seeds):
     p = resolve_point({"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse"})
     a = get_activation(teacher).coefficients
