@@ -109,11 +109,12 @@ POWER_ITERATIONS = 8
 #: (antipodal pairs) by more than ``VERIFY_OVERLAP_TOL`` per window, and no window confirmed.
 ROUNDOFF_CAP = 1e-7
 
-#: What :func:`finish` counts per trajectory into its ``stats`` row (``profile``; the
-#: benchmark's per-phase breakdown): accepted / rejected Rosenbrock and Dormand-Prince steps,
-#: Jacobians, LU factorizations, power iterations, verification windows opened and restarted,
-#: switches each way, the time covered by Rosenbrock steps, and the accepted Dormand-Prince
-#: steps that the stiffness test found stability-limited.
+#: What :func:`finish` counts per trajectory into its ``stats`` row (``finish_batch``'s
+#: ``stats``; the per-phase breakdown of ``benchmarks/bench_mse_d.py``): accepted /
+#: rejected Rosenbrock and Dormand-Prince steps, Jacobians, LU factorizations, power
+#: iterations, verification windows opened and restarted, switches each way, the time
+#: covered by Rosenbrock steps, and the accepted Dormand-Prince steps that the stiffness
+#: test found stability-limited.
 (ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
  ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF) = range(13)
 N_STATS = 13
