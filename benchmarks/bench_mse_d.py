@@ -1,13 +1,23 @@
-"""MSE cost against d (issue 9): steps and wall time per trajectory, in one run.
+"""MSE cost against d (issue 9): steps and wall time per trajectory, in one run, with where
+the cost goes.
 
 Workload: h3, k = 2, n = 10, uniform init, defaults otherwise, the same seed indices at every
 d (the same sqrt(d) u law), one thread:
 
     python benchmarks/bench_mse_d.py [--seeds 64] [--d 1e3 1e6 1e9 1e12] [--max-steps N]
 
-Printed per d: median and max accepted steps per trajectory, wall seconds per trajectory,
-status counts and the fraction of seeds ending at loss < 1e-6. The goal of the issue is a
-ratio d = 1e12 / d = 1e3 of at most 2 in median steps and in wall time.
+``t_max`` scales with d like the escape times, ``T_SCALE * d^((p*-2)/2)`` (p* = 3), so that
+a status 1 means a trajectory that did not settle within that many rescaled time units, not a
+verification window cut short by a fixed t_max.
+
+Printed per d: median and max accepted steps per trajectory, wall seconds per trajectory
+(``pipeline.simulate``), status counts and the fraction of seeds ending at loss < 1e-6; then
+the per-phase breakdown of the same trajectories (median per trajectory): steps of the
+explicit kernel before the handover, Dormand-Prince and Rosenbrock steps (and rejections)
+inside the compiled stage, LU factorizations, verification windows opened and restarted,
+switches to Rosenbrock, and the wall time of the two phases; last, the cost of one Rosenbrock
+step's parts at n = 10 against one field evaluation. The goal of the issue is a ratio
+d = 1e12 / d = 1e3 of at most 2 in median steps and in wall time.
 """
 
 from __future__ import annotations
@@ -15,25 +25,150 @@ from __future__ import annotations
 import argparse
 import time
 
+import numba
 import numpy as np
 
 import pipeline
+from pipeline.engine import integrate, stiff
+from pipeline.engine.activations import get_activation
+from pipeline.engine.dynamics import vector_field, work_size
+from pipeline.engine.params import content_hash, resolve_point
+from pipeline.engine.simulate import _initial_state
+from pipeline.engine.status import HANDOVER
 
 POINT = {"teacher": "h3", "k": 2, "n": 10, "loss": "mse", "init": "uniform"}
+P_STAR = 3
+#: t_max in rescaled time units d^((p*-2)/2): the first escapes come at ~10-100 of them, most
+#: seeds stop by ~1e5 of them (median t_final 3.7e10 at d = 1e12). A larger T_SCALE only
+#: lets the few seeds whose windows never confirm (round-off-dominated overlaps at t >~ 1e11,
+#: README) run longer: 1e8 took one seed of h3, n = 10, d = 1e12 to max_steps (1e6).
+T_SCALE = 1e7
+BREAKDOWN = [("explicit", "steps in the explicit kernel before the handover"),
+             ("dp", "Dormand-Prince steps in the stage"),
+             ("dp_stiff", "... of them stability-limited (h|lambda| > 3.25)"),
+             ("ros", "Rosenbrock steps accepted"),
+             ("ros_rej", "Rosenbrock steps rejected"),
+             ("lu", "LU factorizations"),
+             ("windows", "verification windows opened"),
+             ("restarts", "windows restarted (the state moved)"),
+             ("to_stiff", "switches to Rosenbrock"),
+             ("ms_explicit", "ms in the explicit kernel"),
+             ("ms_stage", "ms in the stage")]
+
+
+def t_max_for(d: float) -> float:
+    """The time limit at dimension ``d``: ``T_SCALE`` escape-time units."""
+    return T_SCALE * d ** ((P_STAR - 2) / 2)
+
+
+def point_for(d: float, max_steps: int) -> dict:
+    return {**POINT, "d": d, "max_steps": max_steps, "t_max": t_max_for(d)}
 
 
 def run(d: float, seeds: int, max_steps: int) -> dict:
     """Simulate ``seeds`` trajectories at dimension ``d``; return the measurements."""
-    point = {**POINT, "d": d, "max_steps": max_steps}
     t0 = time.perf_counter()
-    ds = pipeline.simulate(point, seeds, threads=1)
+    ds = pipeline.simulate(point_for(d, max_steps), seeds, threads=1)
     wall = time.perf_counter() - t0
     steps = ds.steps.isel(neuron=0).values
     status = ds.status.isel(neuron=0).values
-    return {"d": d, "median_steps": float(np.median(steps)), "max_steps": int(steps.max()),
-            "s_per_traj": wall / seeds,
+    return {"d": d, "steps": steps, "median_steps": float(np.median(steps)),
+            "max_steps": int(steps.max()), "s_per_traj": wall / seeds,
+            "t_final": ds.t_final.isel(neuron=0).values,
             "status": {int(s): int((status == s).sum()) for s in np.unique(status)},
             "learned": float((ds.loss.isel(neuron=0).values < 1e-6).mean())}
+
+
+def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, tuple]:
+    """The same trajectories through the two phases separately (``integrate.solve``'s path,
+    one thread), with the stage's counters; returns the medians, the final states and the
+    kernel arguments."""
+    p = resolve_point(point_for(d, max_steps))
+    a = get_activation(p.teacher).coefficients
+    model, args, y0, _ = _initial_state(p, p.gram_matrix, a, a, 0,
+                                        content_hash(p.initial_key()), np.arange(seeds))
+    B, snaps = y0.shape[0], np.zeros(0)
+    Y, T = np.empty_like(y0), np.empty(B)
+    S, ST = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
+    TE, U_t = np.empty((B, p.n)), np.empty((B, 0, p.n * p.k + 1))
+    settings = (p.rtol, p.atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps,
+                True, True)
+    t0 = time.perf_counter()
+    integrate._ENTRIES["flow"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
+    t1 = time.perf_counter()
+    rows = np.flatnonzero(ST == HANDOVER)
+    explicit = S.copy()
+    stats = np.zeros((rows.size, stiff.N_STATS))
+    stiff.finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, p.rtol, p.atol, p.t_max,
+                       p.max_steps, p.gtol, p.escape_threshold, snaps, stiff.SWITCHING, stats)
+    t2 = time.perf_counter()
+    full = np.zeros((B, stiff.N_STATS))
+    full[rows] = stats
+    out = {"explicit": np.median(explicit), "ms_explicit": 1e3 * (t1 - t0) / B,
+           "ms_stage": 1e3 * (t2 - t1) / B, "steps": S}
+    for name, col in [("dp", stiff.ST_DP), ("dp_stiff", stiff.ST_DP_STIFF),
+                      ("ros", stiff.ST_ROS), ("ros_rej", stiff.ST_ROS_REJ), ("lu", stiff.ST_LU),
+                      ("windows", stiff.ST_WINDOWS),
+                      ("restarts", stiff.ST_RESTARTS), ("to_stiff", stiff.ST_TO_STIFF)]:
+        out[name] = float(np.median(full[:, col]))
+    return out, Y, (model, args)
+
+
+def step_parts(y: np.ndarray, model: int, args: tuple, repeat: int = 2000) -> dict:
+    """Microseconds of one Rosenbrock step's parts at state ``y`` (compiled loops, warm)."""
+    N = y.size
+    work, dy = np.empty(work_size(model, args)), np.empty(N)
+    J, W, piv = np.empty((N, N)), np.empty((N, N)), np.empty(N, dtype=np.int64)
+    b, v, w = np.empty(N), np.empty(N), np.empty(N)
+    parts = {
+        "field": lambda r: _field_loop(model, y, args, work, dy, r),
+        "jacobian": lambda r: _jacobian_loop(y, args, work, dy, J, r),
+        "lu": lambda r: _lu_loop(J, W, piv, r),
+        "solve": lambda r: _solve_loop(W, piv, b, r),
+        "spectral radius": lambda r: _rho_loop(J, v, w, r),
+    }
+    out = {}
+    for name, f in parts.items():
+        f(1)
+        t0 = time.perf_counter()
+        f(repeat)
+        out[name] = 1e6 * (time.perf_counter() - t0) / repeat
+    return out
+
+
+@numba.njit
+def _field_loop(model, y, args, work, dy, repeat):
+    for _ in range(repeat):
+        vector_field(model, y, args, work, dy)
+
+
+@numba.njit
+def _jacobian_loop(y, args, work, dy, J, repeat):
+    for _ in range(repeat):
+        stiff.reduced_jacobian(y, args, work, dy, J)
+
+
+@numba.njit
+def _lu_loop(J, W, piv, repeat):
+    for _ in range(repeat):
+        for i in range(J.shape[0]):
+            for j in range(J.shape[0]):
+                W[i, j] = -J[i, j]
+            W[i, i] += 1.0  # a step 1 / gamma = 4 long: invertible
+        stiff._lu(W, piv)
+
+
+@numba.njit
+def _solve_loop(W, piv, b, repeat):
+    for _ in range(repeat):
+        b[:] = 1.0
+        stiff._lu_solve(W, piv, b)
+
+
+@numba.njit
+def _rho_loop(J, v, w, repeat):
+    for _ in range(repeat):
+        stiff._spectral_radius(J, v, w)
 
 
 def main() -> None:
@@ -42,17 +177,38 @@ def main() -> None:
     ap.add_argument("--d", type=float, nargs="+", default=[1e3, 1e6, 1e9, 1e12])
     ap.add_argument("--max-steps", type=int, default=1_000_000)
     a = ap.parse_args()
+    numba.set_num_threads(1)
     pipeline.simulate({**POINT, "d": 1e3}, [0], threads=1)  # compile outside the timings
-    rows = [run(d, a.seeds, a.max_steps) for d in a.d]
-    print(f"{'d':>8} {'median steps':>13} {'max steps':>10} {'s/traj':>8} {'learned':>8}  status")
+    breakdown(1e3, 1, a.max_steps)
+    rows, parts = [], []
+    for d in a.d:  # interleaved, so that both see the same load
+        rows.append(run(d, a.seeds, a.max_steps))
+        parts.append(breakdown(d, a.seeds, a.max_steps))
+    print(f"{'d':>8} {'t_max':>8} {'median steps':>13} {'max steps':>10} {'s/traj':>8} "
+          f"{'learned':>8} {'median t_final':>15}  status")
     for r in rows:
-        print(f"{r['d']:8.0e} {r['median_steps']:13.0f} {r['max_steps']:10d} "
-              f"{r['s_per_traj']:8.3f} {r['learned']:8.3f}  {r['status']}")
+        print(f"{r['d']:8.0e} {t_max_for(r['d']):8.0e} {r['median_steps']:13.0f} "
+              f"{r['max_steps']:10d} {r['s_per_traj']:8.3f} {r['learned']:8.3f} "
+              f"{np.median(r['t_final']):15.3g}  {r['status']}")
     base = rows[0]
     for r in rows[1:]:
         steps = r["median_steps"] / base["median_steps"]
         wall = r["s_per_traj"] / base["s_per_traj"]
         print(f"d = {r['d']:.0e} / d = {base['d']:.0e}: steps x{steps:.2f}, wall x{wall:.2f}")
+    print("\nPer phase, median per trajectory (the same trajectories, phases run separately):")
+    print(f"{'':50}" + "".join(f"{d:>9.0e}" for d in a.d))
+    for key, label in BREAKDOWN:
+        print(f"{label:50}" + "".join(f"{b[key]:9.1f}" for b, _, _ in parts))
+    for r, (b, _, _) in zip(rows, parts, strict=True):
+        # The breakdown runs the computation of simulate(): the same steps, seed by seed.
+        assert np.array_equal(b["steps"], r["steps"]), r["d"]
+    b, Y, (model, args) = parts[-1]
+    us = step_parts(Y[0], model, args)
+    print(f"\nOne Rosenbrock step's parts at n = 10 (N = {Y.shape[1]}), microseconds "
+          f"(a step: 1 Jacobian, 1 LU, 6 solves, 5 fields; a Dormand-Prince step: 6 fields):")
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()))
+    ros = us["jacobian"] + us["lu"] + 6 * us["solve"] + 5 * us["field"]
+    print(f"  Rosenbrock step ~{ros:.0f} us = {ros / (6 * us['field']):.0f} Dormand-Prince steps")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pipeline.engine.integrate import Observation, StopRule, solve
 from pipeline.engine.params import content_hash, resolve_point
 from pipeline.engine.simulate import _initial_state
 from pipeline.engine.status import CONVERGED, T_MAX
-from pipeline.engine.stiff import reduced_jacobian
+from pipeline.engine.stiff import _lu, _lu_solve, reduced_jacobian
 
 K = 2
 
@@ -104,6 +104,20 @@ def test_issue_9_saddle_is_not_converged():
     # The stop is at the end of a confirmed window: well after the last escape.
     assert np.all(ds.t_final.isel(neuron=0).values
                   >= VERIFY_FACTOR * 0.999 * ds.escape_time.max("neuron").values)
+
+
+@pytest.mark.parametrize("d,seed", [(1e6, 5), (1e9, 6)])
+def test_slow_second_escape_is_not_converged(d, seed):
+    """Grid seeds that stopped at status 0 at loss 0.55 (d = 1e6) and 1.0 (d = 1e9) while an
+    overlap ~1e-4 grew by 4% per window: the flow left within 30x the elapsed time (to loss
+    0.37). Now their status-0 states stay put for 30x the elapsed time."""
+    ds = pipeline.simulate({"teacher": "h3", "d": d, "k": K, "n": 3, "loss": "mse",
+                            "t_max": 1e16}, [seed])
+    assert int(ds.status[0, 0]) == CONVERGED
+    checked = _continue("h3", 3, d, ds, factor=30.0, engine="mimflow", t_max=1e16)
+    assert len(checked) == 1
+    _, dloss, du = checked[0]
+    assert dloss < 1e-6 and du < 1e-4, (dloss, du)
 
 
 def _batch(teacher, n, d, seeds):
@@ -194,6 +208,24 @@ def test_closed_form_jacobian():
             central[:, j] = (dynamics_field(y + e, args, work)
                              - dynamics_field(y - e, args, work)) / 2e-6
         np.testing.assert_allclose(J, central, atol=1e-7 * max(1.0, np.abs(J).max()))
+
+
+@pytest.mark.parametrize("N", [1, 5, 8, 17, 120])
+def test_blocked_lu_solves(N):
+    """The stage's blocked LU and its solves against numpy's LAPACK solve, for sizes below,
+    at and off multiples of the panel width, with pivoting needed (a zero diagonal); a
+    singular matrix is reported, not factored."""
+    rng = np.random.default_rng(N)
+    W = rng.standard_normal((N, N))
+    W[0, 0] = 0.0 if N > 1 else 0.5
+    b = rng.standard_normal(N)
+    F, piv, x = W.copy(), np.empty(N, dtype=np.int64), b.copy()
+    assert _lu(F, piv)
+    _lu_solve(F, piv, x)
+    np.testing.assert_allclose(x, np.linalg.solve(W, b), rtol=1e-9, atol=1e-9 * np.abs(x).max())
+    S = W.copy()
+    S[:, N // 2] = 0.0  # stays zero under elimination: a zero pivot column
+    assert not _lu(S, piv)
 
 
 def test_stage_is_deterministic_across_threads_and_batches():
