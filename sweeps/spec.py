@@ -191,7 +191,7 @@ class Spec:
         # digest as content_hash(identity with its points), never holding their text.
         # The first '"points":[]' is the top-level key's (sorted keys: only block_seeds
         # and name come before it, neither can hold a quote).
-        head, mark, tail = json_text(identity).partition('"points":[]')
+        head, _, tail = json_text(identity).partition('"points":[]')
         return hash_text(itertools.chain([head, '"points":['],
                                          self.points.identity_chunks(), ["]", tail]))
 
