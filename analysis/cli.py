@@ -83,13 +83,12 @@ def register(sub: argparse._SubParsersAction) -> dict:
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``mimflow run``: a spec with ``[refine]`` runs its rounds, any other spec a sweep."""
     from pipeline import cli as pcli
-    from sweeps.spec import load_spec
 
     from .refine import run_refined
 
-    spec = load_spec(args.spec)
+    spec = pcli.load(args.spec, err)
     if spec.refine is None:
-        return pcli._run(args, out, err)
+        return pcli._run(args, out, err, spec)
     report = run_refined(spec, **pcli.run_options(args, spec), out=err)
     return pcli.run_exit_code(report)
 

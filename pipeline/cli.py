@@ -324,12 +324,32 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
         return EXIT_INTERRUPTED
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def load(path: str, err: TextIO):
+    """The spec at ``path`` (:func:`sweeps.spec.load_spec`), saying on ``err`` how far the
+    checking of its points has got when it has many."""
+    import time
+
     from sweeps.spec import load_spec
 
+    from .progress import _clock
+
+    t0 = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.monotonic() - t0
+        left = elapsed * (total - done) / done
+        err.write(f"mimflow: checked {done} of {total} points of {path} "
+                  f"({_clock(elapsed)} elapsed, ~{_clock(left)} left)\n")
+        err.flush()
+
+    return load_spec(path, progress=progress)
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO, spec=None) -> int:
+    """``mimflow run`` of a spec without ``[refine]`` (``spec``: already loaded)."""
     from .execute import run_sweep
 
-    spec = load_spec(args.spec)
+    spec = spec if spec is not None else load(args.spec, err)
     if spec.refine is not None:  # the analysis plugin takes `run` over for these
         raise SpecError("refine", args.spec, "a spec without [refine] when the analysis "
                         "command plugin is not installed (it runs the refinement rounds)",
@@ -447,12 +467,10 @@ def memory_check(spec, layout, args: argparse.Namespace) -> str:
 
 
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from sweeps.spec import load_spec
-
     from .resources import check_block_count, check_unit_count
     from .store import Layout
 
-    spec = load_spec(args.spec)
+    spec = load(args.spec, err)
     check_block_count(spec)  # computed, never enumerated: 2^31 blocks fit in no memory
     layout = Layout.for_spec(spec)
     check_unit_count(spec, layout)  # computed, never enumerated

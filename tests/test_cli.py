@@ -304,3 +304,15 @@ def test_ctrl_c_stops_the_run_and_the_workers_quietly(tmp_path):
     assert code == 130, text
     assert "interrupted" in text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+
+
+def test_validate_says_how_far_the_checking_of_a_big_spec_has_got(tmp_path, monkeypatch):
+    import sweeps.spec
+
+    monkeypatch.setattr(sweeps.spec, "PROGRESS_EVERY", 2)  # as for 10^5 of 10^6 points
+    spec = tmp_path / "t.toml"
+    spec.write_text(tiny_spec("t"))
+    code, out, err = cli("validate", str(spec))
+    assert code == 0, err
+    assert f"mimflow: checked 2 of 4 points of {spec}" in err
+    assert "points:        4" in out
