@@ -300,13 +300,12 @@ class Points(Sequence[SweepPoint]):
 
 
 def _as_column(values: list) -> Sequence[Any]:
-    """``values`` as an int64 or float64 array when every one is a Python int (or every one
-    a float): a few bytes each, and the same values back; the list itself otherwise."""
-    if values and all(type(v) is int for v in values):
-        return np.array(values, dtype=np.int64)
-    if values and all(type(v) is float for v in values):
-        return np.array(values, dtype=np.float64)
-    return values
+    """``values`` as a :class:`_Column` holds them: an int64 or float64 array when every one
+    is a Python int (or every one a float), a few bytes each; the list otherwise."""
+    column = _Column(len(values))
+    for v in values:
+        column.append(v)
+    return column.finish()
 
 
 @dataclass(frozen=True)
