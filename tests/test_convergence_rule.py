@@ -157,6 +157,11 @@ def _check_grid_point(teacher, n, d, seeds, t_max=1e16):
     point = {"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse", "t_max": t_max}
     ds = pipeline.simulate(point, seeds)
     checked = _continue(teacher, n, d, ds, engine="mimflow", t_max=t_max)
+    # The record of a grid run (pytest -s): statuses and the largest changes.
+    print(f"\n{teacher} n={n} d={d:g}: status counts "
+          f"{np.bincount(ds.status.isel(neuron=0).values.astype(int), minlength=4).tolist()}, "
+          f"max dloss {max((c[1] for c in checked), default=0.0):.2g}, "
+          f"max du {max((c[2] for c in checked), default=0.0):.2g}")
     for s, dloss, du in checked:
         assert dloss < 1e-6, (s, dloss)
         assert du < 1e-4, (s, du)
@@ -252,6 +257,7 @@ def test_outcome_does_not_depend_on_d(teacher):
         ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": 10, "loss": "mse",
                                 "t_max": 1e16}, 16)
         fractions.append(float((ds.loss.isel(neuron=0) < 1e-6).mean()))
+    print(f"\n{teacher}: fraction at loss < 1e-6 at d = 1e6, 1e9, 1e12: {fractions}")
     pooled = np.mean(fractions)
     band = 3 * np.sqrt(max(pooled * (1 - pooled), 1 / 16) / 16)
     assert max(fractions) - min(fractions) <= 2 * band, fractions
