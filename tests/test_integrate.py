@@ -141,3 +141,34 @@ def test_late_escape_still_converges():
     res = solve(dynamics.REDUCED, y0, args, stop=StopRule(t_max=1e15))
     assert res.status[0] == CONVERGED
     assert res.escape_time[0, 0] > 1e12
+
+
+def test_late_escape_is_not_a_collapsed_step():
+    """An escape at t ~ 1e14 (h3, u0 = 3e-15, as from d ~ 1e29 or a slow drift) runs on an O(1)
+    clock, steps below 8 ulp of t: the two-double time takes them. It was status 3
+    (non_finite) with every number finite; now it converges, at the exact escape time."""
+    u0 = np.array([3e-15, 1e-14])
+    y0, args = _k1(3, u0)
+    # atol far below u0: the slow approach is then accurate relative to u itself.
+    res = solve(dynamics.REDUCED, y0, args, tolerances=Tolerances(1e-10, 1e-30),
+                stop=StopRule(t_max=1e16), observe=Observation(0.5))
+    assert res.status.tolist() == [CONVERGED, CONVERGED]
+    np.testing.assert_allclose(res.y[:, 0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(res.escape_time[:, 0], t_h3(u0, 0.5), rtol=1e-6)
+
+
+def test_odd_teacher_from_negative_overlap_stays_negative():
+    """h3 from u0 < 0: u -> 0- like -1/(3t), never through the invariant u = 0. Once |u| was
+    below atol a step crossed 0 and the flow 'escaped' to u = +1 at t ~ 1e13 (then stopped as
+    a collapsed step, status 3, or with two-double time a false status 0). Now: t_max with
+    u < 0 within atol of the exact solution."""
+    u0 = np.array([-0.03, -1e-3, -1e-6])
+    y0, args = _k1(3, u0)
+    t_max = 1e16
+    res = solve(dynamics.REDUCED, y0, args, stop=StopRule(t_max=t_max),
+                observe=Observation(0.5))
+    assert res.status.tolist() == [T_MAX] * 3
+    assert np.all(np.isnan(res.escape_time))
+    exact = -1.0 / (3.0 * (t_max + 1.0 / (3.0 * np.abs(u0))))  # arctanh(u) ~ u: < 1e-30
+    assert np.all(res.y[:, 0] < 0.0)
+    np.testing.assert_allclose(res.y[:, 0], exact, atol=1e-11)

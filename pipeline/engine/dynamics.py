@@ -265,6 +265,35 @@ def vector_field(model, y, args, work, dy):
 
 
 @njit
+def crosses_invariant_zero(model, y, yn, args):
+    """Whether the step ``y -> yn`` moved an overlap through 0 that the exact flow cannot.
+
+    Correlation loss, reduced model: with no linear dual term (``c_1 = 0``, information
+    exponent >= 2) ``du_i/dt`` is ``u_i`` times a smooth function whenever row ``i`` of the
+    Gram matrix is diagonal, so ``u_i = 0`` is invariant and ``u_i`` keeps its sign. A seed
+    starting at ``u < 0`` for an odd teacher approaches the saddle like ``-1/t``; once
+    ``|u|`` is below the absolute tolerance an unguarded step may land at ``u > 0`` and the
+    flow then "escapes" to ``u = 1`` at t ~ 1e13, a convergence the exact flow never makes.
+    Other models: False (their states carry no such invariant coordinate).
+    """
+    if model != REDUCED:
+        return False
+    A, c = args[0], args[2]
+    if c.size > 1 and c[1] != 0.0:
+        return False
+    k = A.shape[1]
+    for i in range(k):
+        if (y[i] > 0.0 and yn[i] <= 0.0) or (y[i] < 0.0 and yn[i] >= 0.0):
+            diagonal = True
+            for j in range(k):
+                if j != i and A[i, j] != 0.0:
+                    diagonal = False
+            if diagonal:
+                return True
+    return False
+
+
+@njit
 def _ainv_quadratic(Ainv, x):
     """``x^T A^-1 x`` over the first k entries of ``x`` (>= 0: A^-1 is positive definite)."""
     k = Ainv.shape[0]

@@ -24,8 +24,12 @@ Stopping, checked after every accepted step:
   continues the flow to ten times the candidate's time and gives status 0 only if nothing
   moved (``continuation.CONVERGENCE_RULES``); it also takes over stiff phases (Rosenbrock);
 * status 1: ``t`` reached ``t_max``; status 2: ``max_steps`` accepted steps;
-* status 3: a non-finite state, or a step size that collapsed to round-off. A bad trajectory
-  is flagged and its batch goes on.
+* status 3: a non-finite state, or a step size that collapsed (``limit_reached``: time keeps
+  what its float sum drops, ``advance``, so a late O(1) step at t ~ 1e13 is a step; only a
+  blowing-up solution collapses). A bad trajectory is flagged and its batch goes on.
+
+Correlation loss, reduced model: a step that takes an overlap through 0 where the exact flow
+cannot cross it (``dynamics.crosses_invariant_zero``) is rejected and halved.
 
 Snapshots after a converged stop hold the final state (the flow is at rest within ``gtol``);
 after any other stop they are NaN.
@@ -47,6 +51,7 @@ from .dynamics import (
     MSE_FULL,
     MSE_REDUCED,
     REDUCED,
+    crosses_invariant_zero,
     escapes_to_converge,
     gd_map,
     grad_norm,
@@ -115,22 +120,50 @@ class Observation:
 GOING = -2
 
 
+#: :func:`advance` folds the remainder into t once it is worth this many ulp of t.
+FOLD_ULPS = 1024.0
+
+
 @njit
 def limit_reached(t, t_max, steps, max_steps, h):
     """The status that ends a trajectory at ``t`` before a step of size ``h``, or
     :data:`GOING`: ``t_max`` reached, ``max_steps`` taken, or the step size collapsed.
 
-    A step below a few ulps of t makes no progress in t. (Relative to the ulp, not to t
-    itself: after an escape at t ~ 1e12 the dynamics run on an O(1) time scale, and steps
-    ~ 0.1 there are fine.) Shared by every adaptive integrator (also ``stiff.finish``).
+    Time is ``t`` plus a remainder (:func:`advance`), so a step makes progress down to
+    ~FOLD_ULPS eps^2 t: after an escape at t ~ 1e13 the dynamics run on an O(1) clock and
+    steps ~ 0.01, below 8 ulp of t, are fine (they ended as "collapsed", status 3, while time
+    was a plain float sum). A smaller step (or one not positive) has collapsed: the error
+    controller found no step size at which the solution is smooth, i.e. it is blowing up.
+    Shared by every adaptive integrator (also ``stiff.finish``).
     """
     if t >= t_max:
         return T_MAX
     if steps >= max_steps:
         return MAX_STEPS
-    if not (h > 8.0 * EPS * max(t, 1e-300)):
+    if not (h > 8.0 * FOLD_ULPS * EPS * EPS * max(t, 1e-290)):
         return NON_FINITE
     return GOING
+
+
+@njit
+def advance(t, t_lo, h):
+    """``t + h`` with the part the float sum drops kept in ``t_lo`` (Knuth's TwoSum); the
+    time is ``t + t_lo``.
+
+    The remainder is folded into ``t`` only once it is worth ``FOLD_ULPS`` ulp of ``t``, so
+    ``t`` is the plain float sum (the same bits as without a remainder) until steps fall
+    below ulp(t), where the plain sum stalls (at t = 1e13 under steps of 1e-3); everything
+    read off ``t`` (escape times, snapshots, ``t_final``) is then within FOLD_ULPS ulp
+    (~2e-13 relative) of the exact sum of the steps.
+    """
+    s = t + h
+    bp = s - t
+    t_lo += (t - (s - bp)) + (h - bp)
+    if abs(t_lo) > FOLD_ULPS * EPS * abs(s):
+        hi = s + t_lo
+        t_lo -= hi - s
+        s = hi
+    return s, t_lo
 
 
 @njit
@@ -239,6 +272,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
     k6 = np.empty(n)
     k7 = np.empty(n)
     t = 0.0
+    t_lo = 0.0  # what the float sum t dropped (advance)
     steps = 0
     status = -1
     t_esc[:] = np.nan
@@ -315,6 +349,13 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
             h = h / min(1.0 / FAC_MIN, fac11 / SAFE)
             last_rejected = True
             continue
+        if crosses_invariant_zero(model, y, yn, args):
+            # Within the tolerance but across an invariant zero: a wrong basin, not an
+            # error of size atol. Halving until the sign holds keeps |u| accurate relative
+            # to itself (steps ~ t on the -1/t approach, so their number grows like ln t).
+            h *= 0.5
+            last_rejected = True
+            continue
         # Accepted step [t, t + h].
         facold = max(err, 1e-4)
         if stiff_handover:
@@ -331,7 +372,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
                 n_nonstiff += 1
                 if n_nonstiff == NONSTIFF_RESET:
                     n_stiff = 0
-        t_new = t + h
+        t_new, t_lo_new = advance(t, t_lo, h)
         if n_escaped < t_esc.size:
             for e in range(t_esc.size):
                 if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
@@ -356,6 +397,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
             y[i] = yn[i]
             k1[i] = k7[i]
         t = t_new
+        t_lo = t_lo_new
         steps += 1
         if last_rejected:
             h_new = min(h_new, h)

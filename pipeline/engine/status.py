@@ -24,7 +24,7 @@ STATUS_MEANINGS: dict[int, str] = {
     CONVERGED: "converged (the rule in the store's convergence_rules attribute)",
     LIMIT: "t_max reached (method sgd: the sample budget max_samples)",
     MAX_STEPS: "max_steps accepted steps reached",
-    NON_FINITE: "non-finite state or collapsed step size",
+    NON_FINITE: "non-finite state, or a collapsed step size (a solution blowing up)",
 }
 #: The store's flags: the trajectory codes plus ``missing``.
 STORE_FLAGS: dict[int, str] = {MISSING: "missing", **STATUS_NAMES}

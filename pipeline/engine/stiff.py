@@ -513,6 +513,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         stats[ST_JAC] += 1
     else:
         vector_field(model, y, args, work, f0)
+    t_lo = 0.0  # what the float sum t dropped (integrate.advance)
     h = _first_step(y, f0, rtol, atol, max(t_max - t, 0.0))
     facold = 1e-4
     err_old = 1e-2
@@ -613,7 +614,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if rejected:
             h_new = min(h_new, h)
             rejected = False
-        t_new = t + h
+        t_new, t_lo_new = dp.advance(t, t_lo, h)
         if n_escaped < t_esc.size:
             for e in range(t_esc.size):
                 if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
@@ -636,6 +637,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             js += 1
         y[:] = yn
         t = t_new
+        t_lo = t_lo_new
         steps += 1
         if stiff:
             # The Jacobian at the new state gives both the next step's matrix and the test
