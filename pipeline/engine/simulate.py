@@ -57,6 +57,12 @@ class Trajectories:
     times: np.ndarray | None
     data: dict[str, tuple[tuple[str, ...], np.ndarray]]
     """Variable name -> (dims, values); dims start with ``seed``."""
+    teacher: Any
+    """The teacher activation (``activations.get_activation``)."""
+    student: Any
+    """The student activation."""
+    issues: list
+    """The paper's assumptions the pair breaks (``activations.check_assumptions``)."""
 
 
 def simulate(
@@ -105,12 +111,9 @@ def simulate(
     """
     run = compute(point, seeds, root_seed=root_seed, snapshots=snapshots, threads=threads,
                   _stacklevel=3)
-    p = run.point
+    p, teacher, student, issues = run.point, run.teacher, run.student, run.issues
     ds = run.dataset if isinstance(run, _Labeled) else _dataset(p, run.data, run.seeds,
                                                                   run.times)
-    teacher = get_activation(p.teacher, p.degree, field_name="teacher")
-    student = get_activation(p.student, p.degree, field_name="student")
-    issues = check_assumptions(student.coefficients, teacher.coefficients, p.gram_matrix)
     ds.attrs.update({
         "point": json.dumps(p.canonical(), sort_keys=True),
         "point_hash": p.hash,
@@ -169,10 +172,10 @@ def compute(point: Mapping[str, Any] | Point, seeds: Iterable[int] | int, *,
         ds = sgd.simulate_sgd(p, A, student.coefficients, teacher.coefficients, root_seed,
                               key, seed_idx, times, threads)
         data = {name: (var.dims, var.values) for name, var in ds.data_vars.items()}
-        return _Labeled(p, seed_idx, times, data, ds)
+        return _Labeled(p, seed_idx, times, data, teacher, student, issues, ds)
     data = _simulate_ode(p, A, student.coefficients, teacher.coefficients, root_seed, key,
                          seed_idx, times, threads)
-    return Trajectories(p, seed_idx, times, data)
+    return Trajectories(p, seed_idx, times, data, teacher, student, issues)
 
 
 def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
