@@ -93,8 +93,7 @@ def memory_refusal(spec: Spec, layout: zstore.Layout, limit: int | None, where: 
                      hint=f"even one seed needs ~{format_bytes(one)} (n padded to "
                           f"{layout.n_max}, k to {layout.k_max}; the largest point is "
                           f"{spec.describe_point(big.index)}): lower n or the number of "
-                          "snapshot times, or "
-                          "give each worker more memory")
+                          "snapshot times, or give each worker more memory")
 
 
 #: Most blocks one sweep may have: each is an inner chunk of every variable (an entry of its

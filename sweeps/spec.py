@@ -520,8 +520,8 @@ def _resolve(params: dict, assigned: dict, sections: dict[str, str]) -> Point:
     except SpecError as err:
         section = sections.get(err.field)
         where = f"{section}.{err.field}" if section else err.field
-        at = ", ".join(f"{k}={show(v)}" for k, v in assigned.items())
-        hint = "; ".join(x for x in (err.hint, f"at the point {at}" if at else None) if x)
+        at = f"at the point {describe(assigned)}" if assigned else None
+        hint = "; ".join(x for x in (err.hint, at) if x)
         raise SpecError(where, err.value, err.allowed, hint=hint or None) from None
 
 

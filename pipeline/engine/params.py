@@ -500,28 +500,24 @@ def _resolve(raw: dict[str, Any]) -> Point:
 #: The parameters a value of which is checked on its own (the others need the combination).
 _CHECKED_ALONE = frozenset(name for name, par in PARAMS.items()
                            if isinstance(par.constraint, Options | Interval | Rate))
-_MISS = object()
-#: (name, type, value) -> the checked value. A sweep of 10^6 points repeats a few hundred
-#: distinct values per parameter: checking each once made resolving a point ~2x faster.
-_CHECKED: dict[tuple, Any] = {}
-_CACHE_SIZE = 65_536
+
+
+# A sweep of 10^6 points repeats a few hundred distinct values per parameter: checking each
+# once made resolving a point ~2x faster. typed: 1, 1.0 and True are different inputs.
+@functools.lru_cache(maxsize=65_536, typed=True)
+def _checked_once(name: str, value: Any) -> Any:
+    return PARAMS[name].check(value)
 
 
 def _checked(name: str, value: Any) -> Any:
-    """``PARAMS[name].check(value)``, remembered for hashable values (by type too: 1, 1.0
-    and True are different inputs; and not for zeros, since 0.0 == -0.0)."""
+    """``PARAMS[name].check(value)``, remembered for hashable values other than zeros
+    (0.0 == -0.0 would share one entry, and their canonical forms differ)."""
     if isinstance(value, Mapping | list | np.ndarray) or value == 0:
         return PARAMS[name].check(value)
-    key = (name, type(value), value)
     try:
-        hit = _CHECKED.get(key, _MISS)
+        return _checked_once(name, value)
     except TypeError:  # unhashable
         return PARAMS[name].check(value)
-    if hit is _MISS:
-        hit = PARAMS[name].check(value)
-        if len(_CHECKED) < _CACHE_SIZE:
-            _CHECKED[key] = hit
-    return hit
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
