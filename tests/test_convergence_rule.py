@@ -15,7 +15,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import pipeline
-from pipeline.engine import dynamics, mse
+from pipeline.engine import dynamics, mse, stiff
 from pipeline.engine.activations import get_activation
 from pipeline.engine.continuation import CONVERGENCE_RULES, VERIFY_FACTOR, jacobian
 from pipeline.engine.initial import orthogonal_rank
@@ -280,3 +280,28 @@ def test_late_escape_in_the_stage_is_not_a_collapsed_step():
         assert int(r.status[0]) == CONVERGED, integrator
         assert mse.mse_loss(dynamics.MSE_REDUCED, r.y[0], args) < 1e-9
         np.testing.assert_allclose(r.escape_time[0, 0], 1.0 / (6.0 * u0), rtol=1e-9)
+
+
+def test_window_at_rest_takes_few_steps():
+    """A verification window at rest late in time costs a few Rosenbrock steps at any d.
+
+    From a confirmed rest point of d = 1e12 (h3, n = 10), restarted at t = 1e11 so that its
+    window is [1e11, 1e12]: with the plain field the round-off of the velocity (~eps times
+    its O(1) terms, ~1e-15) carried along the neutral directions grew with h until it filled
+    the capped round-off floor, which held h at ~3e8, and the window took ~3,000 steps (the
+    last window of a typical d = 1e12 seed: ~1,000 of its ~5,000 steps) while the state
+    drifted. The double-double field of the long steps (``stiff.py``) lets h grow with t and
+    the state stays put."""
+    model, args, y0, _ = _batch("h3", 10, 1e12, 4)
+    # Seed 3 ends with two antipodal pairs at O(1) overlaps (their terms cancel in the
+    # velocity); the old stage took 3,008 steps here and moved the state by 2.4e-5.
+    r = solve(model, y0[3:4], args, stop=StopRule(t_max=1e16))
+    assert int(r.status[0]) == CONVERGED
+    y, t_esc = r.y[0].copy(), r.escape_time[0].copy()
+    stats = np.zeros(stiff.N_STATS)
+    t, steps, status = stiff.finish(model, y, 1e11, 0, args, 1e-8, 1e-12, 1e16, 10**6, 1e-6,
+                                    0.5, np.zeros(0), np.empty((0, 21)), t_esc,
+                                    stiff.SWITCHING, stats)
+    assert status == CONVERGED and t >= 1e12
+    assert steps < 100, steps
+    np.testing.assert_allclose(y, r.y[0], rtol=0, atol=1e-8)

@@ -60,6 +60,7 @@ import math
 
 import numpy as np
 
+from . import ddouble as dd
 from ._jit import jit as njit
 from .dispatch import by_model
 
@@ -175,17 +176,21 @@ def _coupling(M, stride, Q, a, C, n, k, extra):
 
 
 @njit
+def _reduced_views(args, work):
+    """The reduced field's ``G``, ``a``, ``Q``, ``C`` slots of ``work``."""
+    oa, oQ, oC, _, _, _ = _layout(MSE_REDUCED, args)
+    n = mse_n_neurons(args)
+    return work[0:oa], work[oa:oQ], work[oQ:oC], work[oC:oC + n * n]
+
+
+@njit
 def _reduced_field(model, y, args, work, dy):
     """``d xi_i/dt`` for the reduced state (rows ``xi_i = (M_i, z_i)``, see module doc)."""
     A, Ainv, _, extra = args
     k = A.shape[0]
     n = mse_n_neurons(args)
     K = _width(MSE_REDUCED, args)
-    oa, oQ, oC, _, _, _ = _layout(MSE_REDUCED, args)
-    G = work[0:oa]
-    a = work[oa:oQ]
-    Q = work[oQ:oC]
-    C = work[oC:oC + n * n]
+    G, a, Q, C = _reduced_views(args, work)
     # G_i = (M_i A^-1, z_i), so that Q_il = G_i . xi_l.
     for i in range(n):
         r = i * K
@@ -230,6 +235,84 @@ def _reduced_field(model, y, args, work, dy):
             for l in range(k):
                 acc += a[i * k + l] * A[l, j]
             dy[r + j] += 2.0 * acc
+
+
+@njit
+def reduced_field_accurate(y, args, work, dy):
+    """``MSE_REDUCED``'s velocity of ``y`` computed in double-double arithmetic
+    (``ddouble.py``) and rounded once: accurate to ~eps relative to the velocity itself,
+    where :func:`_reduced_field` is accurate to ~eps relative to the O(1) terms that cancel
+    in it. The stiff stage takes its Rosenbrock steps with it: at rest those steps are long
+    (up to the elapsed time) and the plain field's round-off, carried along the flow's
+    neutral directions, limited them (``ddouble.py``). ~15x the cost of the plain field.
+
+    Same formulas and order as :func:`_reduced_field`; ``work``'s ``G``, ``a``, ``Q``, ``C``
+    receive the leading parts.
+    """
+    A, Ainv, _, extra = args
+    k = A.shape[0]
+    n = mse_n_neurons(args)
+    K = _width(MSE_REDUCED, args)
+    G, a, Q, C = _reduced_views(args, work)
+    dss = extra[_ROW_DSS]
+    dst = extra[_ROW_DST]
+    Lss = int(extra[_ROW_META, _META_LDSS])
+    Lst = int(extra[_ROW_META, _META_LDST])
+    # Low parts: G (its M A^-1 columns; the z columns are the state itself), a, Q, C.
+    Gl = np.zeros(n * K)
+    al = np.empty(n * k)
+    Ql = np.empty(n * n)
+    Cl = np.empty(n * n)
+    for i in range(n):
+        r = i * K
+        for j in range(k):
+            h, lo = 0.0, 0.0
+            for l in range(k):
+                p, e = dd.two_prod(y[r + l], Ainv[l, j])
+                h, lo = dd.add(h, lo, p, e)
+            G[r + j] = h
+            Gl[r + j] = lo
+        for x in range(k, K):
+            G[r + x] = y[r + x]
+    for i in range(n):
+        for l in range(i + 1, n):
+            h, lo = 0.0, 0.0
+            for x in range(K):
+                h, lo = dd.fma_d(h, lo, G[i * K + x], Gl[i * K + x], y[l * K + x])
+            Q[i * n + l] = h
+            Ql[i * n + l] = lo
+    for i in range(n):
+        sh, sl = 0.0, 0.0
+        for j in range(k):
+            mij = y[i * K + j]
+            gh, gl = dd.poly(dst, Lst, mij, 0.0)
+            a[i * k + j] = gh
+            al[i * k + j] = gl
+            sh, sl = dd.fma_d(sh, sl, gh, gl, mij)
+        C[i * n + i] = sh
+        Cl[i * n + i] = sl
+    for i in range(n):
+        for l in range(i + 1, n):
+            qh, ql = Q[i * n + l], Ql[i * n + l]
+            bh, bl = dd.poly(dss, Lss, qh, ql)
+            C[i * n + l] = bh
+            Cl[i * n + l] = bl
+            C[l * n + i] = bh
+            Cl[l * n + i] = bl
+            ph, pl = dd.mul(bh, bl, qh, ql)
+            C[i * n + i], Cl[i * n + i] = dd.add(C[i * n + i], Cl[i * n + i], -ph, -pl)
+            C[l * n + l], Cl[l * n + l] = dd.add(C[l * n + l], Cl[l * n + l], -ph, -pl)
+    for i in range(n):
+        r = i * K
+        for x in range(K):
+            h, lo = 0.0, 0.0
+            for l in range(n):
+                h, lo = dd.fma_d(h, lo, C[i * n + l], Cl[i * n + l], y[l * K + x])
+            h, lo = -2.0 * h, -2.0 * lo
+            if x < k:
+                for l in range(k):
+                    h, lo = dd.fma_d(h, lo, 2.0 * a[i * k + l], 2.0 * al[i * k + l], A[l, x])
+            dy[r + x] = h + lo
 
 
 @njit
