@@ -56,6 +56,8 @@ def _continue(teacher: str, n: int, d: float, ds, factor: float = 10.0,
         t0 = float(ds.t_final[s, 0])
         # The flow is autonomous: time from 0, so the first steps are not below ulp(t0).
         span = min(factor * t0, t_max - t0)
+        if span <= 0.0:
+            continue  # its window ended at t_max: [t_c, 10 t_c] was checked to the end
         if engine == "scipy":
             # Changes of 1e-6 are to be resolved, over up to ~1e12 time units: atol 1e-10
             # keeps the field's round-off (~1e-16 per unit time) from stalling the steps.

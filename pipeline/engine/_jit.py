@@ -17,8 +17,8 @@ from pathlib import Path
 import numba
 
 #: Modules whose njit functions call each other; any edit to one of them must recompile all.
-KERNEL_MODULES = ("continuation.py", "ddouble.py", "dispatch.py", "dynamics.py", "integrate.py",
-                  "mse.py", "sgd_kernels.py", "sgd_coupled.py", "stiff.py")
+KERNEL_MODULES = ("continuation.py", "ddouble.py", "dispatch.py", "dop853.py", "dynamics.py",
+                  "integrate.py", "mse.py", "sgd_kernels.py", "sgd_coupled.py", "stiff.py")
 
 
 def _kernel_digest() -> str:

@@ -8,17 +8,20 @@ needs ~ d^((p*-2)/2) of them. A Rosenbrock method (Hairer & Wanner's RODAS: 6 st
 embedded order 3, stiffly accurate, L-stable, 3rd-order dense output) takes steps limited by
 accuracy alone, i.e. ~ the slow time scale itself, so the step count no longer grows with d.
 A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
-unknowns), ~ 20-50 Dormand-Prince steps' worth at n = 10, so where the flow is not stiff
-(an escape, which runs on an O(1) clock at every d) the stage steps with Dormand-Prince again:
+unknowns), ~ 10 explicit steps' worth at n = 10, so where the flow is not stiff (an escape,
+which runs on an O(1) clock at every d) the stage steps explicitly, with DOP853 (order 8,
+``dop853.py``: an escape needs a fixed number of steps per e-fold of its time to blow-up,
+~ln sqrt(d) e-folds in all, and order 8 needs ~3x fewer of them than Dormand-Prince 5(4)):
 
-* explicit -> Rosenbrock: Hairer's h|lambda| test on the last two DOPRI stages says the step
-  size is stability-limited (``integrate.STIFF_HLAMBDA``, ``STIFF_COUNT`` such steps);
-* Rosenbrock -> explicit: the accepted step is within DOPRI's stability region for the
+* explicit -> Rosenbrock: Hairer's h|lambda| test on the last two DOP853 evaluations says the
+  step size is stability-limited (``dop853.STIFF_HLAMBDA``, ``integrate.STIFF_COUNT`` such
+  steps);
+* Rosenbrock -> explicit: the accepted step is within DOP853's stability region for the
   Jacobian's spectral radius (power iteration) within ``COST_RATIO`` explicit steps,
   ``NONSTIFF_STEPS`` times in a row.
 
 The Jacobian of ``MSE_REDUCED`` is in closed form (:func:`reduced_jacobian`). ``MSE_FULL``
-(validation at small d) continues with Dormand-Prince only (:func:`implicit_applies`); its
+(validation at small d) continues with DOP853 only (:func:`implicit_applies`); its
 forward-difference Jacobian (``continuation.jacobian``) serves ``mode = ROSENBROCK`` on
 request.
 
@@ -46,8 +49,8 @@ import math
 import numpy as np
 from numba import prange
 
+from . import dop853, mse
 from . import integrate as dp
-from . import mse
 from ._jit import jit as njit
 from .continuation import (
     IMPLICIT_MAX_SIZE,
@@ -95,22 +98,25 @@ P31, P32, P33, P34, P35 = (-0.6762803392801253, 6.087714651680015, 16.4308432089
 # Step-size controller (Gustafsson's predictive controller, error of order 3).
 R_SAFE, R_FAC_UP, R_FAC_DOWN = 0.9, 5.0, 1.0 / 6.0
 
-#: Rosenbrock steps in a row inside DOPRI's stability region before the stage steps
+#: Rosenbrock steps in a row inside DOP853's stability region before the stage steps
 #: explicitly again.
 NONSTIFF_STEPS = 3
-#: ``finish``'s ``mode``: Dormand-Prince only, switching, Rosenbrock only.
+#: ``finish``'s ``mode``: DOP853 only, switching, Rosenbrock only.
 EXPLICIT, SWITCHING, ROSENBROCK = 0, 1, 2
-#: A Rosenbrock step costs about as much as this many Dormand-Prince steps at n = 10 (a
-#: dense LU of 120 unknowns): the stage steps explicitly again once the Rosenbrock step is
-#: below that many explicit stable steps (``h rho(J) <= SWITCH_LIMIT``).
-COST_RATIO = 8.0
-#: DOPRI5's stability boundary on the negative real axis is h |lambda| ~ 3.3.
-SWITCH_LIMIT = 3.0 * COST_RATIO
+#: The stage steps explicitly again once a Rosenbrock step is shorter than this many stable
+#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~10 DOP853
+#: steps, yet every switch also costs a wait of ``integrate.STIFF_COUNT`` stability-limited
+#: steps and a Jacobian, and near escapes the stage went back and forth. Measured
+#: (``bench_mse_d.py``, h3, n = 10, d = 1e12): 2 and 8 give the same wall time within 5%
+#: (0.19 s per trajectory, 64 seeds) with median steps 1,884 and 2,499 (4: 2,076 on 32).
+COST_RATIO = 2.0
+#: DOP853's stability boundary on the negative real axis is h |lambda| ~ 6.
+SWITCH_LIMIT = 6.0 * COST_RATIO
 POWER_ITERATIONS = 8
-# Every switch to Rosenbrock waits for ``integrate.STIFF_COUNT`` stability-limited DOPRI
+# Every switch to Rosenbrock waits for ``integrate.STIFF_COUNT`` stability-limited explicit
 # steps. (Doubling that wait after short Rosenbrock stretches, up to 960, spent 1,365 of a
-# trajectory's 3,922 steps at d = 1e12 on stability-limited DOPRI steps; without it: 3,314
-# steps for 3% more CPU time, h3, n = 10, 16 seeds.)
+# trajectory's 3,922 steps at d = 1e12 on stability-limited Dormand-Prince steps, when the
+# stage stepped with Dormand-Prince; without it: 3,314 steps for 3% more CPU time.)
 #: Largest round-off floor of the absolute tolerance per step. Uncapped, the floor grows with
 #: h (steps ~ t ~ 1e11 at d = 1e12): its allowance let overlaps drift along flat directions
 #: (antipodal pairs) by more than ``VERIFY_OVERLAP_TOL`` per window, and no window confirmed.
@@ -118,9 +124,9 @@ ROUNDOFF_CAP = 1e-7
 
 #: What :func:`finish` counts per trajectory into its ``stats`` row (``finish_batch``'s
 #: ``stats``; the per-phase breakdown of ``benchmarks/bench_mse_d.py``): accepted /
-#: rejected Rosenbrock and Dormand-Prince steps, Jacobians, LU factorizations, power
+#: rejected Rosenbrock and DOP853 steps, Jacobians, LU factorizations, power
 #: iterations, verification windows opened and restarted, switches each way, the time
-#: covered by Rosenbrock steps, and the accepted Dormand-Prince steps that the stiffness
+#: covered by Rosenbrock steps, and the accepted explicit (DOP853) steps that the stiffness
 #: test found stability-limited.
 (ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
  ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF) = range(13)
@@ -394,43 +400,13 @@ def _rodas_dense(y, yn, k, s, out):
 
 
 @njit
-def _dopri_step(model, y, h, args, work, k, ys, yn):
-    """One Dormand-Prince 5(4) step (``integrate.py``'s tableau) with ``k[0]`` the velocity
-    at ``y``; stages to ``k[1:7]`` (``k[6]``: velocity at ``yn``), error estimate to ``k[7]``
-    (``ys`` is left at stage 6's argument, for the stiffness test)."""
-    N = y.size
-    k1, k2, k3, k4, k5, k6, k7, e = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-    for i in range(N):
-        ys[i] = y[i] + h * dp.A21 * k1[i]
-    vector_field(model, ys, args, work, k2)
-    for i in range(N):
-        ys[i] = y[i] + h * (dp.A31 * k1[i] + dp.A32 * k2[i])
-    vector_field(model, ys, args, work, k3)
-    for i in range(N):
-        ys[i] = y[i] + h * (dp.A41 * k1[i] + dp.A42 * k2[i] + dp.A43 * k3[i])
-    vector_field(model, ys, args, work, k4)
-    for i in range(N):
-        ys[i] = y[i] + h * (dp.A51 * k1[i] + dp.A52 * k2[i] + dp.A53 * k3[i] + dp.A54 * k4[i])
-    vector_field(model, ys, args, work, k5)
-    for i in range(N):
-        ys[i] = y[i] + h * (dp.A61 * k1[i] + dp.A62 * k2[i] + dp.A63 * k3[i] + dp.A64 * k4[i]
-                            + dp.A65 * k5[i])
-    vector_field(model, ys, args, work, k6)
-    for i in range(N):
-        yn[i] = y[i] + h * (dp.A71 * k1[i] + dp.A73 * k3[i] + dp.A74 * k4[i] + dp.A75 * k5[i]
-                            + dp.A76 * k6[i])
-    vector_field(model, yn, args, work, k7)
-    for i in range(N):
-        e[i] = h * (dp.E1 * k1[i] + dp.E3 * k3[i] + dp.E4 * k4[i] + dp.E5 * k5[i]
-                    + dp.E6 * k6[i] + dp.E7 * k7[i])
-
-
-@njit
-def _dense(stiff, y, yn, k, h, s, out):
+def _dense_at(stiff, y, yn, kr, F, x, out):
+    """The state at the fraction ``x`` of the last step: RODAS's or DOP853's dense output
+    (``F`` prepared by ``dop853.dense_prepare``)."""
     if stiff:
-        _rodas_dense(y, yn, k, s, out)
+        _rodas_dense(y, yn, kr, x, out)
     else:
-        dp._dense(y, yn, k[0], k[2], k[3], k[4], k[5], k[6], h, s, out)
+        dop853.dense(y, F, x, out)
 
 
 @njit
@@ -489,7 +465,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
 
     ``steps`` counts the accepted steps so far, ``t_esc`` (updated in place) the escape times;
     ``snap_out`` rows for snapshot times > ``t`` are written here. ``mode``: ``SWITCHING``
-    (the module docstring), ``EXPLICIT`` (Dormand-Prince only: states too large for a dense
+    (the module docstring), ``EXPLICIT`` (DOP853 only: states too large for a dense
     Jacobian, or on request) or ``ROSENBROCK`` (never switches back; for comparisons).
     ``stats`` (``N_STATS`` numbers) receives the counts of ``ST_*``.
     """
@@ -502,7 +478,9 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     fs = np.empty(N)
     f0 = np.empty(N)
     kr = np.empty((6, N))
-    kd = np.empty((8, N))
+    kd = np.empty((dop853.N_ROWS, N))
+    Fd = np.empty((7, N))
+    dense_ready = False  # Fd holds the dense output of the last explicit step
     allow_stiff = mode != EXPLICIT
     J = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
     W = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
@@ -533,7 +511,6 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         vector_field(model, y, args, work, f0)
     t_lo = 0.0  # what the float sum t dropped (integrate.advance)
     h = _first_step(y, f0, rtol, atol, max(t_max - t, 0.0))
-    facold = 1e-4
     err_old = 1e-2
     h_old = 0.0
     first = True
@@ -606,30 +583,23 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             h_new = h / fac
         else:
             kd[0, :] = f0
-            _dopri_step(model, y, h, args, work, kd, ys, yn)
-            err = _error(y, yn, kd[7], atol_h, rtol)
+            dop853.step(model, y, h, args, work, kd, ys, yn)
+            dense_ready = False
+            err = dop853.error_norm(kd, h, y, yn, atol_h, rtol)
             if not math.isfinite(err) or not dp._all_finite(yn):
-                h *= dp.FAC_MIN
+                h *= dop853.FAC_LO
                 rejected = True
                 stats[ST_DP_REJ] += 1
                 continue
-            fac11 = err ** dp.EXPO1
-            fac = max(1.0 / dp.FAC_MAX, min(1.0 / dp.FAC_MIN, fac11 / facold ** dp.BETA / dp.SAFE))
             if err > 1.0:
-                h = h / min(1.0 / dp.FAC_MIN, fac11 / dp.SAFE)
+                h = h / min(1.0 / dop853.FAC_LO, err ** dop853.EXPO / dop853.SAFE)
                 rejected = True
                 stats[ST_DP_REJ] += 1
                 continue
             stats[ST_DP] += 1
-            facold = max(err, 1e-4)
-            h_new = h / fac
+            h_new = h / dop853.factor(err)
             if allow_stiff:
-                num = 0.0
-                den = 0.0
-                for i in range(N):
-                    num += (kd[6, i] - kd[5, i]) ** 2
-                    den += (yn[i] - ys[i]) ** 2
-                if den > 0.0 and h * math.sqrt(num / den) > dp.STIFF_HLAMBDA:
+                if dop853.stiffness(kd, ys, yn, h) > dop853.STIFF_HLAMBDA:
                     n_stiff += 1
                     n_nonstiff = 0
                     stats[ST_DP_STIFF] += 1
@@ -645,10 +615,13 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if n_escaped < t_esc.size:
             for e in range(t_esc.size):
                 if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
+                    if not stiff and not dense_ready:
+                        dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
+                        dense_ready = True
                     lo, hi = 0.0, 1.0  # bisection on the dense output, to round-off
                     for _ in range(60):
                         mid = 0.5 * (lo + hi)
-                        _dense(stiff, y, yn, kr if stiff else kd, h, mid, ys)
+                        _dense_at(stiff, y, yn, kr, Fd, mid, ys)
                         if overlap_norm(model, ys, args, work, e) >= threshold:
                             hi = mid
                         else:
@@ -659,7 +632,10 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                     n_escaped += 1
                     any_escaped = True
         while js < snaps.size and snaps[js] <= t_new:
-            _dense(stiff, y, yn, kr if stiff else kd, h, (snaps[js] - t) / h, ys)
+            if not stiff and not dense_ready:
+                dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
+                dense_ready = True
+            _dense_at(stiff, y, yn, kr, Fd, (snaps[js] - t) / h, ys)
             observables(model, ys, args, snap_out[js])
             js += 1
         y[:] = yn
@@ -688,9 +664,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                     stats[ST_TO_EXPLICIT] += 1
                     n_nonstiff = 0
                     n_stiff = 0
-                    facold = 1e-4
         else:
-            f0[:] = kd[6]
+            f0[:] = kd[dop853.N_STAGES]
             f0_accurate = False
             if n_stiff >= dp.STIFF_COUNT:
                 stiff = True
@@ -712,7 +687,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
 def implicit_applies(model: int, y: np.ndarray) -> bool:
     """Whether a state of this model and size may take Rosenbrock steps: the reduced model's
     (closed-form Jacobian) up to ``IMPLICIT_MAX_SIZE`` numbers. The full-d model, for
-    validation at small d, steps with Dormand-Prince throughout: with its difference Jacobian
+    validation at small d, steps with DOP853 throughout: with its difference Jacobian
     the Rosenbrock steps jittered at rest above a tight ``gtol`` (1e-8) and no window
     confirmed."""
     return model == mse.MSE_REDUCED and y.size <= IMPLICIT_MAX_SIZE
