@@ -16,7 +16,7 @@ from pipeline import ledger
 from pipeline.engine.warm import ENTRY_KERNELS
 from pipeline.execute import run_sweep
 from pipeline.ledger import StoreRef
-from pipeline.warmup import one_worker_per_host, sweep_kinds
+from pipeline.warmup import sweep_kinds, workers_by_host
 from sweeps.spec import parse_spec
 
 from conftest import tiny_spec
@@ -53,7 +53,7 @@ def test_cold_cache_sweep_compiles_each_kernel_once(tmp_path, monkeypatch):
     try:
         with Client(cluster) as client:
             client.wait_for_workers(2)
-            assert len(one_worker_per_host(client)) == 1  # one machine: one warm-up
+            assert len(workers_by_host(client)) == 1  # one machine
             out = io.StringIO()
             report = run_sweep(spec, tmp_path / "cold.zarr", client=client, out=out)
             assert report.ok and len(report.computed) == 16
@@ -111,3 +111,20 @@ def test_kinds_of_a_mixed_sweep_and_every_kind_has_a_tiny_point():
     from pathlib import Path
     dockerfile = (Path(__file__).parents[1] / "cluster" / "Dockerfile").read_text()
     assert "warm(ALL_KINDS)" in dockerfile and "warm(ALL_KINDS, snapshots=True)" in dockerfile
+
+
+def test_kinds_split_over_the_workers_of_a_host():
+    """Each kind is compiled by one worker; the MSE flow (the longest compile) gets a worker
+    of its own on 2 workers; never more groups than workers or kinds."""
+    from pipeline.engine.warm import ALL_KINDS, split_kinds
+
+    reproduce = [("correlation", "flow", "reduced"), ("correlation", "gd", "reduced"),
+                 ("correlation", "sgd", "reduced"), ("mse", "flow", "reduced"),
+                 ("mse", "sgd", "reduced")]
+    two = split_kinds(reproduce, 2)
+    assert [("mse", "flow", "reduced")] in two and len(two) == 2
+    assert sorted(k for g in two for k in g) == sorted(reproduce)
+    assert split_kinds(reproduce, 1) == [sorted(reproduce)]
+    many = split_kinds(ALL_KINDS, 64)
+    assert len(many) == len(ALL_KINDS) and all(len(g) == 1 for g in many)
+    assert split_kinds([], 4) == []

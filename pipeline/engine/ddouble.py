@@ -22,7 +22,7 @@ from ._jit import jit as njit
 SPLITTER = 134217729.0
 
 
-@njit(inline="always")
+@njit
 def two_sum(a, b):
     """``(s, e)`` with ``s = fl(a + b)`` and ``a + b = s + e`` exactly."""
     s = a + b
@@ -30,21 +30,21 @@ def two_sum(a, b):
     return s, (a - (s - bb)) + (b - bb)
 
 
-@njit(inline="always")
+@njit
 def quick_two_sum(a, b):
     """``two_sum`` for ``|a| >= |b|``."""
     s = a + b
     return s, b - (s - a)
 
 
-@njit(inline="always")
+@njit
 def _split(a):
     c = SPLITTER * a
     hi = c - (c - a)
     return hi, a - hi
 
 
-@njit(inline="always")
+@njit
 def two_prod(a, b):
     """``(p, e)`` with ``p = fl(a * b)`` and ``a * b = p + e`` exactly (no overflow for the
     O(1) numbers of the engine)."""
@@ -54,7 +54,7 @@ def two_prod(a, b):
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
-@njit(inline="always")
+@njit
 def add(ah, al, bh, bl):
     """Double-double ``a + b``."""
     s, e = two_sum(ah, bh)
@@ -65,7 +65,7 @@ def add(ah, al, bh, bl):
     return quick_two_sum(s, e)
 
 
-@njit(inline="always")
+@njit
 def mul(ah, al, bh, bl):
     """Double-double ``a * b``."""
     p, e = two_prod(ah, bh)
@@ -73,7 +73,7 @@ def mul(ah, al, bh, bl):
     return quick_two_sum(p, e)
 
 
-@njit(inline="always")
+@njit
 def mul_d(ah, al, b):
     """Double-double ``a * b`` for a float ``b``."""
     p, e = two_prod(ah, b)
@@ -81,14 +81,14 @@ def mul_d(ah, al, b):
     return quick_two_sum(p, e)
 
 
-@njit(inline="always")
+@njit
 def fma_d(ch, cl, ah, al, b):
     """Double-double ``c + a * b`` for a float ``b``."""
     ph, pl = mul_d(ah, al, b)
     return add(ch, cl, ph, pl)
 
 
-@njit(inline="always")
+@njit
 def poly(c, L, xh, xl):
     """``sum_{q < L} c_q x^q`` by Horner in double-double (float coefficients ``c``)."""
     acc_h, acc_l = 0.0, 0.0

@@ -90,6 +90,14 @@ Q41, Q42, Q43 = -0.1073529058151375, -9.594562251023355, -20.47028614809616
 Q51, Q52, Q53, Q54 = 7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160
 Q61, Q62, Q63, Q64, Q65 = (8.083246795921522, -7.981132988064893, -31.52159432874371,
                            16.31930543123136, -6.058818238834054)
+# The same as tables, row s - 2 for stage s = 2..6 (stage 6's argument is stage 5's plus k5:
+# RODAS is stiffly accurate, y_new = that + k6).
+ROS_R = np.array([[R21, 0.0, 0.0, 0.0, 0.0], [R31, R32, 0.0, 0.0, 0.0],
+                  [R41, R42, R43, 0.0, 0.0], [R51, R52, R53, R54, 0.0],
+                  [R51, R52, R53, R54, 1.0]])
+ROS_Q = np.array([[Q21, 0.0, 0.0, 0.0, 0.0], [Q31, Q32, 0.0, 0.0, 0.0],
+                  [Q41, Q42, Q43, 0.0, 0.0], [Q51, Q52, Q53, Q54, 0.0],
+                  [Q61, Q62, Q63, Q64, Q65]])
 # Dense output y(t + s h) = y (1 - s) + s (y_new + (1 - s) (e3 + s e4)).
 P21, P22, P23, P24, P25 = (10.12623508344586, -7.487995877610167, -34.80091861555747,
                            -7.992771707568823, 1.025137723295662)
@@ -351,42 +359,24 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, k, ys, fs, yn)
         W[i, i] += 1.0 / (GAMMA * h)
     if not _lu(W, piv):
         return False
-    k1, k2, k3, k4, k5, k6 = k[0], k[1], k[2], k[3], k[4], k[5]
-    k1[:] = f0
-    _lu_solve(W, piv, k1)
+    k[0, :] = f0
+    _lu_solve(W, piv, k[0])
+    # Stages 2..6, sums in the tableau's order (k_1 first).
+    for s in range(1, 6):
+        for i in range(N):
+            acc = y[i]
+            for j in range(s):
+                acc += ROS_R[s - 1, j] * k[j, i]
+            ys[i] = acc
+        _stiff_field(model, accurate, ys, args, work, fs)
+        for i in range(N):
+            q = 0.0
+            for j in range(s):
+                q += ROS_Q[s - 1, j] * k[j, i]
+            k[s, i] = fs[i] + q / h
+        _lu_solve(W, piv, k[s])
     for i in range(N):
-        ys[i] = y[i] + R21 * k1[i]
-    _stiff_field(model, accurate, ys, args, work, fs)
-    for i in range(N):
-        k2[i] = fs[i] + Q21 * k1[i] / h
-    _lu_solve(W, piv, k2)
-    for i in range(N):
-        ys[i] = y[i] + R31 * k1[i] + R32 * k2[i]
-    _stiff_field(model, accurate, ys, args, work, fs)
-    for i in range(N):
-        k3[i] = fs[i] + (Q31 * k1[i] + Q32 * k2[i]) / h
-    _lu_solve(W, piv, k3)
-    for i in range(N):
-        ys[i] = y[i] + R41 * k1[i] + R42 * k2[i] + R43 * k3[i]
-    _stiff_field(model, accurate, ys, args, work, fs)
-    for i in range(N):
-        k4[i] = fs[i] + (Q41 * k1[i] + Q42 * k2[i] + Q43 * k3[i]) / h
-    _lu_solve(W, piv, k4)
-    for i in range(N):
-        ys[i] = y[i] + R51 * k1[i] + R52 * k2[i] + R53 * k3[i] + R54 * k4[i]
-    _stiff_field(model, accurate, ys, args, work, fs)
-    for i in range(N):
-        k5[i] = fs[i] + (Q51 * k1[i] + Q52 * k2[i] + Q53 * k3[i] + Q54 * k4[i]) / h
-    _lu_solve(W, piv, k5)
-    for i in range(N):
-        ys[i] += k5[i]
-    _stiff_field(model, accurate, ys, args, work, fs)
-    for i in range(N):
-        k6[i] = fs[i] + (Q61 * k1[i] + Q62 * k2[i] + Q63 * k3[i] + Q64 * k4[i]
-                         + Q65 * k5[i]) / h
-    _lu_solve(W, piv, k6)
-    for i in range(N):
-        yn[i] = ys[i] + k6[i]
+        yn[i] = ys[i] + k[5, i]
     return True
 
 
@@ -556,7 +546,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             # stages then take the double-double field (round-off ~ eps |f|, ddouble.py).
             accurate = model == MSE_REDUCED and floor > ROUNDOFF_CAP
             if accurate and not f0_accurate:
-                mse.reduced_field_accurate(y, args, work, f0)
+                _stiff_field(model, True, y, args, work, f0)
                 f0_accurate = True
             ok = _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, kr, ys, fs, yn)
             stats[ST_LU] += 1

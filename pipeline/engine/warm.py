@@ -51,6 +51,33 @@ ENTRY_KERNELS = {
 }
 
 
+#: Seconds of a cold first compilation per kind on a 2-core machine (``bench_cold.py``, this
+#: version): what the warm-up balances when it splits the kinds over a host's workers.
+#: Kinds not listed (full-d backends, validation only) count as ``DEFAULT_COMPILE_SECONDS``.
+COMPILE_SECONDS = {
+    ("correlation", "flow", "reduced"): 9.4,
+    ("correlation", "gd", "reduced"): 6.1,
+    ("correlation", "sgd", "reduced"): 6.7,
+    ("mse", "flow", "reduced"): 52.3,
+    ("mse", "sgd", "reduced"): 11.0,
+}
+DEFAULT_COMPILE_SECONDS = 10.0
+
+
+def split_kinds(kinds: Iterable[tuple[str, str, str]], parts: int) -> list[list[tuple]]:
+    """``kinds`` in at most ``parts`` groups of about equal compile time (the longest first,
+    each to the group with the least so far), for the workers of one host to compile side by
+    side. Empty groups are left out."""
+    groups: list[list[tuple]] = [[] for _ in range(max(1, parts))]
+    load = [0.0] * len(groups)
+    for kind in sorted(set(map(tuple, kinds)),
+                       key=lambda k: (-COMPILE_SECONDS.get(k, DEFAULT_COMPILE_SECONDS), k)):
+        g = load.index(min(load))
+        groups[g].append(kind)
+        load[g] += COMPILE_SECONDS.get(kind, DEFAULT_COMPILE_SECONDS)
+    return [sorted(g) for g in groups if g]
+
+
 def kernel_kind(point: Point) -> tuple[str, str, str]:
     """``(loss, method, backend)`` of a resolved point: which kernels it runs."""
     return (point.loss, point.method, point.backend)
