@@ -65,8 +65,8 @@ WARM_TIMEOUT = 900.0
 
 def warm_cluster(client: Any, kinds: list[tuple[str, str, str]], snapshots: bool,
                  out: TextIO, timeout: float = WARM_TIMEOUT) -> float | None:
-    """Warm the kernels of ``kinds`` on one worker per host (see the module) and say so on
-    ``out``. Returns the seconds spent when something was compiled, else ``None``."""
+    """Warm the kernels of ``kinds``, split over the workers of each host (see the module),
+    and say so on ``out``. Returns the seconds spent when something was compiled, else ``None``."""
     import time
 
     from distributed import wait
