@@ -594,9 +594,10 @@ def solve(
     integrator:
         MSE flow only (the correlation flow is never stiff). ``"auto"``: Dormand-Prince until
         the first convergence candidate or a stiff phase, then the compiled stage of
-        ``stiff.py`` (Rosenbrock where stiff, Dormand-Prince where not; it also runs the
-        continuation check of the convergence rule); ``"explicit"``: Dormand-Prince
-        throughout (the check included); ``"implicit"``: Rosenbrock steps only, from t = 0.
+        ``stiff.py`` (Rosenbrock where stiff, DOP853 where not; it also runs the
+        continuation check of the convergence rule); ``"explicit"``: explicit steps only
+        (Dormand-Prince, then DOP853 in the stage that runs the check); ``"implicit"``:
+        Rosenbrock steps only, from t = 0.
         The full-d backend, and reduced states over ``IMPLICIT_MAX_SIZE`` numbers, always
         continue explicitly (``stiff.implicit_applies``).
     """
@@ -616,7 +617,7 @@ def solve(
     TE = np.empty((B, neurons))
     U_t = np.empty((B, snaps.size, observables_size(model, args)))
     coupled = method == "flow" and model >= MSE_REDUCED
-    # stiff.py steps with this module's Dormand-Prince tableau: imported here, not above.
+    # stiff.py uses this module's helpers (time sum, limits): imported here, not above.
     from . import stiff
     implicit = (coupled and integrator != "explicit" and B > 0
                 and stiff.implicit_applies(model, y0[0]))

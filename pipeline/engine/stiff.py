@@ -112,7 +112,7 @@ NONSTIFF_STEPS = 3
 #: ``finish``'s ``mode``: DOP853 only, switching, Rosenbrock only.
 EXPLICIT, SWITCHING, ROSENBROCK = 0, 1, 2
 #: The stage steps explicitly again once a Rosenbrock step is shorter than this many stable
-#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~10 DOP853
+#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~14 DOP853
 #: steps, yet every switch also costs a wait of ``integrate.STIFF_COUNT`` stability-limited
 #: steps and a Jacobian, and near escapes the stage went back and forth. Measured
 #: (``bench_mse_d.py``, h3, n = 10, d = 1e12): 2 and 8 give the same wall time within 5%
