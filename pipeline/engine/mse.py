@@ -242,9 +242,10 @@ def reduced_field_accurate(y, args, work, dy):
     """``MSE_REDUCED``'s velocity of ``y`` computed in double-double arithmetic
     (``ddouble.py``) and rounded once: accurate to ~eps relative to the velocity itself,
     where :func:`_reduced_field` is accurate to ~eps relative to the O(1) terms that cancel
-    in it. The stiff stage takes its Rosenbrock steps with it: at rest those steps are long
-    (up to the elapsed time) and the plain field's round-off, carried along the flow's
-    neutral directions, limited them (``ddouble.py``). ~15x the cost of the plain field.
+    in it. The stiff stage takes its long Rosenbrock steps with it (where the round-off
+    floor of atol is capped): at rest those steps reach the elapsed time, and the plain
+    field's round-off, carried along the flow's neutral directions, limited them
+    (``ddouble.py``). ~13 us at n = 10, k = 2, against ~1 us for the plain field.
 
     Same formulas and order as :func:`_reduced_field`; ``work``'s ``G``, ``a``, ``Q``, ``C``
     receive the leading parts.
