@@ -118,6 +118,15 @@ def _poly(c, L, x):
 
 
 @njit
+def _dpoly(c, L, x):
+    """Derivative of ``sum_{q < L} c_q x^q`` at ``x``."""
+    acc = 0.0
+    for q in range(L - 1, 0, -1):
+        acc = acc * x + q * c[q]
+    return acc
+
+
+@njit
 def _gram_upper(G, Y, n, D, Q):
     """``Q[i, l] = G_i . Y_l`` for ``l > i`` (rows of length D), four pairs at a time."""
     for i in range(n):

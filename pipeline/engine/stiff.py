@@ -49,7 +49,7 @@ import math
 import numpy as np
 from numba import prange
 
-from . import dop853, mse
+from . import dop853, mse, woodbury
 from . import integrate as dp
 from ._jit import jit as njit
 from .continuation import (
@@ -73,6 +73,7 @@ from .dynamics import (
     vector_field,
     work_size,
 )
+from .linalg import DOT_MATH, _lu, _lu_solve
 from .status import CONVERGED
 
 EPS = dp.EPS
@@ -112,7 +113,7 @@ NONSTIFF_STEPS = 3
 #: ``finish``'s ``mode``: DOP853 only, switching, Rosenbrock only.
 EXPLICIT, SWITCHING, ROSENBROCK = 0, 1, 2
 #: The stage steps explicitly again once a Rosenbrock step is shorter than this many stable
-#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~14 DOP853
+#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~9-14 DOP853
 #: steps, yet every switch also costs a wait of ``integrate.STIFF_COUNT`` stability-limited
 #: steps and a Jacobian, and near escapes the stage went back and forth. Measured
 #: (``bench_mse_d.py``, h3, n = 10, d = 1e12): 2 and 8 give the same wall time within 5%
@@ -139,15 +140,6 @@ ROUNDOFF_CAP = 1e-7
 (ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
  ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF) = range(13)
 N_STATS = 13
-
-
-@njit
-def _dpoly(c, L, x):
-    """Derivative of ``sum_{q < L} c_q x^q`` at ``x``."""
-    acc = 0.0
-    for q in range(L - 1, 0, -1):
-        acc = acc * x + q * c[q]
-    return acc
 
 
 @njit
@@ -186,7 +178,7 @@ def reduced_jacobian(y, args, work, dy, J):
         r = i * K
         for jp in range(k):
             mij = y[r + jp]
-            ap = _dpoly(dst, Lst, mij)
+            ap = mse._dpoly(dst, Lst, mij)
             ds = work[oa + i * k + jp] + mij * ap
             for j in range(k):
                 J[r + j, r + jp] += 2.0 * A[jp, j] * ap
@@ -196,7 +188,7 @@ def reduced_jacobian(y, args, work, dy, J):
             if l == i:
                 continue
             q = work[oQ + min(i, l) * n + max(i, l)]
-            bp = _dpoly(dss, Lss, q)
+            bp = mse._dpoly(dss, Lss, q)
             e = bp * q + work[oC + i * n + l]
             o = l * K
             for x in range(K):
@@ -224,94 +216,6 @@ def _stiff_field(model, accurate, y, args, work, dy):
         mse.reduced_field_accurate(y, args, work, dy)
     else:
         vector_field(model, y, args, work, dy)
-
-
-#: Panel width of :func:`_lu` (its trailing update is written out for exactly 8 columns).
-LU_BLOCK = 8
-
-
-@njit(fastmath={"contract"})
-def _lu(W, piv):
-    """In-place LU factorization with partial pivoting; False if ``W`` is singular.
-
-    Blocked by panels of ``LU_BLOCK`` columns: the trailing rows take the panel's 8 rank-one
-    updates in one pass (8 multiply-adds per load and store of an entry instead of one),
-    1.7x faster than the plain right-looking loop at N = 120, where the LU is most of a
-    Rosenbrock step. Same pivots; the result differs from it by round-off only.
-    """
-    # fastmath "contract" lets LLVM fuse multiply-adds; the result stays a deterministic
-    # function of the inputs.
-    N = W.shape[0]
-    for c0 in range(0, N, LU_BLOCK):
-        c1 = min(c0 + LU_BLOCK, N)
-        # The panel (columns c0..c1-1, every row below c0), unblocked.
-        for c in range(c0, c1):
-            p = c
-            big = abs(W[c, c])
-            for r in range(c + 1, N):
-                if abs(W[r, c]) > big:
-                    big = abs(W[r, c])
-                    p = r
-            if big == 0.0:
-                return False
-            piv[c] = p
-            if p != c:
-                for x in range(N):
-                    W[c, x], W[p, x] = W[p, x], W[c, x]
-            inv = 1.0 / W[c, c]
-            for r in range(c + 1, N):
-                f = W[r, c] * inv
-                W[r, c] = f
-                for x in range(c + 1, c1):
-                    W[r, x] -= f * W[c, x]
-        # The panel's rows of U right of it: the unit lower triangle of the panel solved.
-        for c in range(c0, c1):
-            for r in range(c + 1, c1):
-                f = W[r, c]
-                for x in range(c1, N):
-                    W[r, x] -= f * W[c, x]
-        # The trailing rows: minus (their panel part of L) times (the panel's rows of U).
-        if c1 - c0 == LU_BLOCK:
-            for r in range(c1, N):
-                f0, f1, f2, f3 = W[r, c0], W[r, c0 + 1], W[r, c0 + 2], W[r, c0 + 3]
-                f4, f5, f6, f7 = W[r, c0 + 4], W[r, c0 + 5], W[r, c0 + 6], W[r, c0 + 7]
-                for x in range(c1, N):
-                    W[r, x] -= (f0 * W[c0, x] + f1 * W[c0 + 1, x] + f2 * W[c0 + 2, x]
-                                + f3 * W[c0 + 3, x] + f4 * W[c0 + 4, x] + f5 * W[c0 + 5, x]
-                                + f6 * W[c0 + 6, x] + f7 * W[c0 + 7, x])
-        else:
-            for r in range(c1, N):
-                for c in range(c0, c1):
-                    f = W[r, c]
-                    for x in range(c1, N):
-                        W[r, x] -= f * W[c, x]
-    return True
-
-
-#: Fast-math flags of the dot products below: "reassoc" lets LLVM vectorize the sums (the
-#: triangular solves 2x faster). The order of summation is then fixed by the compiled loop
-#: and the trip count alone, so results stay a deterministic function of the inputs.
-DOT_MATH = {"contract", "reassoc"}
-
-
-@njit(fastmath=DOT_MATH)
-def _lu_solve(W, piv, b):
-    """Solve ``W x = b`` in place from :func:`_lu`'s factors."""
-    N = W.shape[0]
-    for c in range(N):
-        p = piv[c]
-        if p != c:
-            b[c], b[p] = b[p], b[c]
-    for r in range(N):
-        acc = 0.0
-        for x in range(r):
-            acc += W[r, x] * b[x]
-        b[r] -= acc
-    for r in range(N - 1, -1, -1):
-        acc = 0.0
-        for x in range(r + 1, N):
-            acc += W[r, x] * b[x]
-        b[r] = (b[r] - acc) / W[r, r]
 
 
 @njit(fastmath=DOT_MATH)
@@ -346,21 +250,46 @@ def _error(y, yn, e, atol, rtol):
 
 
 @njit
-def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, k, ys, fs, yn):
+def _structured(model, y, h, args, work, fs, fac):
+    """Factor ``I/(gamma h) - J`` of the reduced model by Woodbury (``woodbury.py``): an LU
+    of its 65 (n = 10) capacitance unknowns instead of the 120 of the dense matrix. False
+    where that form is ill-conditioned (the caller factors the dense matrix)."""
+    if model != MSE_REDUCED:
+        return False
+    vector_field(model, y, args, work, fs)  # work: G, a, Q, C of y itself
+    if not woodbury.factor(y, args, work, 1.0 / (GAMMA * h), fac):
+        return False
+    return woodbury.lu_checked(fac[8], fac[9])
+
+
+@njit
+def _solve(structured, W, piv, fac, b, n, K):
+    if structured:
+        woodbury.solve(fac, b, n, K)
+    else:
+        _lu_solve(W, piv, b)
+
+
+@njit
+def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, fac, k, ys, fs, yn):
     """One RODAS step of length ``h`` from ``y`` (velocity ``f0``, Jacobian ``J``).
 
     Stages go to ``k[0:5]``, the error estimate to ``k[5]``, the new state to ``yn``.
     Returns False if ``I/(gamma h) - J`` is singular.
     """
     N = y.size
-    for i in range(N):
-        for j in range(N):
-            W[i, j] = -J[i, j]
-        W[i, i] += 1.0 / (GAMMA * h)
-    if not _lu(W, piv):
-        return False
+    n = mse.mse_n_neurons(args)
+    K = N // n
+    structured = _structured(model, y, h, args, work, fs, fac)
+    if not structured:
+        for i in range(N):
+            for j in range(N):
+                W[i, j] = -J[i, j]
+            W[i, i] += 1.0 / (GAMMA * h)
+        if not _lu(W, piv):
+            return False
     k[0, :] = f0
-    _lu_solve(W, piv, k[0])
+    _solve(structured, W, piv, fac, k[0], n, K)
     # Stages 2..6, sums in the tableau's order (k_1 first).
     for s in range(1, 6):
         for i in range(N):
@@ -374,7 +303,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, k, ys, fs, yn)
             for j in range(s):
                 q += ROS_Q[s - 1, j] * k[j, i]
             k[s, i] = fs[i] + q / h
-        _lu_solve(W, piv, k[s])
+        _solve(structured, W, piv, fac, k[s], n, K)
     for i in range(N):
         yn[i] = ys[i] + k[5, i]
     return True
@@ -475,6 +404,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     J = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
     W = np.empty((N, N)) if allow_stiff else np.empty((1, 1))
     piv = np.empty(N, dtype=np.int64)
+    wfac = (woodbury.allocate(n, k_dim, N // n) if model == MSE_REDUCED and allow_stiff
+            else woodbury.allocate(1, 1, 1))
     M0 = np.empty(n * k_dim)
     Q0 = np.empty(n * n)
     M1 = np.empty(n * k_dim)
@@ -548,7 +479,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if accurate and not f0_accurate:
                 _stiff_field(model, True, y, args, work, f0)
                 f0_accurate = True
-            ok = _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, kr, ys, fs, yn)
+            ok = _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, wfac, kr, ys, fs,
+                             yn)
             stats[ST_LU] += 1
             err = _error(y, yn, kr[5], atol_h, rtol) if ok else math.inf
             if not math.isfinite(err) or not dp._all_finite(yn):

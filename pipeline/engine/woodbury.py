@@ -1,0 +1,169 @@
+"""Structured solves with the Rosenbrock matrix ``alpha I - J`` of the reduced MSE field.
+
+The field depends on the state only through ``q`` = the Gram entries ``Q_il`` (i < l) and the
+overlaps ``M_ij`` (``r = n(n-1)/2 + nk`` numbers, 65 at n = 10, k = 2) besides the linear
+term ``-2 C xi``, so its Jacobian (``stiff.reduced_jacobian``) is
+``J = -2 C (x) I_K + U V^T`` with ``V = dq/dxi`` (sparse: two blocks per Gram entry, one entry
+per overlap) and ``U = df/dq`` (two blocks per column). With ``P = alpha I_n + 2 C``::
+
+    (alpha I - J)^-1 b = z + Y S^-1 V^T z,   z = (P^-1 (x) I) b,  Y = (P^-1 (x) I) U,
+                                             S = I_r - V^T Y
+
+(Woodbury): an LU of ``S`` (r unknowns) instead of the dense LU of N = n K = 120.
+:func:`factor` declines (returns False) where ``P`` or ``S`` is near-singular, e.g. a surplus
+neuron orthogonal to everything at rest (its row of ``C`` ~ 0) with ``alpha`` ~ 1 / h tiny:
+the caller then factors the dense matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import mse
+from ._jit import jit as njit
+from .linalg import _lu, _lu_solve
+
+#: Smallest pivot of ``P`` or ``S``, relative to its largest entry, that :func:`factor`
+#: accepts (Woodbury multiplies the errors of the two factorizations).
+PIVOT_FLOOR = 1e-8
+
+
+@njit
+def _vdot(V, vblk, a, X):
+    """Column ``a`` of ``V`` (its one or two blocks) dotted with ``X`` (n x K)."""
+    acc = 0.0
+    for b in range(2):
+        m = vblk[a, b]
+        if m >= 0:
+            for x in range(X.shape[1]):
+                acc += V[a, b, x] * X[m, x]
+    return acc
+
+
+@njit
+def n_columns(n, k):
+    return n * (n - 1) // 2 + n * k
+
+
+@njit
+def lu_checked(A, piv):
+    """LU of ``A`` in place (``linalg._lu``); False if a pivot is below ``PIVOT_FLOOR``
+    times the largest entry of ``A``."""
+    big = 0.0
+    for i in range(A.shape[0]):
+        for j in range(A.shape[0]):
+            big = max(big, abs(A[i, j]))
+    if big == 0.0 or not _lu(A, piv):
+        return False
+    for i in range(A.shape[0]):
+        if abs(A[i, i]) < PIVOT_FLOOR * big:
+            return False
+    return True
+
+
+@njit
+def allocate(n, k, K):
+    """Scratch of :func:`factor` / :func:`solve` for n neurons of K numbers."""
+    r = n_columns(n, k)
+    return (np.empty((n, n)), np.empty(n, dtype=np.int64), np.empty((n, n)),
+            np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
+            np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
+            np.empty((r, n, K)), np.empty((r, r)), np.empty(r, dtype=np.int64),
+            np.empty((n, K)), np.empty(r))
+
+
+@njit
+def factor(y, args, work, alpha, fac):
+    """Prepare ``alpha I - J`` at ``y`` in ``fac`` (:func:`allocate`): ``P^-1``, ``Y`` and
+    the capacitance matrix ``S``, left for the caller to factor (into
+    ``fac[8]``, ``fac[9]``, :func:`lu_checked`). ``work`` must hold the plain field's
+    ``G``, ``a``, ``Q``, ``C`` of ``y``. False where ``P`` is near-singular (use the dense LU)."""
+    P, ppiv, Pinv, ublk, U, vblk, V, Y, S, spiv, _, _ = fac
+    A = args[0]
+    extra = args[3]
+    k = A.shape[0]
+    n = mse.mse_n_neurons(args)
+    K = mse._width(mse.MSE_REDUCED, args)
+    G, a, Q, C = mse._reduced_views(args, work)
+    dss = extra[mse._ROW_DSS]
+    dst = extra[mse._ROW_DST]
+    Lss = int(extra[mse._ROW_META, mse._META_LDSS])
+    Lst = int(extra[mse._ROW_META, mse._META_LDST])
+    for i in range(n):
+        for l in range(n):
+            P[i, l] = 2.0 * C[i * n + l]
+        P[i, i] += alpha
+    if not lu_checked(P, ppiv):
+        return False
+    for j in range(n):
+        e = np.zeros(n)
+        e[j] = 1.0
+        _lu_solve(P, ppiv, e)
+        for i in range(n):
+            Pinv[i, j] = e[i]
+    c = 0
+    # Gram entries Q_il, i < l: U = (u_il in block i, u_li in block l), V = (G_l, G_i).
+    for i in range(n):
+        for l in range(i + 1, n):
+            q = Q[i * n + l]
+            bp = mse._dpoly(dss, Lss, q)
+            e = bp * q + C[i * n + l]
+            ublk[c, 0], ublk[c, 1] = i, l
+            vblk[c, 0], vblk[c, 1] = i, l
+            for x in range(K):
+                yi, yl = y[i * K + x], y[l * K + x]
+                U[c, 0, x] = 2.0 * (e * yi - bp * yl)
+                U[c, 1, x] = 2.0 * (e * yl - bp * yi)
+                V[c, 0, x] = G[l * K + x]
+                V[c, 1, x] = G[i * K + x]
+            c += 1
+    # Overlaps M_ij: U in block i, V the unit vector of M_ij.
+    for i in range(n):
+        for jp in range(k):
+            mij = y[i * K + jp]
+            ap = mse._dpoly(dst, Lst, mij)
+            ds = a[i * k + jp] + mij * ap
+            ublk[c, 0], ublk[c, 1] = i, -1
+            vblk[c, 0], vblk[c, 1] = i, -1
+            for x in range(K):
+                U[c, 0, x] = -2.0 * y[i * K + x] * ds
+                V[c, 0, x] = 0.0
+            for j in range(k):
+                U[c, 0, j] += 2.0 * A[jp, j] * ap
+            V[c, 0, jp] = 1.0
+            c += 1
+    r = c
+    for c in range(r):
+        for m in range(n):
+            for x in range(K):
+                acc = Pinv[m, ublk[c, 0]] * U[c, 0, x]
+                if ublk[c, 1] >= 0:
+                    acc += Pinv[m, ublk[c, 1]] * U[c, 1, x]
+                Y[c, m, x] = acc
+    for a_ in range(r):
+        for c in range(r):
+            S[a_, c] = -_vdot(V, vblk, a_, Y[c])
+        S[a_, a_] += 1.0
+    return True
+
+
+@njit
+def solve(fac, b, n, K):
+    """``b <- (alpha I - J)^-1 b`` from :func:`factor`'s ``fac``."""
+    _, _, Pinv, _, _, vblk, V, Y, S, spiv, z, t = fac
+    r = S.shape[0]
+    for m in range(n):
+        for x in range(K):
+            acc = 0.0
+            for j in range(n):
+                acc += Pinv[m, j] * b[j * K + x]
+            z[m, x] = acc
+    for a_ in range(r):
+        t[a_] = _vdot(V, vblk, a_, z)
+    _lu_solve(S, spiv, t)
+    for m in range(n):
+        for x in range(K):
+            acc = z[m, x]
+            for c in range(r):
+                acc += t[c] * Y[c, m, x]
+            b[m * K + x] = acc
