@@ -28,15 +28,16 @@ from .linalg import _lu, _lu_solve
 PIVOT_FLOOR = 1e-8
 
 
-@njit
-def _vdot(V, vblk, a, X):
-    """Column ``a`` of ``V`` (its one or two blocks) dotted with ``X`` (n x K)."""
+@njit(inline="always")
+def _vdot(V, vblk, a, X, c):
+    """Column ``a`` of ``V`` (its one or two blocks) dotted with ``X[c]`` (n x K; indices,
+    not a slice: a view per call cost more than the dot product)."""
     acc = 0.0
     for b in range(2):
         m = vblk[a, b]
         if m >= 0:
-            for x in range(X.shape[1]):
-                acc += V[a, b, x] * X[m, x]
+            for x in range(X.shape[2]):
+                acc += V[a, b, x] * X[c, m, x]
     return acc
 
 
@@ -69,7 +70,7 @@ def allocate(n, k, K):
             np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
             np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
             np.empty((r, n, K)), np.empty((r, r)), np.empty(r, dtype=np.int64),
-            np.empty((n, K)), np.empty(r))
+            np.empty((1, n, K)), np.empty(r))
 
 
 @njit
@@ -142,7 +143,7 @@ def factor(y, args, work, alpha, fac):
                 Y[c, m, x] = acc
     for a_ in range(r):
         for c in range(r):
-            S[a_, c] = -_vdot(V, vblk, a_, Y[c])
+            S[a_, c] = -_vdot(V, vblk, a_, Y, c)
         S[a_, a_] += 1.0
     return True
 
@@ -157,13 +158,13 @@ def solve(fac, b, n, K):
             acc = 0.0
             for j in range(n):
                 acc += Pinv[m, j] * b[j * K + x]
-            z[m, x] = acc
+            z[0, m, x] = acc
     for a_ in range(r):
-        t[a_] = _vdot(V, vblk, a_, z)
+        t[a_] = _vdot(V, vblk, a_, z, 0)
     _lu_solve(S, spiv, t)
     for m in range(n):
         for x in range(K):
-            acc = z[m, x]
+            acc = z[0, m, x]
             for c in range(r):
                 acc += t[c] * Y[c, m, x]
             b[m * K + x] = acc
