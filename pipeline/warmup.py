@@ -5,7 +5,7 @@ first block (two workers: twice the CPU for the same minute of compilation; a la
 workers: eight times). :func:`warm_cluster` instead runs :func:`pipeline.engine.warm.warm`
 on the workers of each host for exactly the kernel kinds ``(loss, method, backend)`` of the
 sweep's points, each kind on one of them (the kinds split by their compile times,
-``warm.split_kinds``: on 2 cores the MSE flow's ~50 s compile runs beside the other kinds'
+``warm.split_kinds``: on 2 cores the MSE flow's ~60 s compile runs beside the other kinds'
 ~35 s instead of before them), and waits for it; numba writes the compiled code to the
 machine's cache (``pipeline/engine/_jit.py``), from which every other worker process on that
 host loads it in its first block. Kinds share some small functions, which the workers that
