@@ -8,7 +8,8 @@ needs ~ d^((p*-2)/2) of them. A Rosenbrock method (Hairer & Wanner's RODAS: 6 st
 embedded order 3, stiffly accurate, L-stable, 3rd-order dense output) takes steps limited by
 accuracy alone, i.e. ~ the slow time scale itself, so the step count no longer grows with d.
 A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
-unknowns), ~ 10 explicit steps' worth at n = 10, so where the flow is not stiff (an escape,
+unknowns; for the reduced model by Woodbury, ``woodbury.py``, 65 unknowns at n = 10, k = 2),
+~ 10 explicit steps' worth at n = 10, so where the flow is not stiff (an escape,
 which runs on an O(1) clock at every d) the stage steps explicitly, with DOP853 (order 8,
 ``dop853.py``: an escape needs a fixed number of steps per e-fold of its time to blow-up,
 ~ln sqrt(d) e-folds in all, and order 8 needs ~3x fewer of them than Dormand-Prince 5(4)):
