@@ -96,8 +96,9 @@ def factor(y, args, work, alpha, fac):
         P[i, i] += alpha
     if not lu_checked(P, ppiv):
         return False
+    e = fac[11][:n]  # the solve's scratch (r >= n entries), free while factoring
     for j in range(n):
-        e = np.zeros(n)
+        e[:] = 0.0
         e[j] = 1.0
         _lu_solve(P, ppiv, e)
         for i in range(n):
