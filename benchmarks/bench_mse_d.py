@@ -49,6 +49,8 @@ BREAKDOWN = [("explicit", "steps in the explicit kernel before the handover"),
              ("ros", "Rosenbrock steps accepted"),
              ("ros_rej", "Rosenbrock steps rejected"),
              ("lu", "LU factorizations"),
+             ("accurate", "... with the double-double field"),
+             ("dense", "... dense (Woodbury declined)"),
              ("windows", "verification windows opened"),
              ("restarts", "windows restarted (the state moved)"),
              ("to_stiff", "switches to Rosenbrock"),
@@ -108,6 +110,7 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
            "ms_stage": 1e3 * (t2 - t1) / B, "steps": S}
     for name, col in [("dp", stiff.ST_DP), ("dp_stiff", stiff.ST_DP_STIFF),
                       ("ros", stiff.ST_ROS), ("ros_rej", stiff.ST_ROS_REJ), ("lu", stiff.ST_LU),
+                      ("accurate", stiff.ST_ACCURATE), ("dense", stiff.ST_DENSE),
                       ("windows", stiff.ST_WINDOWS),
                       ("restarts", stiff.ST_RESTARTS), ("to_stiff", stiff.ST_TO_STIFF)]:
         out[name] = float(np.median(full[:, col]))
@@ -127,8 +130,10 @@ def step_parts(y: np.ndarray, model: int, args: tuple, repeat: int = 2000) -> di
         "jacobian": lambda r: _jacobian_loop(y, args, work, dy, J, r),
         "lu": lambda r: _lu_loop(J, W, piv, r),
         "solve": lambda r: _solve_loop(W, piv, b, r),
-        "spectral radius": lambda r: _rho_loop(J, v, w, r),
-        "woodbury factor": lambda r: _wb_factor_loop(model, y, args, work, dy, wfac, r),
+        "field + structured Jacobian": lambda r: _wb_prepare_loop(model, y, args, work, dy, J,
+                                                                  wfac, r),
+        "spectral radius": lambda r: _rho_loop(model, J, wfac, v, w, r),
+        "woodbury factor": lambda r: _wb_factor_loop(model, wfac, n, N // n, r),
         "woodbury solve": lambda r: _wb_solve_loop(wfac, b, n, N // n, r),
     }
     out = {}
@@ -170,9 +175,15 @@ def _solve_loop(W, piv, b, repeat):
 
 
 @numba.njit
-def _wb_factor_loop(model, y, args, work, dy, wfac, repeat):
+def _wb_prepare_loop(model, y, args, work, dy, J, wfac, repeat):
     for _ in range(repeat):
-        stiff._structured(model, y, 4.0, args, work, dy, wfac)
+        stiff._linearize(model, y, args, work, dy, J, wfac)
+
+
+@numba.njit
+def _wb_factor_loop(model, wfac, n, K, repeat):
+    for _ in range(repeat):
+        stiff._structured(model, 4.0, wfac, n, K)
 
 
 @numba.njit
@@ -183,9 +194,9 @@ def _wb_solve_loop(wfac, b, n, K, repeat):
 
 
 @numba.njit
-def _rho_loop(J, v, w, repeat):
+def _rho_loop(model, J, wfac, v, w, repeat):
     for _ in range(repeat):
-        stiff._spectral_radius(J, v, w)
+        stiff._spectral_radius(model, J, wfac, v, w)
 
 
 def main() -> None:
@@ -221,11 +232,14 @@ def main() -> None:
         assert np.array_equal(b["steps"], r["steps"]), r["d"]
     b, Y, (model, args) = parts[-1]
     us = step_parts(Y[0], model, args)
+    S = stiff.ROS_STAGES
     print(f"\nOne Rosenbrock step's parts at n = 10 (N = {Y.shape[1]}), microseconds "
-          f"(a step: 1 Jacobian, 1 LU, 6 solves, 5 fields; a DOP853 step: 12 fields):")
+          f"(a Rodas5P step: 1 Jacobian, 1 LU, {S} solves, {S - 1} fields; a DOP853 step: "
+          f"12 fields):")
     print("  " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()))
-    ros = us["jacobian"] + us["lu"] + 6 * us["solve"] + 5 * us["field"]
-    wb = us["jacobian"] + us["woodbury factor"] + 6 * us["woodbury solve"] + 5 * us["field"]
+    ros = us["jacobian"] + us["lu"] + S * us["solve"] + (S - 1) * us["field"]
+    wb = (us["field + structured Jacobian"] + us["woodbury factor"]
+          + S * us["woodbury solve"] + (S - 1) * us["field"])
     print(f"  Rosenbrock step ~{ros:.0f} us dense, ~{wb:.0f} us structured (Woodbury, where "
           f"it applies) = {wb / (12 * us['field']):.0f} DOP853 steps")
 

@@ -29,10 +29,11 @@ def test_structured_solve_is_the_dense_solve(teacher, n, m):
     y = 0.4 * rng.standard_normal(n * (2 + m))
     args, work, J = _setup(teacher, gram, n, m, y)
     fac = woodbury.allocate(n, 2, 2 + m)
+    assert not stiff._linearize(dynamics.MSE_REDUCED, y, args, work, np.empty(y.size),
+                                np.empty((1, 1)), fac)  # the dense J is not built
     for alpha in (40.0, 1.0, 1e-2):
-        fs = np.empty(y.size)
-        assert stiff._structured(dynamics.MSE_REDUCED, y, 1.0 / (stiff.GAMMA * alpha), args,
-                                 work, fs, fac)
+        assert stiff._structured(dynamics.MSE_REDUCED, 1.0 / (stiff.GAMMA * alpha), fac, n,
+                                 2 + m)
         b = rng.standard_normal(y.size)
         x = b.copy()
         woodbury.solve(fac, x, n, 2 + m)
@@ -50,5 +51,29 @@ def test_declines_where_p_is_singular():
     y = mse.pack_reduced(M, Z)
     args, work, _ = _setup("h3", np.eye(2), n, m, y)
     fac = woodbury.allocate(n, 2, 2 + m)
-    assert not stiff._structured(dynamics.MSE_REDUCED, y, 1e12, args, work,
-                                 np.empty(y.size), fac)
+    stiff._linearize(dynamics.MSE_REDUCED, y, args, work, np.empty(y.size), np.empty((1, 1)),
+                     fac)
+    assert not stiff._structured(dynamics.MSE_REDUCED, 1e12, fac, n, 2 + m)
+
+
+@pytest.mark.parametrize("teacher,n,m", [("h3", 10, 10), ("relu", 4, 1)])
+def test_structured_product_and_spectral_radius(teacher, n, m):
+    """``jvp`` is the closed-form Jacobian times a vector, and the stage's power iteration on
+    it gives the same spectral-radius estimate as on the dense matrix."""
+    rng = np.random.default_rng(7)
+    y = 0.4 * rng.standard_normal(n * (2 + m))
+    args, work, J = _setup(teacher, np.eye(2), n, m, y)
+    fac = woodbury.allocate(n, 2, 2 + m)
+    stiff._linearize(dynamics.MSE_REDUCED, y, args, work, np.empty(y.size), np.empty((1, 1)),
+                     fac)
+    v = rng.standard_normal(y.size)
+    out = np.empty(y.size)
+    woodbury.jvp(fac, v, out, n, 2 + m)
+    np.testing.assert_allclose(out, J @ v, rtol=0, atol=1e-13 * np.abs(J @ v).max())
+    a, b = np.empty(y.size), np.empty(y.size)
+    rho = stiff._spectral_radius(dynamics.MSE_REDUCED, np.empty((1, 1)), fac, a, b)
+    rho_dense = stiff._spectral_radius(dynamics.MSE_FULL, J, fac, a, b)
+    assert rho == pytest.approx(rho_dense, rel=1e-12)
+    # An estimate from below of the true spectral radius, within the power iteration's reach.
+    exact = np.abs(np.linalg.eigvals(J)).max()
+    assert 0.5 * exact <= rho <= 1.5 * exact

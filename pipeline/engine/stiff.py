@@ -79,33 +79,48 @@ from .status import CONVERGED
 
 EPS = dp.EPS
 
-# RODAS (Hairer & Wanner, Solving ODEs II, IV.7; the form of Numerical Recipes' StepperRoss for
-# an autonomous field): (I/(gamma h) - J) k_i = f(y + sum_j a_ij k_j) + sum_j c_ij k_j / h.
-GAMMA = 0.25
-R21 = 1.544
-R31, R32 = 0.9466785280815826, 0.2557011698983284
-R41, R42, R43 = 3.314825187068521, 2.896124015972201, 0.9986419139977817
-R51, R52, R53, R54 = 1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950
-Q21 = -5.6688
-Q31, Q32 = -2.430093356833875, -0.2063599157091915
-Q41, Q42, Q43 = -0.1073529058151375, -9.594562251023355, -20.47028614809616
-Q51, Q52, Q53, Q54 = 7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160
-Q61, Q62, Q63, Q64, Q65 = (8.083246795921522, -7.981132988064893, -31.52159432874371,
-                           16.31930543123136, -6.058818238834054)
-# The same as tables, row s - 2 for stage s = 2..6 (stage 6's argument is stage 5's plus k5:
-# RODAS is stiffly accurate, y_new = that + k6).
-ROS_R = np.array([[R21, 0.0, 0.0, 0.0, 0.0], [R31, R32, 0.0, 0.0, 0.0],
-                  [R41, R42, R43, 0.0, 0.0], [R51, R52, R53, R54, 0.0],
-                  [R51, R52, R53, R54, 1.0]])
-ROS_Q = np.array([[Q21, 0.0, 0.0, 0.0, 0.0], [Q31, Q32, 0.0, 0.0, 0.0],
-                  [Q41, Q42, Q43, 0.0, 0.0], [Q51, Q52, Q53, Q54, 0.0],
-                  [Q61, Q62, Q63, Q64, Q65]])
-# Dense output y(t + s h) = y (1 - s) + s (y_new + (1 - s) (e3 + s e4)).
-P21, P22, P23, P24, P25 = (10.12623508344586, -7.487995877610167, -34.80091861555747,
-                           -7.992771707568823, 1.025137723295662)
-P31, P32, P33, P34, P35 = (-0.6762803392801253, 6.087714651680015, 16.43084320892478,
-                           24.76722511418386, -6.594389125716872)
-# Step-size controller (Gustafsson's predictive controller, error of order 3).
+# Rodas5P (Steinebach 2023, BIT 63:27; 8 stages, order 5, embedded order 4, stiffly
+# accurate, L-stable, 4th-order dense output) in the form of Hairer & Wanner's RODAS
+# (Solving ODEs II, IV.7) for an autonomous field:
+# (I/(gamma h) - J) k_i = f(y + sum_j a_ij k_j) + sum_j c_ij k_j / h.
+GAMMA = 0.21193756319429014
+_A6 = [-7.502846399306121, 2.561846144803919, -11.627539656261098, -0.18268767659942256,
+       0.030198172008377946]
+# Row s - 2 for stage s = 2..8. Stages 7 and 8 take stage 6's argument plus k6 (and k7):
+# the method is stiffly accurate, y_new = stage 8's argument + k8, and k8 is the error.
+ROS_R = np.array([
+    [3.0, 0, 0, 0, 0, 0, 0],
+    [2.849394379747939, 0.45842242204463923, 0, 0, 0, 0, 0],
+    [-6.954028509809101, 2.489845061869568, -10.358996098473584, 0, 0, 0, 0],
+    [2.8029986275628964, 0.5072464736228206, -0.3988312541770524, -0.04721187230404641, 0, 0,
+     0],
+    _A6 + [0, 0],
+    _A6 + [1.0, 0],
+    _A6 + [1.0, 1.0]])
+ROS_Q = np.array([
+    [-14.155112264123755, 0, 0, 0, 0, 0, 0],
+    [-17.97296035885952, -2.859693295451294, 0, 0, 0, 0, 0],
+    [147.12150275711716, -1.41221402718213, 71.68940251302358, 0, 0, 0, 0],
+    [165.43517024871676, -0.4592823456491126, 42.90938336958603, -5.961986721573306, 0, 0, 0],
+    [24.854864614690072, -3.0009227002832186, 47.4931110020768, 5.5814197821558125,
+     -0.6610691825249471, 0, 0],
+    [30.91273214028599, -3.1208243349937974, 77.79954646070892, 34.28646028294783,
+     -19.097331116725623, -28.087943162872662, 0],
+    [37.80277123390563, -3.2571969029072276, 112.26918849496327, 66.9347231244047,
+     -40.06618937091002, -54.66780262877968, -9.48861652309627]])
+ROS_STAGES = 8
+# Dense output y(t + s h) = y (1 - s) + s (y_new + (1 - s) (d_1 + s (d_2 + s d_3))),
+# d_r = sum_j H[r - 1, j] k_j.
+ROS_H = np.array([
+    [25.948786856663858, -2.5579724845846235, 10.433815404888879, -2.3679251022685204,
+     0.524948541321073, 1.1241088310450404, 0.4272876194431874, -0.17202221070155493],
+    [-9.91568850695171, -0.9689944594115154, 3.0438037242978453, -24.495224566215796,
+     20.176138334709044, 15.98066361424651, -6.789040303419874, -6.710236069923372],
+    [11.419903575922262, 2.8879645146136994, 72.92137995996029, 80.12511834622643,
+     -52.072871366152654, -59.78993625266729, -0.15582684282751913, 4.883087185713722]])
+#: The controller's exponent: 1 / (order of the error estimate + 1).
+ERR_EXPO = 0.2
+# Step-size controller (Gustafsson's predictive controller).
 R_SAFE, R_FAC_UP, R_FAC_DOWN = 0.9, 5.0, 1.0 / 6.0
 
 #: Rosenbrock steps in a row inside DOP853's stability region before the stage steps
@@ -136,11 +151,12 @@ ROUNDOFF_CAP = 1e-7
 #: ``stats``; the per-phase breakdown of ``benchmarks/bench_mse_d.py``): accepted /
 #: rejected Rosenbrock and DOP853 steps, Jacobians, LU factorizations, power
 #: iterations, verification windows opened and restarted, switches each way, the time
-#: covered by Rosenbrock steps, and the accepted explicit (DOP853) steps that the stiffness
-#: test found stability-limited.
+#: covered by Rosenbrock steps, the accepted explicit (DOP853) steps that the stiffness
+#: test found stability-limited, and the Rosenbrock attempts with the double-double field and
+#: with the dense LU (Woodbury declined).
 (ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
- ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF) = range(13)
-N_STATS = 13
+ ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF, ST_ACCURATE, ST_DENSE) = range(15)
+N_STATS = 15
 
 
 @njit
@@ -202,11 +218,25 @@ def reduced_jacobian(y, args, work, dy, J):
 @njit
 def _jacobian(model, y, args, work, dy, J):
     """The Jacobian of the field at ``y`` into ``J``, its velocity into ``dy``."""
-    if model == mse.MSE_REDUCED:
+    if model == MSE_REDUCED:
         reduced_jacobian(y, args, work, dy, J)
     else:
         J[:, :] = difference_jacobian(model, y, args, work)
         vector_field(model, y, args, work, dy)
+
+
+@njit
+def _linearize(model, y, args, work, dy, J, fac):
+    """The velocity at ``y`` into ``dy`` and its Jacobian: the reduced model's in Woodbury's
+    structured form (``woodbury.prepare``, into ``fac``; the dense ``J`` is built only where a
+    factorization falls back to it), other models' densely into ``J``. Returns whether ``J``
+    now holds the Jacobian at ``y``."""
+    if model == MSE_REDUCED:
+        vector_field(model, y, args, work, dy)
+        woodbury.prepare(y, args, work, fac)
+        return False
+    _jacobian(model, y, args, work, dy, J)
+    return True
 
 
 @njit
@@ -220,19 +250,26 @@ def _stiff_field(model, accurate, y, args, work, dy):
 
 
 @njit(fastmath=DOT_MATH)
-def _spectral_radius(J, v, w):
-    """Power-iteration estimate of the largest |eigenvalue| of ``J`` (fixed start vector)."""
+def _spectral_radius(model, J, fac, v, w):
+    """Power-iteration estimate of the largest |eigenvalue| of the Jacobian (fixed start
+    vector): the reduced model's by products with its structured form (``woodbury.jvp``),
+    other models' with the dense ``J``."""
     N = v.size
+    n = fac[12].shape[0]
     v[:] = 1.0 / math.sqrt(N)
     rho = 0.0
     for _ in range(POWER_ITERATIONS):
+        if model == MSE_REDUCED:
+            woodbury.jvp(fac, v, w, n, N // n)
+        else:
+            for i in range(N):
+                acc = 0.0
+                for j in range(N):
+                    acc += J[i, j] * v[j]
+                w[i] = acc
         nw = 0.0
         for i in range(N):
-            acc = 0.0
-            for j in range(N):
-                acc += J[i, j] * v[j]
-            w[i] = acc
-            nw += acc * acc
+            nw += w[i] * w[i]
         rho = math.sqrt(nw)
         if rho == 0.0:
             return 0.0
@@ -251,14 +288,14 @@ def _error(y, yn, e, atol, rtol):
 
 
 @njit
-def _structured(model, y, h, args, work, fs, fac):
-    """Factor ``I/(gamma h) - J`` of the reduced model by Woodbury (``woodbury.py``): an LU
-    of its 65 (n = 10) capacitance unknowns instead of the 120 of the dense matrix. False
-    where that form is ill-conditioned (the caller factors the dense matrix)."""
+def _structured(model, h, fac, n, K):
+    """Factor ``I/(gamma h) - J`` of the reduced model by Woodbury (``woodbury.py``, from
+    :func:`_linearize`'s ``fac``): an LU of its 65 (n = 10) capacitance unknowns instead of
+    the 120 of the dense matrix. False where that form is ill-conditioned (the caller factors
+    the dense matrix)."""
     if model != MSE_REDUCED:
         return False
-    vector_field(model, y, args, work, fs)  # work: G, a, Q, C of y itself
-    if not woodbury.factor(y, args, work, 1.0 / (GAMMA * h), fac):
+    if not woodbury.factor(1.0 / (GAMMA * h), fac, n, K):
         return False
     return woodbury.lu_checked(fac[8], fac[9])
 
@@ -272,27 +309,33 @@ def _solve(structured, W, piv, fac, b, n, K):
 
 
 @njit
-def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, fac, k, ys, fs, yn):
-    """One RODAS step of length ``h`` from ``y`` (velocity ``f0``, Jacobian ``J``).
+def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac, k, ys, fs,
+                yn):
+    """One Rodas5P step of length ``h`` from ``y`` (velocity ``f0``, Jacobian from
+    :func:`_linearize`: ``fac``, and ``J`` if ``jac_dense``).
 
-    Stages go to ``k[0:5]``, the error estimate to ``k[5]``, the new state to ``yn``.
-    Returns False if ``I/(gamma h) - J`` is singular.
+    Stages go to ``k``, the error estimate is the last, the new state goes to ``yn``.
+    Returns (whether ``I/(gamma h) - J`` was regular, whether Woodbury factored it, whether
+    ``J`` now holds the dense Jacobian at ``y``).
     """
     N = y.size
     n = mse.mse_n_neurons(args)
     K = N // n
-    structured = _structured(model, y, h, args, work, fs, fac)
+    structured = _structured(model, h, fac, n, K)
     if not structured:
+        if not jac_dense:
+            _jacobian(model, y, args, work, fs, J)
+            jac_dense = True
         for i in range(N):
             for j in range(N):
                 W[i, j] = -J[i, j]
             W[i, i] += 1.0 / (GAMMA * h)
         if not _lu(W, piv):
-            return False
+            return False, False, jac_dense
     k[0, :] = f0
     _solve(structured, W, piv, fac, k[0], n, K)
-    # Stages 2..6, sums in the tableau's order (k_1 first).
-    for s in range(1, 6):
+    # Stages 2..8, sums in the tableau's order (k_1 first).
+    for s in range(1, ROS_STAGES):
         for i in range(N):
             acc = y[i]
             for j in range(s):
@@ -306,17 +349,22 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, fac, k, ys, fs
             k[s, i] = fs[i] + q / h
         _solve(structured, W, piv, fac, k[s], n, K)
     for i in range(N):
-        yn[i] = ys[i] + k[5, i]
-    return True
+        yn[i] = ys[i] + k[ROS_STAGES - 1, i]
+    return True, structured, jac_dense
 
 
 @njit
 def _rodas_dense(y, yn, k, s, out):
     s1 = 1.0 - s
     for i in range(y.size):
-        e3 = P21 * k[0, i] + P22 * k[1, i] + P23 * k[2, i] + P24 * k[3, i] + P25 * k[4, i]
-        e4 = P31 * k[0, i] + P32 * k[1, i] + P33 * k[2, i] + P34 * k[3, i] + P35 * k[4, i]
-        out[i] = y[i] * s1 + s * (yn[i] + s1 * (e3 + s * e4))
+        d1 = 0.0
+        d2 = 0.0
+        d3 = 0.0
+        for j in range(ROS_STAGES):
+            d1 += ROS_H[0, j] * k[j, i]
+            d2 += ROS_H[1, j] * k[j, i]
+            d3 += ROS_H[2, j] * k[j, i]
+        out[i] = y[i] * s1 + s * (yn[i] + s1 * (d1 + s * (d2 + s * d3)))
 
 
 @njit
@@ -397,7 +445,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     ys = np.empty(N)
     fs = np.empty(N)
     f0 = np.empty(N)
-    kr = np.empty((6, N))
+    kr = np.empty((ROS_STAGES, N))
     kd = np.empty((dop853.N_ROWS, N))
     Fd = np.empty((7, N))
     dense_ready = False  # Fd holds the dense output of the last explicit step
@@ -423,10 +471,11 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             any_escaped = True
             n_escaped += 1
     stiff = allow_stiff
-    jac_fresh = False
+    jac_fresh = False  # f0 and the Jacobian (_linearize) are those of y
+    jac_dense = False  # J holds the dense Jacobian of y
     f0_accurate = False  # f0 from the double-double field (Rosenbrock steps)
     if stiff:
-        _jacobian(model, y, args, work, f0, J)
+        jac_dense = _linearize(model, y, args, work, f0, J, wfac)
         jac_fresh = True
         stats[ST_JAC] += 1
     else:
@@ -469,7 +518,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         atol_h = atol + min(floor, ROUNDOFF_CAP)
         if stiff:
             if not jac_fresh:
-                _jacobian(model, y, args, work, f0, J)
+                jac_dense = _linearize(model, y, args, work, f0, J, wfac)
                 jac_fresh = True
                 f0_accurate = False
                 stats[ST_JAC] += 1
@@ -480,16 +529,18 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if accurate and not f0_accurate:
                 _stiff_field(model, True, y, args, work, f0)
                 f0_accurate = True
-            ok = _rodas_step(model, accurate, y, f0, h, args, work, J, W, piv, wfac, kr, ys, fs,
-                             yn)
+            ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work, J,
+                                                    jac_dense, W, piv, wfac, kr, ys, fs, yn)
             stats[ST_LU] += 1
-            err = _error(y, yn, kr[5], atol_h, rtol) if ok else math.inf
+            stats[ST_ACCURATE] += accurate
+            stats[ST_DENSE] += not structured
+            err = _error(y, yn, kr[ROS_STAGES - 1], atol_h, rtol) if ok else math.inf
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= R_FAC_DOWN
                 rejected = True
                 stats[ST_ROS_REJ] += 1
                 continue
-            fac = max(R_FAC_DOWN, min(R_FAC_UP, err ** 0.25 / R_SAFE))
+            fac = max(R_FAC_DOWN, min(R_FAC_UP, err ** ERR_EXPO / R_SAFE))
             if err > 1.0:
                 h = h / fac
                 rejected = True
@@ -498,7 +549,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             stats[ST_ROS] += 1
             stats[ST_ROS_TIME] += h
             if not first:
-                pred = (h_old / h) * (err * err / err_old) ** 0.25 / R_SAFE
+                pred = (h_old / h) * (err * err / err_old) ** ERR_EXPO / R_SAFE
                 fac = max(fac, max(R_FAC_DOWN, min(R_FAC_UP, pred)))
             first = False
             h_old = h
@@ -568,7 +619,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if stiff:
             # The Jacobian at the new state gives both the next step's matrix and the test
             # whether an explicit step of the proposed size would be stable.
-            _jacobian(model, y, args, work, f0, J)
+            jac_dense = _linearize(model, y, args, work, f0, J, wfac)
             jac_fresh = True
             f0_accurate = False
             stats[ST_JAC] += 1
@@ -576,7 +627,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             # The power iteration only where a switch is plausible (not at rest, where h is
             # orders of magnitude beyond the explicit stability limit).
             if mode == SWITCHING and (rho == 0.0 or h_new * rho <= 4.0 * SWITCH_LIMIT):
-                rho = _spectral_radius(J, fs, ys)
+                rho = _spectral_radius(model, J, wfac, fs, ys)
                 stats[ST_RHO] += 1
                 if h_new * rho <= SWITCH_LIMIT:
                     n_nonstiff += 1

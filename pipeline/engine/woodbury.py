@@ -10,7 +10,9 @@ per overlap) and ``U = df/dq`` (two blocks per column). With ``P = alpha I_n + 2
                                              S = I_r - V^T Y
 
 (Woodbury): an LU of ``S`` (r unknowns) instead of the dense LU of N = n K = 120.
-:func:`factor` declines (returns False) where ``P`` or ``S`` is near-singular, e.g. a surplus
+:func:`prepare` builds ``C``, ``U``, ``V`` once per state (they also give the matrix-free
+product :func:`jvp` of the stage's spectral-radius test), :func:`factor` the rest per step
+size. :func:`factor` declines (returns False) where ``P`` or ``S`` is near-singular, e.g. a surplus
 neuron orthogonal to everything at rest (its row of ``C`` ~ 0) with ``alpha`` ~ 1 / h tiny:
 the caller then factors the dense matrix.
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from . import mse
 from ._jit import jit as njit
-from .linalg import _lu, _lu_solve
+from .linalg import DOT_MATH, _lu, _lu_solve
 
 #: Smallest pivot of ``P`` or ``S``, relative to its largest entry, that :func:`factor`
 #: accepts (Woodbury multiplies the errors of the two factorizations).
@@ -64,22 +66,22 @@ def lu_checked(A, piv):
 
 @njit
 def allocate(n, k, K):
-    """Scratch of :func:`factor` / :func:`solve` for n neurons of K numbers."""
+    """Scratch of :func:`prepare` / :func:`factor` / :func:`solve` for n neurons of K
+    numbers."""
     r = n_columns(n, k)
     return (np.empty((n, n)), np.empty(n, dtype=np.int64), np.empty((n, n)),
             np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
             np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
-            np.empty((r, n, K)), np.empty((r, r)), np.empty(r, dtype=np.int64),
-            np.empty((1, n, K)), np.empty(r))
+            np.empty((n, K, r)), np.empty((r, r)), np.empty(r, dtype=np.int64),
+            np.empty((1, n, K)), np.empty(r), np.empty((n, n)))
 
 
 @njit
-def factor(y, args, work, alpha, fac):
-    """Prepare ``alpha I - J`` at ``y`` in ``fac`` (:func:`allocate`): ``P^-1``, ``Y`` and
-    the capacitance matrix ``S``, left for the caller to factor (into
-    ``fac[8]``, ``fac[9]``, :func:`lu_checked`). ``work`` must hold the plain field's
-    ``G``, ``a``, ``Q``, ``C`` of ``y``. False where ``P`` is near-singular (use the dense LU)."""
-    P, ppiv, Pinv, ublk, U, vblk, V, Y, S, spiv, _, _ = fac
+def prepare(y, args, work, fac):
+    """The Jacobian at ``y`` in its structured form: ``C``, ``U`` and ``V`` into ``fac``
+    (:func:`allocate`), for :func:`factor` at any ``alpha`` and for :func:`jvp`. ``work``
+    must hold the plain field's ``G``, ``a``, ``Q``, ``C`` of ``y``."""
+    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
     A = args[0]
     extra = args[3]
     k = A.shape[0]
@@ -92,17 +94,7 @@ def factor(y, args, work, alpha, fac):
     Lst = int(extra[mse._ROW_META, mse._META_LDST])
     for i in range(n):
         for l in range(n):
-            P[i, l] = 2.0 * C[i * n + l]
-        P[i, i] += alpha
-    if not lu_checked(P, ppiv):
-        return False
-    e = fac[11][:n]  # the solve's scratch (r >= n entries), free while factoring
-    for j in range(n):
-        e[:] = 0.0
-        e[j] = 1.0
-        _lu_solve(P, ppiv, e)
-        for i in range(n):
-            Pinv[i, j] = e[i]
+            Cm[i, l] = C[i * n + l]
     c = 0
     # Gram entries Q_il, i < l: U = (u_il in block i, u_li in block l), V = (G_l, G_i).
     for i in range(n):
@@ -134,25 +126,81 @@ def factor(y, args, work, alpha, fac):
                 U[c, 0, j] += 2.0 * A[jp, j] * ap
             V[c, 0, jp] = 1.0
             c += 1
-    r = c
-    for c in range(r):
-        for m in range(n):
-            for x in range(K):
-                acc = Pinv[m, ublk[c, 0]] * U[c, 0, x]
-                if ublk[c, 1] >= 0:
-                    acc += Pinv[m, ublk[c, 1]] * U[c, 1, x]
-                Y[c, m, x] = acc
-    for a_ in range(r):
-        for c in range(r):
-            S[a_, c] = -_vdot(V, vblk, a_, Y, c)
-        S[a_, a_] += 1.0
-    return True
 
 
 @njit
+def jvp(fac, v, out, n, K):
+    """``out <- J v`` from :func:`prepare`'s ``fac`` (``-2 (C (x) I) v + U V^T v``)."""
+    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
+    for i in range(n):
+        for x in range(K):
+            acc = 0.0
+            for m in range(n):
+                acc += Cm[i, m] * v[m * K + x]
+            out[i * K + x] = -2.0 * acc
+    for c in range(U.shape[0]):
+        t = 0.0
+        for b in range(2):
+            m = vblk[c, b]
+            if m >= 0:
+                for x in range(K):
+                    t += V[c, b, x] * v[m * K + x]
+        for b in range(2):
+            m = ublk[c, b]
+            if m >= 0:
+                for x in range(K):
+                    out[m * K + x] += t * U[c, b, x]
+
+
+@njit
+def factor(alpha, fac, n, K):
+    """Prepare ``alpha I - J`` from :func:`prepare`'s ``fac``: ``P^-1``, ``Y`` and the
+    capacitance matrix ``S``, left for the caller to factor (into ``fac[8]``, ``fac[9]``,
+    :func:`lu_checked`). False where ``P`` is near-singular (use the dense LU)."""
+    P, ppiv, Pinv, ublk, U, vblk, V, Y, S, spiv, _, _, Cm = fac
+    for i in range(n):
+        for l in range(n):
+            P[i, l] = 2.0 * Cm[i, l]
+        P[i, i] += alpha
+    if not lu_checked(P, ppiv):
+        return False
+    e = fac[11][:n]  # the solve's scratch (r >= n entries), free while factoring
+    for j in range(n):
+        e[:] = 0.0
+        e[j] = 1.0
+        _lu_solve(P, ppiv, e)
+        for i in range(n):
+            Pinv[i, j] = e[i]
+    r = U.shape[0]
+    # Y is stored as (n, K, r), so that both S = I - V^T Y below and the solve's Y t run
+    # over r contiguous numbers (vectorized: 2.5x faster than the (r, n, K) layout).
+    for m in range(n):
+        for x in range(K):
+            for c in range(r):
+                acc = Pinv[m, ublk[c, 0]] * U[c, 0, x]
+                if ublk[c, 1] >= 0:
+                    acc += Pinv[m, ublk[c, 1]] * U[c, 1, x]
+                Y[m, x, c] = acc
+    for a_ in range(r):
+        Sa = S[a_]
+        Sa[:] = 0.0
+        for b in range(2):
+            m = vblk[a_, b]
+            if m >= 0:
+                for x in range(K):
+                    v = V[a_, b, x]
+                    if v != 0.0:
+                        Ym = Y[m, x]
+                        for c in range(r):
+                            Sa[c] -= v * Ym[c]
+        Sa[a_] += 1.0
+    return True
+
+
+@njit(fastmath=DOT_MATH)
 def solve(fac, b, n, K):
     """``b <- (alpha I - J)^-1 b`` from :func:`factor`'s ``fac``."""
-    _, _, Pinv, _, _, vblk, V, Y, S, spiv, z, t = fac
+    _, _, Pinv, _, _, vblk, V, Y, S, spiv, z, t, _ = fac
     r = S.shape[0]
     for m in range(n):
         for x in range(K):
@@ -165,7 +213,8 @@ def solve(fac, b, n, K):
     _lu_solve(S, spiv, t)
     for m in range(n):
         for x in range(K):
-            acc = z[0, m, x]
+            Ymx = Y[m, x]
+            acc = 0.0
             for c in range(r):
-                acc += t[c] * Y[c, m, x]
-            b[m * K + x] = acc
+                acc += t[c] * Ymx[c]
+            b[m * K + x] = z[0, m, x] + acc
