@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from scipy.integrate import solve_ivp
 
 from pipeline.engine import dynamics, mse, stiff, woodbury
@@ -44,12 +45,12 @@ def test_stability_function_is_order_5_and_l_stable():
                for y in (-x, 0.0, x)) <= 1.0
 
 
-def _problem(n=3, seed=0):
+def _problem(n=3, seed=0, spread=0.3):
     """A reduced MSE state of h3 (k = 2, correlated teachers) away from rest."""
     a = get_activation("h3").coefficients
     args = mse.reduced_args(np.array([[1.0, 0.2], [0.2, 1.0]]), a, a, n, n)
     rng = np.random.default_rng(seed)
-    M = 0.3 * rng.standard_normal((n, 2))
+    M = spread * rng.standard_normal((n, 2))
     Z = np.linalg.qr(rng.standard_normal((n, n)))[0] * np.sqrt(1 - np.sum(M ** 2, axis=1))
     return args, mse.pack_reduced(M, Z)
 
@@ -99,3 +100,33 @@ def test_step_error_estimate_and_dense_output_orders():
         rates = [math.log2(a / b) for a, b in zip(errs, errs[1:], strict=False)]
         assert min(rates) > order - 0.4, (errs, rates)
     assert step[-1] < 1e-11
+
+
+@pytest.mark.parametrize("h", [0.05, 5.0, 5e3])
+def test_structured_and_dense_steps_agree(h):
+    """The same Rodas5P step through the Woodbury factorization and through the dense LU of
+    the closed-form Jacobian (the fallback, built lazily) agree to round-off, at a state away
+    from rest (n = 10, k = 2) and step sizes from non-stiff to far beyond stability."""
+    args, y0 = _problem(n=10, seed=3, spread=0.2)
+    assert np.all(np.isfinite(y0))
+    N = y0.size
+    n = mse.mse_n_neurons(args)
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+    out = {}
+    for path in ("structured", "dense"):
+        f0, J = np.empty(N), np.empty((N, N))
+        fac = woodbury.allocate(n, 2, N // n)
+        stiff._linearize(dynamics.MSE_REDUCED, y0, args, work, f0, J, fac)
+        if path == "dense":  # P = alpha I + 2 C = 0: Woodbury declines, J is built
+            fac[12][:] = -0.5 / (stiff.GAMMA * h) * np.eye(n)
+        k = np.empty((stiff.ROS_STAGES, N))
+        yn = np.empty(N)
+        ok, structured, jac_dense = stiff._rodas_step(
+            dynamics.MSE_REDUCED, False, y0, f0, h, args, work, J, False, np.empty((N, N)),
+            np.empty(N, dtype=np.int64), fac, k, np.empty(N), np.empty(N), yn)
+        assert ok and structured == (path == "structured") and jac_dense != structured
+        out[path] = (yn, k[-1].copy())
+    scale = np.abs(out["dense"][0]).max()
+    np.testing.assert_allclose(out["structured"][0], out["dense"][0], rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(out["structured"][1], out["dense"][1], rtol=0,
+                               atol=1e-12 * scale)
