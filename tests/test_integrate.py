@@ -133,6 +133,23 @@ def test_solve_rejects_unknown_method():
         solve(dynamics.REDUCED, y0, args, method="gd")
 
 
+@pytest.mark.parametrize("make,message", [
+    (lambda: StopRule(t_max=0.0), r"StopRule.t_max = 0.0: must be a number > 0"),
+    (lambda: StopRule(t_max=float("inf")), r"StopRule.t_max = inf"),
+    (lambda: StopRule(gtol=-1e-6), r"StopRule.gtol = -1e-06: must be a number >= 0"),
+    (lambda: StopRule(max_steps=0), r"StopRule.max_steps = 0: must be an integer >= 1"),
+    (lambda: StopRule(max_steps=1.5), r"StopRule.max_steps = 1.5"),
+    (lambda: Tolerances(rtol=1.0), r"Tolerances.rtol = 1.0: must be a number in \[0, 1\)"),
+    (lambda: Tolerances(atol=0.0), r"Tolerances.atol = 0.0: must be a number > 0"),
+    (lambda: Tolerances(atol="1e-12"), r"Tolerances.atol = '1e-12'"),
+])
+def test_stop_rule_and_tolerances_reject_bad_values(make, message):
+    """Bad limits are refused when built, naming the field, the value and what is allowed
+    (t_max = 0 divided by zero inside the compiled kernel)."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_late_escape_still_converges():
     # h5 from u0 = 3e-5 escapes near t ~ 1e12 and then relaxes on an O(1) time scale: the
     # step-size floor must be relative to the ulp of t, not to t (that would be a false

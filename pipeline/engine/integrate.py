@@ -98,6 +98,11 @@ class Tolerances:
     rtol: float = 1e-8
     atol: float = 1e-12
 
+    def __post_init__(self) -> None:
+        _check_number("Tolerances", "rtol", self.rtol, "a number in [0, 1)",
+                      lambda x: 0.0 <= x < 1.0)
+        _check_number("Tolerances", "atol", self.atol, "a number > 0", lambda x: x > 0.0)
+
 
 @dataclass(frozen=True)
 class StopRule:
@@ -106,6 +111,22 @@ class StopRule:
     t_max: float = 1e12
     gtol: float = 1e-6
     max_steps: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        # Checked here, before any work: t_max = 0 used to divide by zero inside the kernel.
+        _check_number("StopRule", "t_max", self.t_max, "a number > 0", lambda x: x > 0.0)
+        _check_number("StopRule", "gtol", self.gtol, "a number >= 0", lambda x: x >= 0.0)
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int | np.integer) \
+                or self.max_steps < 1:
+            raise ValueError(f"StopRule.max_steps = {self.max_steps!r}: must be an integer >= 1")
+
+
+def _check_number(owner: str, field: str, value, allowed: str, ok) -> None:
+    """Raise a ValueError naming ``owner.field``, its value and what is allowed, unless
+    ``value`` is a finite real number and ``ok(value)``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer) \
+            or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{owner}.{field} = {value!r}: must be {allowed}")
 
 
 @dataclass(frozen=True)
