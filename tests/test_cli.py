@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -298,9 +299,21 @@ def test_ctrl_c_stops_the_run_and_the_workers_quietly(tmp_path):
     spec.write_text(tiny_spec("long", seeds=400, block_seeds=2))
     store = tmp_path / "long.zarr"
     ledger_dir = store / "_mimflow" / "ledger"
-    code, text = interrupt_cli(
-        ["run", str(spec), "--store", str(store), "--workers", "2"],
-        lambda: ledger_dir.is_dir() and len(list(ledger_dir.glob("*.json"))) >= 2)
+    # Two of the four work units pass the gate (pipeline/_testhooks.py), the other two are
+    # held after writing their data: the signal lands mid-run whatever the machine's speed
+    # (without the gate the last units sometimes finished first, and the run exited 0). The
+    # gate opens a second after the signal, so the held units end as in a real Ctrl-C.
+    gate = tmp_path / "gate"
+    gate.write_text("2")
+
+    def ready() -> bool:
+        if ledger_dir.is_dir() and len(list(ledger_dir.glob("*.json"))) >= 2:
+            threading.Timer(1.0, gate.unlink).start()
+            return True
+        return False
+
+    code, text = interrupt_cli(["run", str(spec), "--store", str(store), "--workers", "2"],
+                               ready, env={"MIMFLOW_TEST_GATE": str(gate)})
     assert code == 130, text
     assert "interrupted" in text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
