@@ -115,9 +115,13 @@ def interrupt_cli(argv: list[str], ready: Callable[[], bool], env: dict | None =
     SIGKILL kills the driver and its embedded cluster with no chance to clean up); returns
     (exit code, combined output)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
+    # The child starts with SIGINT's default action, as a terminal's foreground job does:
+    # a test run started in the background by a non-interactive shell ignores SIGINT, and an
+    # ignored SIGINT is inherited (the driver then rightly ignored the Ctrl-C and exited 0).
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None and not ready():

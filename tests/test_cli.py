@@ -301,8 +301,8 @@ def test_ctrl_c_stops_the_run_and_the_workers_quietly(tmp_path):
     ledger_dir = store / "_mimflow" / "ledger"
     # Two of the four work units pass the gate (pipeline/_testhooks.py), the other two are
     # held after writing their data: the signal lands mid-run whatever the machine's speed
-    # (without the gate the last units sometimes finished first, and the run exited 0). The
-    # gate opens a second after the signal, so the held units end as in a real Ctrl-C.
+    # (the last two units took ~1 s after the second marker). The gate opens a second after
+    # the signal, so the held units end as in a real Ctrl-C.
     gate = tmp_path / "gate"
     gate.write_text("2")
 
