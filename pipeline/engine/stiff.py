@@ -9,8 +9,8 @@ embedded order 4, stiffly accurate, L-stable, 4th-order dense output, in the for
 Wanner's RODAS) takes steps limited by accuracy alone, i.e. ~ the slow time scale itself, so
 the step count no longer grows like a power of d. What remains are the waits before escapes:
 an overlap growing like 1 / (T - t) needs a fixed number of steps per e-fold of T - t, ~ln
-sqrt(d) e-folds per escape, fewer the higher the order (order 5: 668 accepted Rosenbrock
-steps per trajectory at d = 1e12, h3, n = 10, where RODAS's order 4 took 1,090).
+sqrt(d) e-folds per escape, fewer the higher the order (order 5: 666 accepted Rosenbrock
+steps per trajectory at d = 1e12, h3, n = 10, median of 64, where RODAS's order 4 took 1,083).
 A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
 unknowns; for the reduced model the Jacobian is kept in Woodbury's structured form and the LU
 is of 65 capacitance unknowns at n = 10, k = 2, ``woodbury.py``), ~5 explicit steps' worth at
