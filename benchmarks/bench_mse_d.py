@@ -132,7 +132,7 @@ def step_parts(y: np.ndarray, model: int, args: tuple, repeat: int = 2000) -> di
         "solve": lambda r: _solve_loop(W, piv, b, r),
         "field + structured Jacobian": lambda r: _wb_prepare_loop(model, y, args, work, dy, J,
                                                                   wfac, r),
-        "spectral radius": lambda r: _rho_loop(model, J, wfac, v, w, r),
+        "spectral radius": lambda r: _rho_loop(model, J, wfac, n, v, w, r),
         "woodbury factor": lambda r: _wb_factor_loop(model, wfac, n, N // n, r),
         "woodbury solve": lambda r: _wb_solve_loop(wfac, b, n, N // n, r),
     }
@@ -194,9 +194,9 @@ def _wb_solve_loop(wfac, b, n, K, repeat):
 
 
 @numba.njit
-def _rho_loop(model, J, wfac, v, w, repeat):
+def _rho_loop(model, J, wfac, n, v, w, repeat):
     for _ in range(repeat):
-        stiff._spectral_radius(model, J, wfac, v, w)
+        stiff._spectral_radius(model, J, wfac, n, v, w)
 
 
 def main() -> None:

@@ -71,8 +71,8 @@ def test_structured_product_and_spectral_radius(teacher, n, m):
     woodbury.jvp(fac, v, out, n, 2 + m)
     np.testing.assert_allclose(out, J @ v, rtol=0, atol=1e-13 * np.abs(J @ v).max())
     a, b = np.empty(y.size), np.empty(y.size)
-    rho = stiff._spectral_radius(dynamics.MSE_REDUCED, np.empty((1, 1)), fac, a, b)
-    rho_dense = stiff._spectral_radius(dynamics.MSE_FULL, J, fac, a, b)
+    rho = stiff._spectral_radius(dynamics.MSE_REDUCED, np.empty((1, 1)), fac, n, a, b)
+    rho_dense = stiff._spectral_radius(dynamics.MSE_FULL, J, fac, n, a, b)
     assert rho == pytest.approx(rho_dense, rel=1e-12)
     # An estimate from below of the true spectral radius, within the power iteration's reach.
     exact = np.abs(np.linalg.eigvals(J)).max()

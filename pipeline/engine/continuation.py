@@ -115,6 +115,13 @@ def field_scale(model, y, args, work):
     is ~ eps times this): ``2 (max_i sum_l |C_il| max|y| + max_ij |(A a)_ij|)`` bounds them."""
     dy = np.empty(y.size)
     vector_field(model, y, args, work, dy)
+    return field_scale_given(model, y, args, work)
+
+
+@njit
+def field_scale_given(model, y, args, work):
+    """:func:`field_scale` where ``work`` already holds the field's data at ``y`` (the
+    velocity at ``y`` was the last field evaluated with it)."""
     n = mse.mse_n_neurons(args)
     k = args[0].shape[1]
     oa, oQ, oC, _, _, _ = mse._layout(model, args)

@@ -92,5 +92,3 @@ def _lu_solve(W, piv, b):
         for x in range(r + 1, N):
             acc += W[r, x] * b[x]
         b[r] = (b[r] - acc) / W[r, r]
-
-

@@ -65,6 +65,7 @@ from .continuation import (
     VERIFY_LOSS_TOL,
     VERIFY_OVERLAP_TOL,
     field_scale,
+    field_scale_given,
 )
 from .continuation import jacobian as difference_jacobian
 from .dynamics import (
@@ -132,11 +133,12 @@ NONSTIFF_STEPS = 3
 #: ``finish``'s ``mode``: DOP853 only, switching, Rosenbrock only.
 EXPLICIT, SWITCHING, ROSENBROCK = 0, 1, 2
 #: The stage steps explicitly again once a Rosenbrock step is shorter than this many stable
-#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~9-14 DOP853
-#: steps, yet every switch also costs a wait of ``integrate.STIFF_COUNT`` stability-limited
-#: steps and a Jacobian, and near escapes the stage went back and forth. Measured
-#: (``bench_mse_d.py``, h3, n = 10, d = 1e12): 2 and 8 give the same wall time within 5%
-#: (0.19 s per trajectory, 64 seeds) with median steps 1,884 and 2,499 (4: 2,076 on 32).
+#: DOP853 steps (``h rho(J) <= SWITCH_LIMIT``). A Rosenbrock step at n = 10 costs ~5 DOP853
+#: steps (~9-14 with RODAS and the dense Jacobian, when this was tuned), yet every switch also
+#: costs a wait of ``integrate.STIFF_COUNT`` stability-limited steps and a Jacobian, and near
+#: escapes the stage went back and forth. Measured then (``bench_mse_d.py``, h3, n = 10,
+#: d = 1e12): 2 and 8 gave the same wall time within 5% (0.19 s per trajectory, 64 seeds)
+#: with median steps 1,884 and 2,499 (4: 2,076 on 32); not re-tuned for Rodas5P.
 COST_RATIO = 2.0
 #: DOP853's stability boundary on the negative real axis is h |lambda| ~ 6.
 SWITCH_LIMIT = 6.0 * COST_RATIO
@@ -253,12 +255,11 @@ def _stiff_field(model, accurate, y, args, work, dy):
 
 
 @njit(fastmath=DOT_MATH)
-def _spectral_radius(model, J, fac, v, w):
+def _spectral_radius(model, J, fac, n, v, w):
     """Power-iteration estimate of the largest |eigenvalue| of the Jacobian (fixed start
-    vector): the reduced model's by products with its structured form (``woodbury.jvp``),
-    other models' with the dense ``J``."""
+    vector; ``n`` neurons): the reduced model's by products with its structured form
+    (``woodbury.jvp``), other models' with the dense ``J``."""
     N = v.size
-    n = fac[12].shape[0]
     v[:] = 1.0 / math.sqrt(N)
     rho = 0.0
     for _ in range(POWER_ITERATIONS):
@@ -632,11 +633,11 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             jac_fresh = True
             f0_accurate = False
             stats[ST_JAC] += 1
-            scale = field_scale(model, y, args, work)
+            scale = field_scale_given(model, y, args, work)  # _linearize just filled work
             # The power iteration only where a switch is plausible (not at rest, where h is
             # orders of magnitude beyond the explicit stability limit).
             if mode == SWITCHING and (rho == 0.0 or h_new * rho <= 4.0 * SWITCH_LIMIT):
-                rho = _spectral_radius(model, J, wfac, fs, ys)
+                rho = _spectral_radius(model, J, wfac, n, fs, ys)
                 stats[ST_RHO] += 1
                 if h_new * rho <= SWITCH_LIMIT:
                     n_nonstiff += 1
