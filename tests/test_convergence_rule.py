@@ -143,6 +143,45 @@ def test_implicit_agrees_with_explicit():
         np.testing.assert_allclose(other.escape_time, ex.escape_time, rtol=1e-6)
 
 
+def test_escape_time_after_a_long_wait_at_d_1e12():
+    """d = 1e12, h3, n = 10, seed 0: the second escape comes ~4.5e5 after the first, from
+    overlaps ~1e-5 that grow like 1 / (T - t) while the first neuron sits at rest (Rosenbrock
+    steps up to ~1e5 long). From a state after the first escape, the flow at the default
+    tolerances against scipy's Radau at rtol 1e-12 with the closed-form Jacobian: the times
+    of the next escape agree to 2e-5 of the wait (measured 1.2e-5; 2.3e-4 here, and 1.4e-3 in
+    the uninterrupted run, when one round-off floor of atol, from the converged neuron's O(1)
+    terms, held the slow overlaps to ~1e-10 absolute)."""
+    model, args, y0, _ = _batch("h3", 10, 1e12, 1)
+    n, threshold = 10, Observation().escape_threshold
+    K_row = y0.shape[1] // n
+    before = solve(model, y0, args, stop=StopRule(t_max=1.6e5))
+    assert int(before.status[0]) == T_MAX and np.sum(before.escape_time[0] <= 1.6e5) == 1
+    y1 = before.y[0]
+
+    def norms(y):
+        return np.linalg.norm(y.reshape(n, K_row)[:, :K], axis=1)
+
+    waiting = np.flatnonzero(norms(y1) < threshold)
+    after = solve(model, y1, args, stop=StopRule(t_max=1e6))
+    t_next = np.nanmin(after.escape_time[0, waiting])
+    work = np.empty(dynamics.work_size(model, args))
+    dy, J = np.empty(y1.size), np.empty((y1.size, y1.size))
+
+    def jac(_t, y):
+        reduced_jacobian(y, args, work, dy, J)
+        return J.copy()
+
+    def escape(_t, y):
+        return np.max(norms(y)[waiting]) - threshold
+
+    escape.terminal = True
+    ref = solve_ivp(lambda _t, y: dynamics_field(y, args, work), (0.0, 1e6), y1,
+                    method="Radau", jac=jac, rtol=1e-12, atol=1e-17, events=escape)
+    t_ref = float(ref.t_events[0][0])
+    assert 4e5 < t_ref < 5e5
+    assert abs(t_next - t_ref) <= 2e-5 * t_ref, (t_next, t_ref)
+
+
 def test_stiff_phase_steps_do_not_grow_with_d():
     """After the first neurons settle, the explicit kernel hands the stiff phase to Radau:
     the step count at d = 1e7 stays of the order of d = 1e3's (it was ~40x before)."""

@@ -56,7 +56,7 @@ def test_one_step_and_dense_output_match_scipy():
     K, ys, yn = _step(args, work, y0, h)
     np.testing.assert_allclose(yn, ref.y, rtol=0, atol=1e-15)
     scale = atol + rtol * np.maximum(np.abs(y0), np.abs(ref.y))
-    assert np.isclose(dop853.error_norm(K, h, y0, yn, atol, rtol),
+    assert np.isclose(dop853.error_norm(K, h, y0, yn, np.full(y0.size, atol), rtol),
                       ref._estimate_error_norm(ref.K, h, scale), rtol=1e-9)
     F = np.empty((7, y0.size))
     dop853.dense_prepare(dynamics.MSE_REDUCED, y0, yn, h, args, work, K, ys, F)

@@ -57,7 +57,7 @@ VERIFY_OVERLAP_TOL = 1e-5
 #: went on to loss 0.37 within 30 t_stop.
 VERIFY_GROWTH = 0.004
 VERIFY_FLOOR = 1e-7
-#: Round-off floor of the absolute tolerance in units of ``eps * h * field_scale``.
+#: Round-off floor of the absolute tolerance in units of ``eps * h`` times the row's ``row_scales``.
 ROUNDOFF_SAFETY = 10.0
 EPS = float(np.finfo(float).eps)
 #: Largest state that takes Rosenbrock steps (they factorize a dense Jacobian of this size).
@@ -110,33 +110,57 @@ def jacobian(model, y, args, work):
 
 
 @njit
-def field_scale(model, y, args, work):
-    """Size of the largest terms that cancel in the velocity of ``y`` (the field's round-off
-    is ~ eps times this): ``2 (max_i sum_l |C_il| max|y| + max_ij |(A a)_ij|)`` bounds them."""
-    dy = np.empty(y.size)
-    vector_field(model, y, args, work, dy)
-    return field_scale_given(model, y, args, work)
+def row_scales(model, y, args, work, out):
+    """Per neuron ``i``, the size of the largest terms that cancel in the velocity of its row
+    of the state (that row's round-off is ~ eps times ``out[i]``); returns the largest.
+    ``work`` must hold the field's data at ``y`` (the velocity at ``y`` was the last field
+    evaluated with it).
 
+    Row ``i``'s velocity is ``2 (A a_i - sum_l C_il xi_l)``; ``C_ii = s_i`` is itself a sum
+    ``M_i . a_i - sum_l B_il Q_il`` whose terms may cancel, and ``B_il = g_ss'(Q_il)`` carries
+    ``Q_il``'s round-off times ``g_ss''``. So, with ``y_max = max |y|``::
 
-@njit
-def field_scale_given(model, y, args, work):
-    """:func:`field_scale` where ``work`` already holds the field's data at ``y`` (the
-    velocity at ``y`` was the last field evaluated with it)."""
+        out[i] = 2 ((sum_{l != i} |B_il| (1 + |Q_il|) + |g_ss''(Q_il)|
+                     + sum_j |M_ij a_ij|) y_max + k max_j |a_ij|)
+
+    Why per row: a neuron still at the saddle (overlaps ~ d^-1/2) has a velocity, and a
+    round-off, orders of magnitude below those of the converged neurons, whose cancelling
+    O(1) terms set one global scale; a round-off floor of the absolute tolerance from that
+    global scale let the slow overlaps drift by ~1e-5 of themselves per long Rosenbrock step
+    (escape times ~1e-3 late at d = 1e12, h3, n = 10).
+    """
     n = mse.mse_n_neurons(args)
     k = args[0].shape[1]
+    K = y.size // n
+    extra = args[3]
+    dss = extra[mse._ROW_DSS]
+    Lss = int(extra[mse._ROW_META, mse._META_LDSS])
     oa, oQ, oC, _, _, _ = mse._layout(model, args)
-    a = work[oa:oQ]
-    C = work[oC:oC + n * n]
-    c_row = 0.0
-    for i in range(n):
-        acc = 0.0
-        for l in range(n):
-            acc += abs(C[i * n + l])
-        c_row = max(c_row, acc)
-    a_max = 0.0
-    for x in range(n * k):
-        a_max = max(a_max, abs(a[x]))
     y_max = 0.0
     for x in range(y.size):
         y_max = max(y_max, abs(y[x]))
-    return 2.0 * (c_row * y_max + a_max * k)
+    top = 0.0
+    for i in range(n):
+        terms = 0.0
+        a_max = 0.0
+        for j in range(k):
+            a_ij = work[oa + i * k + j]
+            a_max = max(a_max, abs(a_ij))
+            terms += abs(_overlap(model, y, work, i, j, k, K) * a_ij)
+        for l in range(n):
+            if l == i:
+                continue
+            q = work[oQ + min(i, l) * n + max(i, l)]
+            terms += abs(work[oC + i * n + l]) * (1.0 + abs(q)) + abs(mse._dpoly(dss, Lss, q))
+        out[i] = 2.0 * (terms * y_max + a_max * k)
+        top = max(top, out[i])
+    return top
+
+
+@njit
+def _overlap(model, y, work, i, j, k, K):
+    """``M_ij``: in the reduced state's row ``i``; the full model's field keeps ``M`` at the
+    start of ``work``."""
+    if model == mse.MSE_REDUCED:
+        return y[i * K + j]
+    return work[i * k + j]

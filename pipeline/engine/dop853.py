@@ -146,11 +146,11 @@ def step(model, y, h, args, work, K, ys, yn):
 @njit
 def error_norm(K, h, y, yn, atol, rtol):
     """Hairer's error norm of the step (<= 1: accepted): the order-5 estimate, softened by
-    the order-3 one where that is much larger."""
+    the order-3 one where that is much larger; ``atol`` per coordinate."""
     e5 = 0.0
     e3 = 0.0
     for i in range(y.size):
-        sk = atol + rtol * max(abs(y[i]), abs(yn[i]))
+        sk = atol[i] + rtol * max(abs(y[i]), abs(yn[i]))
         x5 = 0.0
         x3 = 0.0
         for j in range(N_STAGES + 1):

@@ -33,14 +33,19 @@ The round-off floor of the absolute tolerance (``continuation.ROUNDOFF_SAFETY``)
 computed with round-off ~ eps * (its largest cancelling terms), so no step of length h can be
 more accurate than h times that; without this floor the error of a state at rest is pure
 round-off and an L-stable method, whose steps are not stability-limited, grows h until the
-round-off fails the test, then oscillates. The floor is capped (``ROUNDOFF_CAP``); beyond the
-cap, i.e. for the long steps at rest late in time, the reduced model's Rosenbrock stages take
-the velocity in double-double arithmetic (``mse.reduced_field_accurate``, ~eps relative to the
-velocity itself): with the plain field the round-off, carried along the flow's neutral
-directions (antipodal pairs, the rotation of the perp coordinates), held h at ~3e8, so that a
-verification window [t_c, 10 t_c] at t_c ~ 1e10-1e11 (d = 1e12) took ~1,000-3,000 steps while
-the state drifted by up to ~1e-5; it now takes ~50 at any t, and 5 of 64 seeds of h3, n = 10,
-d = 1e12 that never confirmed (status 1 after up to 56,000 steps) now do.
+round-off fails the test, then oscillates. The floor is per neuron
+(``continuation.row_scales``): a neuron still at the saddle has cancelling terms, and a
+velocity, orders of magnitude below the converged neurons'; with one floor from the largest
+terms of all, its overlaps (~1e-5 at d = 1e12) were held only to ~1e-10 absolute in the long
+steps of a wait, and the next escape came 2e-4 to 1.4e-3 of the wait late (h3, n = 10, against
+scipy's Radau at rtol 1e-12). The floor is capped (``ROUNDOFF_CAP``); beyond the cap, i.e. for
+the long steps at rest late in time, the reduced model's Rosenbrock stages take the velocity in
+double-double arithmetic (``mse.reduced_field_accurate``, ~eps relative to the velocity
+itself): with the plain field the round-off, carried along the flow's neutral directions
+(antipodal pairs, the rotation of the perp coordinates), held h at ~3e8, so that a verification
+window [t_c, 10 t_c] at t_c ~ 1e10-1e11 (d = 1e12) took ~1,000-3,000 steps while the state
+drifted by up to ~1e-5; it now takes ~50 at any t, and 5 of 64 seeds of h3, n = 10, d = 1e12
+that never confirmed (status 1 after up to 56,000 steps) now do.
 
 Everything a trajectory computes depends only on its own inputs (no shared state, fixed
 operation order): results do not depend on the batch, the threads or their number.
@@ -64,8 +69,7 @@ from .continuation import (
     VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
     VERIFY_OVERLAP_TOL,
-    field_scale,
-    field_scale_given,
+    row_scales,
 )
 from .continuation import jacobian as difference_jacobian
 from .dynamics import (
@@ -284,11 +288,24 @@ def _spectral_radius(model, J, fac, n, v, w):
 
 @njit
 def _error(y, yn, e, atol, rtol):
+    """RMS of ``e`` in units of ``atol[i] + rtol max(|y_i|, |yn_i|)``."""
     acc = 0.0
     for i in range(y.size):
-        sk = atol + rtol * max(abs(y[i]), abs(yn[i]))
+        sk = atol[i] + rtol * max(abs(y[i]), abs(yn[i]))
         acc += (e[i] / sk) ** 2
     return math.sqrt(acc / y.size)
+
+
+@njit
+def _round_off_floors(atol, per_scale, row_scale, out):
+    """``out``: the absolute tolerance of each coordinate, ``atol`` plus its neuron's round-off
+    floor ``per_scale * row_scale[i]`` (capped at ``ROUNDOFF_CAP``)."""
+    n = row_scale.size
+    K = out.size // n
+    for i in range(n):
+        a = atol + min(per_scale * row_scale[i], ROUNDOFF_CAP)
+        for x in range(K):
+            out[i * K + x] = a
 
 
 @njit
@@ -465,6 +482,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     piv = np.empty(N, dtype=np.int64)
     wfac = (woodbury.allocate(n, k_dim, N // n) if model == MSE_REDUCED and allow_stiff
             else woodbury.allocate(1, 1, 1))
+    row_scale = np.empty(n)  # per neuron: the round-off scale of its velocity
+    atol_v = np.empty(N)  # per coordinate: atol plus its row's round-off floor
     M0 = np.empty(n * k_dim)
     Q0 = np.empty(n * n)
     M1 = np.empty(n * k_dim)
@@ -499,7 +518,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     n_stiff = 0
     n_nonstiff = 0
     rho = 0.0
-    scale = field_scale(model, y, args, work)
+    scale = row_scales(model, y, args, work, row_scale)  # work holds y's field data
     status = -1
     while True:
         if any_escaped and grad_norm_given(model, y, f0, args, work) < gtol \
@@ -524,8 +543,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if status != dp.GOING:
             break
         h = min(h, t_max - t)
-        floor = ROUNDOFF_SAFETY * EPS * h * scale
-        atol_h = atol + min(floor, ROUNDOFF_CAP)
+        floor = ROUNDOFF_SAFETY * EPS * h * scale  # the largest row's
+        _round_off_floors(atol, ROUNDOFF_SAFETY * EPS * h, row_scale, atol_v)
         if stiff:
             if not jac_fresh:
                 jac_dense = _linearize(model, y, args, work, f0, J, wfac)
@@ -544,7 +563,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             stats[ST_LU] += 1
             stats[ST_ACCURATE] += accurate
             stats[ST_DENSE] += not structured
-            err = _error(y, yn, kr[ROS_STAGES - 1], atol_h, rtol) if ok else math.inf
+            err = _error(y, yn, kr[ROS_STAGES - 1], atol_v, rtol) if ok else math.inf
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= R_FAC_DOWN
                 rejected = True
@@ -569,7 +588,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             kd[0, :] = f0
             dop853.step(model, y, h, args, work, kd, ys, yn)
             dense_ready = False
-            err = dop853.error_norm(kd, h, y, yn, atol_h, rtol)
+            err = dop853.error_norm(kd, h, y, yn, atol_v, rtol)
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= dop853.FAC_LO
                 rejected = True
@@ -633,7 +652,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             jac_fresh = True
             f0_accurate = False
             stats[ST_JAC] += 1
-            scale = field_scale_given(model, y, args, work)  # _linearize just filled work
+            scale = row_scales(model, y, args, work, row_scale)  # _linearize filled work
             # The power iteration only where a switch is plausible (not at rest, where h is
             # orders of magnitude beyond the explicit stability limit).
             if mode == SWITCHING and (rho == 0.0 or h_new * rho <= 4.0 * SWITCH_LIMIT):
