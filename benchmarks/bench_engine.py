@@ -58,7 +58,9 @@ def dispatch_ratio(trajectories: int, repeats: int = 5) -> tuple[float, float]:
                                         0, content_hash(p.initial_key()),
                                         np.arange(trajectories))
     snaps = np.zeros(0)
-    settings = (p.rtol, p.atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps, False,
+    atol = integrate.absolute_tolerances(model, args, y0.shape[1],
+                                         integrate.Tolerances.at_dimension(p.rtol, p.atol, p.d))
+    settings = (p.rtol, atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps, False,
                 False)
 
     def outputs():

@@ -93,7 +93,9 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     Y, T = np.empty_like(y0), np.empty(B)
     S, ST = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
     TE, U_t = np.empty((B, p.n)), np.empty((B, 0, p.n * p.k + 1))
-    settings = (p.rtol, p.atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps,
+    atol = integrate.absolute_tolerances(model, args, y0.shape[1],
+                                         integrate.Tolerances.at_dimension(p.rtol, p.atol, p.d))
+    settings = (p.rtol, atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps,
                 True, True)
     t0 = time.perf_counter()
     integrate._ENTRIES["flow"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
@@ -101,7 +103,7 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     rows = np.flatnonzero(ST == HANDOVER)
     explicit = S.copy()
     stats = np.zeros((rows.size, stiff.N_STATS))
-    stiff.finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, p.rtol, p.atol, p.t_max,
+    stiff.finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, p.rtol, atol, p.t_max,
                        p.max_steps, p.gtol, p.escape_threshold, snaps, stiff.SWITCHING, stats)
     t2 = time.perf_counter()
     full = np.zeros((B, stiff.N_STATS))

@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.engine import dynamics
-from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
+from pipeline.engine import dynamics, mse
+from pipeline.engine.integrate import (
+    Observation,
+    StopRule,
+    Tolerances,
+    absolute_tolerances,
+    solve,
+)
 from pipeline.engine.status import CONVERGED, MAX_STEPS, NON_FINITE, T_MAX
 
 
@@ -42,6 +48,40 @@ def test_escape_time_is_located_inside_the_step(p, exact):
     np.testing.assert_allclose(res.escape_time[:, 0], exact(u0, 0.5), rtol=1e-7)
     # Step endpoints would be far off: the event is not an endpoint.
     assert np.all(res.steps > 10)
+
+
+@pytest.mark.parametrize("d", [1e6, 1e9, 1e12])
+def test_escape_time_accuracy_does_not_degrade_with_d(d):
+    """h3 from overlaps at the d^-1/2 scale, at the default rtol and atol as simulate() sets
+    them (``Tolerances.at_dimension``): the escape time keeps the accuracy of small d
+    (measured 1.2e-9, 2.5e-9, 2.5e-9 against the closed form). With atol = 1e-12 for the
+    overlaps at every d, d = 1e12 (overlaps ~1e-6, only 1e6 atol) came 1.8e-7 off."""
+    u0 = np.array([1.0, 0.7, 1.3, 2.0]) / math.sqrt(d)
+    y0, args = _k1(3, u0)
+    res = solve(dynamics.REDUCED, y0, args, tolerances=Tolerances.at_dimension(1e-8, 1e-12, d),
+                stop=StopRule(t_max=1e16), observe=Observation(0.5))
+    assert res.status.tolist() == [CONVERGED] * 4
+    np.testing.assert_allclose(res.escape_time[:, 0], t_h3(u0, 0.5), rtol=1e-8)
+
+
+def test_absolute_tolerances_per_coordinate():
+    """overlap_atol goes to the overlaps (the first k numbers of each neuron's row) of the
+    reduced models only; at_dimension lowers it to rtol / sqrt(d) and never raises it."""
+    a = np.zeros(4)
+    a[3] = 1.0
+    tol = Tolerances(1e-8, 1e-12, overlap_atol=1e-15)
+    corr = absolute_tolerances(dynamics.REDUCED, dynamics.reduced_args(np.eye(2), a), 3, tol)
+    assert corr.tolist() == [1e-15, 1e-15, 1e-12]
+    margs = mse.reduced_args(np.eye(2), a, a, 3, 3)
+    m = absolute_tolerances(dynamics.MSE_REDUCED, margs, 15, tol).reshape(3, 5)
+    assert (m[:, :2] == 1e-15).all() and (m[:, 2:] == 1e-12).all()
+    full = absolute_tolerances(dynamics.MSE_FULL, mse.full_args(np.eye(4)[:, :2], a, a, 3),
+                               12, tol)
+    assert (full == 1e-12).all()
+    assert Tolerances.at_dimension(1e-8, 1e-12, 1e6).overlap_atol == 1e-12
+    assert Tolerances.at_dimension(1e-8, 1e-12, 1e12).overlap_atol == pytest.approx(1e-14)
+    assert absolute_tolerances(dynamics.REDUCED, dynamics.reduced_args(np.eye(2), a), 3,
+                               Tolerances(1e-8, 1e-12)).tolist() == [1e-12] * 3
 
 
 def test_snapshots_follow_the_exact_solution():
@@ -142,6 +182,7 @@ def test_solve_rejects_unknown_method():
     (lambda: Tolerances(rtol=1.0), r"Tolerances.rtol = 1.0: must be a number in \[0, 1\)"),
     (lambda: Tolerances(atol=0.0), r"Tolerances.atol = 0.0: must be a number > 0"),
     (lambda: Tolerances(atol="1e-12"), r"Tolerances.atol = '1e-12'"),
+    (lambda: Tolerances(overlap_atol=-1.0), r"Tolerances.overlap_atol = -1.0: must be a number"),
 ])
 def test_stop_rule_and_tolerances_reject_bad_values(make, message):
     """Bad limits are refused when built, naming the field, the value and what is allowed

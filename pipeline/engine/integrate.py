@@ -93,15 +93,51 @@ EXPO1 = 0.2 - BETA * 0.75
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Error control of the adaptive integrator: ``|err_i| <= atol + rtol |y_i|`` (RMS)."""
+    """Error control of the adaptive integrators: ``|err_i| <= atol_i + rtol |y_i|`` (RMS),
+    with ``atol_i = overlap_atol`` for the overlap coordinates of the reduced models (the
+    first k numbers of each neuron's row) and ``atol`` for every other coordinate
+    (:func:`absolute_tolerances`); ``overlap_atol = None`` means ``atol``."""
 
     rtol: float = 1e-8
     atol: float = 1e-12
+    overlap_atol: float | None = None
 
     def __post_init__(self) -> None:
         _check_number("Tolerances", "rtol", self.rtol, "a number in [0, 1)",
                       lambda x: 0.0 <= x < 1.0)
         _check_number("Tolerances", "atol", self.atol, "a number > 0", lambda x: x > 0.0)
+        if self.overlap_atol is not None:
+            _check_number("Tolerances", "overlap_atol", self.overlap_atol,
+                          "a number > 0 (or None: atol)", lambda x: x > 0.0)
+
+    @classmethod
+    def at_dimension(cls, rtol: float, atol: float, d: float) -> Tolerances:
+        """The tolerances of a point at dimension ``d``: ``overlap_atol = min(atol,
+        rtol / sqrt(d))``.
+
+        Why: the initial overlaps are ~ d^-1/2 and the flow's escape from them is unstable
+        (an overlap growing like ``1 / (T - t)`` magnifies a relative error by its own growth),
+        so an absolute tolerance above ``rtol d^-1/2`` holds them to less than the relative
+        accuracy asked for. With the defaults (1e-8, 1e-12) nothing changes up to d = 1e8; at
+        d = 1e12 (overlaps ~1e-6) the MSE flow's second escape came ~1e-5 (of the wait) off
+        scipy's Radau at rtol 1e-12 with atol = 1e-12 alone, ~1e-7 with 1e-14.
+        """
+        return cls(rtol, atol, min(atol, rtol / math.sqrt(d)))
+
+
+def absolute_tolerances(model: int, args: tuple, size: int, tolerances: Tolerances
+                        ) -> np.ndarray:
+    """The absolute tolerance of each coordinate of a state of ``size`` numbers (one
+    trajectory) of ``model``: ``tolerances.overlap_atol`` for the overlaps of the reduced
+    models, ``tolerances.atol`` for the rest (and for every coordinate of the full-d models,
+    whose rows are d-vectors)."""
+    out = np.full(size, float(tolerances.atol))
+    if tolerances.overlap_atol is None or model not in (REDUCED, MSE_REDUCED):
+        return out
+    k = args[0].shape[1]
+    width = size // n_neurons(model, args)  # a neuron's row: (u, r) or (M_i, z_i)
+    out.reshape(-1, width)[:, :k] = float(tolerances.overlap_atol)
+    return out
 
 
 @dataclass(frozen=True)
@@ -193,7 +229,7 @@ def _initial_step(model, y, f0, args, work, rtol, atol, t_max, tmp, f1):
     dnf = 0.0
     dny = 0.0
     for i in range(n):
-        sk = atol + rtol * abs(y[i])
+        sk = atol[i] + rtol * abs(y[i])
         dnf += (f0[i] / sk) ** 2
         dny += (y[i] / sk) ** 2
     if dnf <= 1e-10 or dny <= 1e-10:
@@ -206,7 +242,7 @@ def _initial_step(model, y, f0, args, work, rtol, atol, t_max, tmp, f1):
     vector_field(model, tmp, args, work, f1)
     der2 = 0.0
     for i in range(n):
-        sk = atol + rtol * abs(y[i])
+        sk = atol[i] + rtol * abs(y[i])
         der2 += ((f1[i] - f0[i]) / sk) ** 2
     der2 = math.sqrt(der2) / h
     der12 = max(der2, math.sqrt(dnf))
@@ -269,7 +305,8 @@ def _mark_escapes(model, y, args, work, threshold, t_esc, t):
 @njit
 def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
            y_out, snap_out, t_esc, handover, stiff_handover):
-    """Integrate one trajectory; returns ``(t_final, steps, status)``.
+    """Integrate one trajectory; returns ``(t_final, steps, status)``. ``atol`` is per
+    coordinate (:func:`absolute_tolerances`).
 
     The final state is written to ``y_out``, the snapshot overlaps to ``snap_out`` (one row
     per snapshot time) and each neuron's escape time to ``t_esc`` (NaN: never).
@@ -353,7 +390,7 @@ def dopri5(model, y0, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps
         for i in range(n):
             e = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
                      + E7 * k7[i])
-            sk = atol + rtol * max(abs(y[i]), abs(yn[i]))
+            sk = atol[i] + rtol * max(abs(y[i]), abs(yn[i]))
             err += (e / sk) ** 2
         err = math.sqrt(err / n)
         if not math.isfinite(err) or not _all_finite(yn):
@@ -642,6 +679,7 @@ def solve(
     from . import stiff
     implicit = (coupled and integrator != "explicit" and B > 0
                 and stiff.implicit_applies(model, y0[0]))
+    atol = absolute_tolerances(model, args, y0.shape[1], tolerances)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     try:
@@ -657,7 +695,7 @@ def solve(
             else:
                 # Stiff phases are handed over only where Rosenbrock steps will take them.
                 # Fixed types, so that every call finds the same compiled kernel.
-                settings = (float(tolerances.rtol), float(tolerances.atol), float(stop.t_max),
+                settings = (float(tolerances.rtol), atol, float(stop.t_max),
                             int(stop.max_steps), float(stop.gtol),
                             float(observe.escape_threshold), snaps, bool(coupled),
                             bool(implicit))
@@ -666,7 +704,7 @@ def solve(
             if rows.size:
                 mode = (stiff.ROSENBROCK if integrator == "implicit" and implicit
                         else stiff.SWITCHING if implicit else stiff.EXPLICIT)
-                settings = (float(tolerances.rtol), float(tolerances.atol), float(stop.t_max),
+                settings = (float(tolerances.rtol), atol, float(stop.t_max),
                             int(stop.max_steps), float(stop.gtol),
                             float(observe.escape_threshold), snaps, int(mode))
                 stiff.FINISH[model](rows, args, settings, (Y, T, S, ST, TE, U_t))

@@ -185,7 +185,7 @@ def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_se
     model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
     res = solve(
         model, y0, args, method=p.method, lr=p.lr,
-        tolerances=Tolerances(p.rtol, p.atol),
+        tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
         stop=StopRule(p.t_max, p.gtol, p.max_steps),
         observe=Observation(p.escape_threshold, times),
         threads=threads,

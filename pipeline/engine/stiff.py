@@ -298,14 +298,14 @@ def _error(y, yn, e, atol, rtol):
 
 @njit
 def _round_off_floors(atol, per_scale, row_scale, out):
-    """``out``: the absolute tolerance of each coordinate, ``atol`` plus its neuron's round-off
-    floor ``per_scale * row_scale[i]`` (capped at ``ROUNDOFF_CAP``)."""
+    """``out``: the absolute tolerance of each coordinate, ``atol`` (per coordinate) plus its
+    neuron's round-off floor ``per_scale * row_scale[i]`` (capped at ``ROUNDOFF_CAP``)."""
     n = row_scale.size
     K = out.size // n
     for i in range(n):
-        a = atol + min(per_scale * row_scale[i], ROUNDOFF_CAP)
+        a = min(per_scale * row_scale[i], ROUNDOFF_CAP)
         for x in range(K):
-            out[i * K + x] = a
+            out[i * K + x] = atol[i * K + x] + a
 
 
 @njit
@@ -443,7 +443,7 @@ def _first_step(y, f0, rtol, atol, room):
     dnf = 0.0
     dny = 0.0
     for i in range(y.size):
-        sk = atol + rtol * abs(y[i])
+        sk = atol[i] + rtol * abs(y[i])
         dnf += (f0[i] / sk) ** 2
         dny += (y[i] / sk) ** 2
     if dnf <= 1e-10 or dny <= 1e-10:
@@ -458,7 +458,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     convergence rule (``continuation.py``) decides, or ``t_max`` / ``max_steps`` / a failure
     ends it; returns ``(t, steps, status)``.
 
-    ``steps`` counts the accepted steps so far, ``t_esc`` (updated in place) the escape times;
+    ``atol`` is per coordinate (``integrate.absolute_tolerances``). ``steps`` counts the
+    accepted steps so far, ``t_esc`` (updated in place) the escape times;
     ``snap_out`` rows for snapshot times > ``t`` are written here. ``mode``: ``SWITCHING``
     (the module docstring), ``EXPLICIT`` (DOP853 only: states too large for a dense
     Jacobian, or on request) or ``ROSENBROCK`` (never switches back; for comparisons).
