@@ -17,7 +17,7 @@ from scipy.integrate import solve_ivp
 import pipeline
 from pipeline.engine import dynamics, mse, stiff
 from pipeline.engine.activations import get_activation
-from pipeline.engine.continuation import CONVERGENCE_RULES, VERIFY_FACTOR, jacobian
+from pipeline.engine.continuation import CONVERGENCE_RULES, VERIFY_FACTOR, jacobian, row_scales
 from pipeline.engine.initial import orthogonal_rank
 from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
 from pipeline.engine.params import content_hash, resolve_point
@@ -238,6 +238,35 @@ def test_no_false_convergence_large_d(teacher, n, d):
 def test_no_false_convergence_n_at_most_k(n):
     """n < k and n = k: no surplus neurons (every status-0 state is a real rest point)."""
     assert _check_grid_point("h3", n, 1e6, 4)
+
+
+def test_round_off_scales_per_neuron_bound_each_rows_round_off():
+    """``row_scales`` (the stage's round-off floor, per neuron): every row's plain-field
+    round-off, measured against the double-double field, is within ``eps`` times its scale;
+    and a neuron at the saddle (overlaps ~1e-6, d = 1e12) has a scale ~1e-6 of the converged
+    neurons', whose O(1) terms set the one floor of all rows before."""
+    a = get_activation("h3").coefficients
+    n = 6
+    args = mse.reduced_args(np.eye(K), a, a, n, n)
+    rng = np.random.default_rng(5)
+    M = 1e-6 * rng.standard_normal((n, K))
+    M[0], M[1] = [0.999, 0.01], [0.02, -0.998]  # two neurons at (near) rest on v1, v2
+    M[2], M[3] = [0.3, 0.1], [-0.3, -0.1]  # an antipodal pair (their terms cancel)
+    z = np.linalg.qr(rng.standard_normal((n, n)))[0]  # row i: neuron i's perp coordinates
+    z[3] = -z[2]
+    z *= np.sqrt(1.0 - np.sum(M ** 2, axis=1))[:, None]
+    y = mse.pack_reduced(M, z.T)
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+    plain, exact = np.empty(y.size), np.empty(y.size)
+    mse.reduced_field_accurate(y, args, work, exact)
+    dynamics.vector_field(dynamics.MSE_REDUCED, y, args, work, plain)
+    scales = np.empty(n)
+    top = row_scales(dynamics.MSE_REDUCED, y, args, work, scales)
+    assert top == scales.max()
+    err = np.abs(plain - exact).reshape(n, -1).max(axis=1)
+    eps = np.finfo(float).eps
+    assert np.all(err <= 2 * eps * scales), (err, scales)
+    assert scales[4:].max() < 1e-4 * scales[:4].min(), scales
 
 
 def test_closed_form_jacobian():
