@@ -240,6 +240,63 @@ def test_no_false_convergence_n_at_most_k(n):
     assert _check_grid_point("h3", n, 1e6, 4)
 
 
+def test_an_unlearned_index_vector_is_not_a_rest_point():
+    """h3, k = 3, n = 5, d = 1e12: seeds 0, 1, 3 stopped with status 0 at loss 2, 4, 2 under
+    the continuation check alone (a learned v_2, antipodal pairs and free neurons whose
+    overlaps with v_1, v_3 were negative and shrinking); the flow left them 2.5e3x to 2e5x
+    later and reached loss 0 by t = 1e18. With n >= k every index vector must be learned
+    for a candidate: they go on, and end at loss 0."""
+    ds = pipeline.simulate({"teacher": "h3", "d": 1e12, "k": 3, "n": 5, "loss": "mse",
+                            "t_max": 1e18}, [0, 1, 3])
+    assert bool((ds.status == CONVERGED).all())
+    np.testing.assert_allclose(ds.loss.isel(neuron=0), 0.0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [1e6, 1e12])
+def test_no_false_convergence_three_index_vectors(d):
+    """Beyond the issue's grid: h3, k = 3, n = 5, 16 seeds, t_max = 1e18; every status-0 seed
+    continued to t = 1e18 (the compiled flow without a stopping rule) keeps its loss to 1e-6.
+    Before the learned-directions rule 2 (d = 1e6) and 8 (d = 1e12) of them did not."""
+    k, n = 3, 5
+    ds = pipeline.simulate({"teacher": "h3", "d": d, "k": k, "n": n, "loss": "mse",
+                            "t_max": 1e18}, 16)
+    a = get_activation("h3").coefficients
+    m = orthogonal_rank(n, int(d), k)
+    args = mse.reduced_args(np.eye(k), a, a, n, m)
+    checked = 0
+    for s in np.flatnonzero(ds.status.isel(neuron=0).values == CONVERGED):
+        q, u = ds.q.values[s], ds.u.values[s]
+        lam, U = np.linalg.eigh(q - u @ u.T)
+        Z = np.sqrt(np.clip(lam, 0.0, None))[:, None] * U.T
+        y = mse.pack_reduced(u, Z[n - m:])
+        r = solve(dynamics.MSE_REDUCED, y, args, stop=StopRule(t_max=1e18, gtol=0.0),
+                  tolerances=Tolerances.at_dimension(1e-8, 1e-12, d))
+        loss = mse.mse_loss(dynamics.MSE_REDUCED, r.y[0], args)
+        assert abs(loss - float(ds.loss[s, 0])) < 1e-6, (s, float(ds.loss[s, 0]), loss)
+        checked += 1
+    assert checked >= 12
+
+
+def test_learned_directions_use_the_coordinates_in_the_index_basis():
+    """With correlated index vectors (beta = 0.6) a neuron on v_1 has M = (1, 0.6): v_2 is
+    not learned until a neuron is on it (the coordinates A^-1 M, not M)."""
+    A = np.array([[1.0, 0.6], [0.6, 1.0]])
+    a = get_activation("h3").coefficients
+    args = mse.reduced_args(A, a, a, 3, 3)
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+    M = np.array([[1.0, 0.6], [0.3, 0.3], [0.01, 0.02]])  # v_1; in between; at the saddle
+    z = np.zeros((3, 3))
+    z[1, 0] = np.sqrt(1.0 - 0.3 * 0.3 * 2 / 1.6)
+    z[2, 1] = 1.0
+    y = mse.pack_reduced(M, z.T)
+    assert not mse._directions_learned(dynamics.MSE_REDUCED, y, args, work, 0.5)
+    M[2] = A[1]  # a neuron on v_2
+    z[2] = 0.0
+    assert mse._directions_learned(dynamics.MSE_REDUCED, mse.pack_reduced(M, z.T), args,
+                                   work, 0.5)
+
+
 def test_round_off_scales_per_neuron_bound_each_rows_round_off():
     """``row_scales`` (the stage's round-off floor, per neuron): every row's plain-field
     round-off, measured against the double-double field, is within ``eps`` times its scale;
