@@ -31,6 +31,7 @@ import numpy as np
 import pipeline
 from pipeline.engine import integrate, mse, stiff, woodbury
 from pipeline.engine.activations import get_activation
+from pipeline.engine.continuation import verify_floor
 from pipeline.engine.dynamics import vector_field, work_size
 from pipeline.engine.params import content_hash, resolve_point
 from pipeline.engine.simulate import _initial_state
@@ -104,7 +105,8 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     explicit = S.copy()
     stats = np.zeros((rows.size, stiff.N_STATS))
     stiff.finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, p.rtol, atol, p.t_max,
-                       p.max_steps, p.gtol, p.escape_threshold, snaps, stiff.SWITCHING, stats)
+                       p.max_steps, p.gtol, p.escape_threshold, verify_floor(p.d), snaps,
+                       stiff.SWITCHING, stats)
     t2 = time.perf_counter()
     full = np.zeros((B, stiff.N_STATS))
     full[rows] = stats

@@ -17,7 +17,14 @@ from scipy.integrate import solve_ivp
 import pipeline
 from pipeline.engine import dynamics, mse, stiff
 from pipeline.engine.activations import get_activation
-from pipeline.engine.continuation import CONVERGENCE_RULES, VERIFY_FACTOR, jacobian, row_scales
+from pipeline.engine.continuation import (
+    CONVERGENCE_RULES,
+    VERIFY_FACTOR,
+    VERIFY_FLOOR,
+    jacobian,
+    row_scales,
+    verify_floor,
+)
 from pipeline.engine.initial import orthogonal_rank
 from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
 from pipeline.engine.params import content_hash, resolve_point
@@ -278,6 +285,32 @@ def test_no_false_convergence_three_index_vectors(d):
     assert checked >= 12
 
 
+def test_growth_floor_scales_with_d():
+    """h3, k = 3, n = 4, d = 1e12, seed 10: with a growth floor of 1e-7 at every d, the
+    check confirmed a state at loss 0.37 while the v_2 components of three neurons, ~3e-8
+    (d^-1/2 = 1e-6), grew by ~30% per window; the flow left 4x later (loss 0.29). With the
+    floor at 0.01 d^-1/2 the state is not confirmed; what is, stays put for 10x its time."""
+    assert verify_floor(1e6) == VERIFY_FLOOR and verify_floor(1e10) == VERIFY_FLOOR
+    assert verify_floor(1e12) == pytest.approx(1e-8)
+    d, k, n = 1e12, 3, 4
+    ds = pipeline.simulate({"teacher": "h3", "d": d, "k": k, "n": n, "loss": "mse",
+                            "t_max": 1e16}, [10])
+    assert float(ds.loss[0, 0]) < 0.37
+    if int(ds.status[0, 0]) == CONVERGED:
+        a = get_activation("h3").coefficients
+        m = orthogonal_rank(n, int(d), k)
+        args = mse.reduced_args(np.eye(k), a, a, n, m)
+        q, u = ds.q.values[0], ds.u.values[0]
+        lam, U = np.linalg.eigh(q - u @ u.T)
+        Z = np.sqrt(np.clip(lam, 0.0, None))[:, None] * U.T
+        t0 = float(ds.t_final[0, 0])
+        r = solve(dynamics.MSE_REDUCED, mse.pack_reduced(u, Z[n - m:]), args,
+                  stop=StopRule(t_max=min(10 * t0, 1e16 - t0), gtol=0.0),
+                  tolerances=Tolerances.at_dimension(1e-8, 1e-12, d))
+        loss = mse.mse_loss(dynamics.MSE_REDUCED, r.y[0], args)
+        assert abs(loss - float(ds.loss[0, 0])) < 1e-6
+
+
 def test_learned_directions_use_the_coordinates_in_the_index_basis():
     """With correlated index vectors (beta = 0.6) a neuron on v_1 has M = (1, 0.6): v_2 is
     not learned until a neuron is on it (the coordinates A^-1 M, not M)."""
@@ -432,9 +465,8 @@ def test_window_at_rest_takes_few_steps():
     y, t_esc = r.y[0].copy(), r.escape_time[0].copy()
     stats = np.zeros(stiff.N_STATS)
     t, steps, status = stiff.finish(model, y, 1e11, 0, args, 1e-8, np.full(y.size, 1e-12),
-                                    1e16, 10**6, 1e-6,
-                                    0.5, np.zeros(0), np.empty((0, 21)), t_esc,
-                                    stiff.SWITCHING, stats)
+                                    1e16, 10**6, 1e-6, 0.5, 1e-7, np.zeros(0),
+                                    np.empty((0, 21)), t_esc, stiff.SWITCHING, stats)
     assert status == CONVERGED and t >= 1e12
     assert steps < 100, steps
     np.testing.assert_allclose(y, r.y[0], rtol=0, atol=1e-8)

@@ -177,6 +177,7 @@ def test_solve_rejects_unknown_method():
     (lambda: StopRule(t_max=0.0), r"StopRule.t_max = 0.0: must be a number > 0"),
     (lambda: StopRule(t_max=float("inf")), r"StopRule.t_max = inf"),
     (lambda: StopRule(gtol=-1e-6), r"StopRule.gtol = -1e-06: must be a number >= 0"),
+    (lambda: StopRule(verify_floor=0.0), r"StopRule.verify_floor = 0.0: must be a number > 0"),
     (lambda: StopRule(max_steps=0), r"StopRule.max_steps = 0: must be an integer >= 1"),
     (lambda: StopRule(max_steps=1.5), r"StopRule.max_steps = 1.5"),
     (lambda: Tolerances(rtol=1.0), r"Tolerances.rtol = 1.0: must be a number in \[0, 1\)"),

@@ -45,7 +45,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit as njit
-from .continuation import CONVERGENCE_RULES
+from .continuation import CONVERGENCE_RULES, VERIFY_FLOOR
 from .dynamics import (
     FULL,
     MSE_FULL,
@@ -147,11 +147,16 @@ class StopRule:
     t_max: float = 1e12
     gtol: float = 1e-6
     max_steps: int = 1_000_000
+    #: The MSE continuation check's floor for the growth test (``continuation.verify_floor``
+    #: of the point's d; ``simulate`` sets it).
+    verify_floor: float = VERIFY_FLOOR
 
     def __post_init__(self) -> None:
         # Checked here, before any work: t_max = 0 used to divide by zero inside the kernel.
         _check_number("StopRule", "t_max", self.t_max, "a number > 0", lambda x: x > 0.0)
         _check_number("StopRule", "gtol", self.gtol, "a number >= 0", lambda x: x >= 0.0)
+        _check_number("StopRule", "verify_floor", self.verify_floor, "a number > 0",
+                      lambda x: x > 0.0)
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int | np.integer) \
                 or self.max_steps < 1:
             raise ValueError(f"StopRule.max_steps = {self.max_steps!r}: must be an integer >= 1")
@@ -706,7 +711,8 @@ def solve(
                         else stiff.SWITCHING if implicit else stiff.EXPLICIT)
                 settings = (float(tolerances.rtol), atol, float(stop.t_max),
                             int(stop.max_steps), float(stop.gtol),
-                            float(observe.escape_threshold), snaps, int(mode))
+                            float(observe.escape_threshold), float(stop.verify_floor), snaps,
+                            int(mode))
                 stiff.FINISH[model](rows, args, settings, (Y, T, S, ST, TE, U_t))
         elif method == "gd":
             if lr is None or not lr > 0:

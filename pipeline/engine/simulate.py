@@ -26,6 +26,7 @@ from .activations import (
     information_exponent,
     warn_assumptions,
 )
+from .continuation import verify_floor
 from .frames import explicit_frame
 from .initial import (
     explicit_coupled_weights,
@@ -186,7 +187,7 @@ def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_se
     res = solve(
         model, y0, args, method=p.method, lr=p.lr,
         tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
-        stop=StopRule(p.t_max, p.gtol, p.max_steps),
+        stop=StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
         observe=Observation(p.escape_threshold, times),
         threads=threads,
     )

@@ -65,7 +65,6 @@ from .continuation import (
     IMPLICIT_MAX_SIZE,
     ROUNDOFF_SAFETY,
     VERIFY_FACTOR,
-    VERIFY_FLOOR,
     VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
     VERIFY_OVERLAP_TOL,
@@ -416,22 +415,23 @@ def _summary(model, y, args, M, Q):
 
 
 @njit
-def _changed(x0, x1):
+def _changed(x0, x1, floor):
     """Whether an overlap moved by more than ``VERIFY_OVERLAP_TOL``, or grew in magnitude by
-    more than the factor ``1 + VERIFY_GROWTH`` from above ``VERIFY_FLOOR``."""
+    more than the factor ``1 + VERIFY_GROWTH`` from above ``floor``
+    (``continuation.verify_floor``)."""
     return abs(x1 - x0) > VERIFY_OVERLAP_TOL or (
-        abs(x1) > VERIFY_FLOOR and abs(x1) > (1.0 + VERIFY_GROWTH) * abs(x0))
+        abs(x1) > floor and abs(x1) > (1.0 + VERIFY_GROWTH) * abs(x0))
 
 
 @njit
-def _moved(loss0, M0, Q0, loss1, M1, Q1):
+def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
     if abs(loss1 - loss0) > VERIFY_LOSS_TOL:
         return True
     for x in range(M0.size):
-        if _changed(M0[x], M1[x]):
+        if _changed(M0[x], M1[x], floor):
             return True
     for x in range(Q0.size):
-        if _changed(Q0[x], Q1[x]):
+        if _changed(Q0[x], Q1[x], floor):
             return True
     return False
 
@@ -452,8 +452,8 @@ def _first_step(y, f0, rtol, atol, room):
 
 
 @njit
-def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, threshold, snaps,
-           snap_out, t_esc, mode, stats):
+def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, threshold,
+           verify_floor, snaps, snap_out, t_esc, mode, stats):
     """Continue one coupled trajectory from ``(t, y)`` (``y`` is advanced in place) until the
     convergence rule (``continuation.py``) decides, or ``t_max`` / ``max_steps`` / a failure
     ends it; returns ``(t, steps, status)``.
@@ -530,7 +530,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 stats[ST_WINDOWS] += 1
             elif t >= window_end:
                 loss1 = _summary(model, y, args, M1, Q1)
-                if not _moved(loss0, M0, Q0, loss1, M1, Q1):
+                if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor):
                     status = CONVERGED
                     break
                 window_end = VERIFY_FACTOR * t
@@ -699,23 +699,24 @@ def implicit_applies(model: int, y: np.ndarray) -> bool:
 
 @njit(parallel=True)
 def finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
-                 threshold, snaps, mode, stats):
+                 threshold, verify_floor, snaps, mode, stats):
     """:func:`finish` for the trajectories ``rows`` of a batch, in place, one per thread
     (``stats[r]``: row ``r``'s counts)."""
     for r in prange(rows.size):
         b = rows[r]
         T[b], S[b], ST[b] = finish(model, Y[b], T[b], S[b], args, rtol, atol, t_max, max_steps,
-                                   gtol, threshold, snaps, U_t[b], TE[b], mode, stats[r])
+                                   gtol, threshold, verify_floor, snaps, U_t[b], TE[b], mode,
+                                   stats[r])
 
 
 @njit
 def _finish(model, rows, args, settings, out):
     # Unpacked here, not in the parallel kernel (as integrate._flow does: numba 0.68 returned
     # unwritten arrays when the tuple was unpacked inside the prange function).
-    rtol, atol, t_max, max_steps, gtol, threshold, snaps, mode = settings
+    rtol, atol, t_max, max_steps, gtol, threshold, verify_floor, snaps, mode = settings
     Y, T, S, ST, TE, U_t = out
     finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
-                 threshold, snaps, mode, np.zeros((rows.size, N_STATS)))
+                 threshold, verify_floor, snaps, mode, np.zeros((rows.size, N_STATS)))
 
 
 # One entry kernel per coupled model, each passing its model as a compile-time constant, so
@@ -731,6 +732,7 @@ def _finish_mse_full(rows, args, settings, out):
 
 
 #: The stage's entry kernel per model: ``FINISH[model](rows, args, settings, out)`` with
-#: ``settings = (rtol, atol, t_max, max_steps, gtol, threshold, snaps, mode)`` and
+#: ``settings = (rtol, atol, t_max, max_steps, gtol, threshold, verify_floor, snaps, mode)``
+#: and
 #: ``out = (Y, T, S, ST, TE, U_t)`` of :func:`integrate.solve`.
 FINISH = {MSE_REDUCED: _finish_mse_reduced, MSE_FULL: _finish_mse_full}
