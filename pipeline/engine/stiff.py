@@ -458,8 +458,9 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     convergence rule (``continuation.py``) decides, or ``t_max`` / ``max_steps`` / a failure
     ends it; returns ``(t, steps, status)``.
 
-    ``atol`` is per coordinate (``integrate.absolute_tolerances``). ``steps`` counts the
-    accepted steps so far, ``t_esc`` (updated in place) the escape times;
+    ``atol`` is per coordinate (``integrate.absolute_tolerances``), ``verify_floor`` the growth
+    test's floor of the continuation check (``continuation.verify_floor``). ``steps`` counts
+    the accepted steps so far, ``t_esc`` (updated in place) the escape times;
     ``snap_out`` rows for snapshot times > ``t`` are written here. ``mode``: ``SWITCHING``
     (the module docstring), ``EXPLICIT`` (DOP853 only: states too large for a dense
     Jacobian, or on request) or ``ROSENBROCK`` (never switches back; for comparisons).
