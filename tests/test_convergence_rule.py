@@ -311,6 +311,16 @@ def test_growth_floor_scales_with_d():
         assert abs(loss - float(ds.loss[0, 0])) < 1e-6
 
 
+def test_fewer_neurons_than_index_vectors_each_learn_their_own():
+    """n < k: h3, k = 3, n = 2, d = 1e4, seeds 1 and 3 stopped with status 0 at loss 2.55
+    (both neurons on one index vector); the flow went on to loss 1 (one neuron per index
+    vector). A candidate now needs min(n, k) index vectors learned."""
+    ds = pipeline.simulate({"teacher": "h3", "d": 1e4, "k": 3, "n": 2, "loss": "mse",
+                            "t_max": 1e18}, [1, 3])
+    assert bool((ds.status == CONVERGED).all())
+    np.testing.assert_allclose(ds.loss.isel(neuron=0), 1.0, atol=1e-6)
+
+
 def test_learned_directions_use_the_coordinates_in_the_index_basis():
     """With correlated index vectors (beta = 0.6) a neuron on v_1 has M = (1, 0.6): v_2 is
     not learned until a neuron is on it (the coordinates A^-1 M, not M)."""
@@ -323,11 +333,11 @@ def test_learned_directions_use_the_coordinates_in_the_index_basis():
     z[1, 0] = np.sqrt(1.0 - 0.3 * 0.3 * 2 / 1.6)
     z[2, 1] = 1.0
     y = mse.pack_reduced(M, z.T)
-    assert not mse._directions_learned(dynamics.MSE_REDUCED, y, args, work, 0.5)
+    assert mse._learned_directions(dynamics.MSE_REDUCED, y, args, work, 0.5) == 1
     M[2] = A[1]  # a neuron on v_2
     z[2] = 0.0
-    assert mse._directions_learned(dynamics.MSE_REDUCED, mse.pack_reduced(M, z.T), args,
-                                   work, 0.5)
+    assert mse._learned_directions(dynamics.MSE_REDUCED, mse.pack_reduced(M, z.T), args,
+                                   work, 0.5) == 2
 
 
 def test_round_off_scales_per_neuron_bound_each_rows_round_off():

@@ -74,8 +74,8 @@ CONVERGENCE_RULES = {
     "correlation": "spherical gradient norm < gtol after the neuron escaped "
                    "(||u||_2 >= escape_threshold)",
     "mse": (f"continuation check: gradient norm < gtol after the first escape with no "
-            f"growing overlap of an unescaped neuron and (n >= k) every index vector learned "
-            f"(|(A^-1 M)_ij| >= escape_threshold for some neuron i) at t_c, confirmed by "
+            f"growing overlap of an unescaped neuron and min(n, k) index vectors learned "
+            f"(j with |(A^-1 M)_ij| >= escape_threshold for some neuron i) at t_c, confirmed by "
             f"continuing the flow "
             f"to {VERIFY_FACTOR:g} t_c with loss change <= {VERIFY_LOSS_TOL:g} and every "
             f"overlap M and Gram entry Q changing by <= {VERIFY_OVERLAP_TOL:g} and none above "
@@ -83,7 +83,7 @@ CONVERGENCE_RULES = {
             f"{100 * VERIFY_GROWTH:g}%; the stop is "
             f"at the end of that window (status 1/2 if t_max/max_steps comes first)"),
     "gd": "gradient norm < gtol after the first escape, with no growing overlap of an "
-          "unescaped neuron and (n >= k) every index vector learned (no continuation check)",
+          "unescaped neuron and min(n, k) index vectors learned (no continuation check)",
     "correlation/sgd": "population spherical gradient norm < gtol while the neuron is beyond "
                        "escape_threshold (a chain that escaped and then returned goes on)",
     "mse/sgd": "never: the coupled SGD chain runs to its sample budget (status 1)",
