@@ -148,7 +148,6 @@ def row_scales(model, y, args, work, out):
     """
     n = mse.mse_n_neurons(args)
     k = args[0].shape[1]
-    K = y.size // n
     extra = args[3]
     dss = extra[mse._ROW_DSS]
     Lss = int(extra[mse._ROW_META, mse._META_LDSS])
@@ -163,7 +162,7 @@ def row_scales(model, y, args, work, out):
         for j in range(k):
             a_ij = work[oa + i * k + j]
             a_max = max(a_max, abs(a_ij))
-            terms += abs(_overlap(model, y, work, i, j, k, K) * a_ij)
+            terms += abs(mse.overlap_entry(model, y, args, work, i, j) * a_ij)
         for l in range(n):
             if l == i:
                 continue
@@ -172,12 +171,3 @@ def row_scales(model, y, args, work, out):
         out[i] = 2.0 * (terms * y_max + a_max * k)
         top = max(top, out[i])
     return top
-
-
-@njit
-def _overlap(model, y, work, i, j, k, K):
-    """``M_ij``: in the reduced state's row ``i``; the full model's field keeps ``M`` at the
-    start of ``work``."""
-    if model == mse.MSE_REDUCED:
-        return y[i * K + j]
-    return work[i * k + j]

@@ -49,8 +49,8 @@ plain loops; it exists to validate ``MSE_REDUCED``. The reduced kernel's small l
 blocked (four independent accumulators), which is where its speed comes from at n ~ 10.
 
 Kernel arguments (one tuple type for every model, see ``dynamics.py``):
-``(A or V, A^-1 or unused, c_st, extra)`` with ``extra`` rows ``c_ss``, the derivative
-coefficients ``(q + 1) c_{q+1}`` of ``g_ss`` and of ``g_st``, and
+``(A or V, A^-1 (for the full model (V^T V)^-1), c_st, extra)`` with ``extra`` rows ``c_ss``,
+the derivative coefficients ``(q + 1) c_{q+1}`` of ``g_ss`` and of ``g_st``, and
 ``(n, m, sum_{j,j'} g_tt(A_jj'), len(c_ss), len(g_ss'), len(g_st'))``.
 """
 
@@ -432,26 +432,29 @@ def mse_grad_norm(model, y, args, work):
 
 
 @njit
+def overlap_entry(model, y, args, work, i, j):
+    """``M_ij`` where the field at ``y`` left it: in the reduced state's row ``i``; the full
+    model's field keeps ``M`` (n x k, row-major) at the start of ``work``."""
+    if model == MSE_REDUCED:
+        return y[i * _width(model, args) + j]
+    return work[i * args[0].shape[1] + j]
+
+
+@njit
 def _learned_directions(model, y, args, work, threshold):
     """How many index vectors ``v_j`` have a neuron on them: ``|c_ij| >= threshold`` for some
     ``i``, with ``c_i = A^-1 M_i`` the coordinates of ``w_i``'s part in span(V) (for
     correlated index vectors, ``M_ij`` itself is ~beta for a neuron on another ``v``).
-    ``work`` holds the field's data at ``y`` (the full model's ``M``)."""
+    ``work`` holds the field's data at ``y`` (:func:`overlap_entry`)."""
     n = mse_n_neurons(args)
     k = args[0].shape[1]
-    D = _width(model, args)
-    if model == MSE_REDUCED:
-        Ainv = args[1]
-    else:
-        V = args[0]
-        Ainv = np.linalg.inv(V.T @ V)
+    Ainv = args[1]
     count = 0
     for j in range(k):
         for i in range(n):
             c = 0.0
             for l in range(k):
-                m = y[i * D + l] if model == MSE_REDUCED else work[i * k + l]
-                c += m * Ainv[l, j]
+                c += overlap_entry(model, y, args, work, i, l) * Ainv[l, j]
             if abs(c) >= threshold:
                 count += 1
                 break
@@ -687,7 +690,7 @@ def reduced_args(gram: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, m: int)
 def full_args(V: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> tuple:
     """Kernel arguments of ``MSE_FULL`` for an explicit frame ``V`` (d x k) and n neurons."""
     V = np.asarray(V, dtype=float)
-    return _args(V, np.zeros((1, 1)), V.T @ V, a, b, n, 0)
+    return _args(V, np.linalg.inv(V.T @ V), V.T @ V, a, b, n, 0)
 
 
 def pack_reduced(M: np.ndarray, Z: np.ndarray) -> np.ndarray:
