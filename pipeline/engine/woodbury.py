@@ -140,13 +140,9 @@ def jvp(fac, v, out, n, K):
             for m in range(n):
                 acc += Cm[i, m] * v[m * K + x]
             out[i * K + x] = -2.0 * acc
+    blocks = v.reshape((1, n, K))
     for c in range(U.shape[0]):
-        t = 0.0
-        for b in range(2):
-            m = vblk[c, b]
-            if m >= 0:
-                for x in range(K):
-                    t += V[c, b, x] * v[m * K + x]
+        t = _vdot(V, vblk, c, blocks, 0)
         for b in range(2):
             m = ublk[c, b]
             if m >= 0:
