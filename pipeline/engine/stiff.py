@@ -545,8 +545,9 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if status != dp.GOING:
             break
         h = min(h, t_max - t)
-        floor = ROUNDOFF_SAFETY * EPS * h * scale  # the largest row's
-        _round_off_floors(atol, ROUNDOFF_SAFETY * EPS * h, row_scale, atol_v)
+        per_scale = ROUNDOFF_SAFETY * EPS * h
+        floor = per_scale * scale  # the largest row's
+        _round_off_floors(atol, per_scale, row_scale, atol_v)
         if stiff:
             if not jac_fresh:
                 jac_dense = _linearize(model, y, args, work, f0, J, wfac)
