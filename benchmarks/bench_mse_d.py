@@ -52,6 +52,7 @@ BREAKDOWN = [("explicit", "steps in the explicit kernel before the handover"),
              ("lu", "LU factorizations"),
              ("accurate", "... with the double-double field"),
              ("dense", "... dense (Woodbury declined)"),
+             ("reciprocal", "... accepted ones in reciprocal coordinates"),
              ("windows", "verification windows opened"),
              ("restarts", "windows restarted (the state moved)"),
              ("to_stiff", "switches to Rosenbrock"),
@@ -115,6 +116,7 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     for name, col in [("dp", stiff.ST_DP), ("dp_stiff", stiff.ST_DP_STIFF),
                       ("ros", stiff.ST_ROS), ("ros_rej", stiff.ST_ROS_REJ), ("lu", stiff.ST_LU),
                       ("accurate", stiff.ST_ACCURATE), ("dense", stiff.ST_DENSE),
+                      ("reciprocal", stiff.ST_RECIPROCAL),
                       ("windows", stiff.ST_WINDOWS),
                       ("restarts", stiff.ST_RESTARTS), ("to_stiff", stiff.ST_TO_STIFF)]:
         out[name] = float(np.median(full[:, col]))

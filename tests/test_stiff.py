@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from pipeline.engine import dynamics, mse, stiff, woodbury
+from pipeline.engine import dynamics, mse, reciprocal, stiff, woodbury
 from pipeline.engine.activations import get_activation
 
 
@@ -55,8 +55,10 @@ def _problem(n=3, seed=0, spread=0.3):
     return args, mse.pack_reduced(M, Z)
 
 
-def _step(args, y, h):
-    """One compiled Rodas5P step: (new state, error estimate, dense output at x = 1/2)."""
+def _step(args, y, h, reciprocal_coordinates=False):
+    """One compiled Rodas5P step: (new state, error estimate in units of y, dense output at
+    x = 1/2, how many coordinates it took in reciprocal form), those chosen by
+    ``reciprocal.select`` if ``reciprocal_coordinates``, else none."""
     N = y.size
     n = mse.mse_n_neurons(args)
     work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
@@ -65,13 +67,22 @@ def _step(args, y, h):
     stiff._linearize(dynamics.MSE_REDUCED, y, args, work, f0, J, fac)
     k = np.empty((stiff.ROS_STAGES, N))
     ys, fs, yn = np.empty(N), np.empty(N), np.empty(N)
+    rec = reciprocal.allocate(N)
+    cnt = 0
+    if reciprocal_coordinates:
+        m_overlap, m_other = reciprocal.exponents(args)
+        cnt = reciprocal.select(y, f0, h, np.full(N, 1e-14), N // n, 2, m_overlap, m_other,
+                                fac, rec)
     ok, structured, _ = stiff._rodas_step(dynamics.MSE_REDUCED, False, y, f0, h, args, work,
                                           J, False, np.empty((N, N)),
-                                          np.empty(N, dtype=np.int64), fac, k, ys, fs, yn)
+                                          np.empty(N, dtype=np.int64), fac, k, ys, fs, yn, rec,
+                                          cnt)
     assert ok and structured
     mid = np.empty(N)
-    stiff._rodas_dense(y, yn, k, 0.5, mid)
-    return yn, k[stiff.ROS_STAGES - 1].copy(), mid
+    stiff._dense_at(True, y, k, np.empty((7, N)), 0.5, mid, rec, cnt)
+    err = k[stiff.ROS_STAGES - 1].copy()
+    reciprocal.error_in_y(err, y, yn, rec, cnt)
+    return yn, err, mid, cnt
 
 
 def test_step_error_estimate_and_dense_output_orders():
@@ -92,7 +103,7 @@ def test_step_error_estimate_and_dense_output_orders():
                     dense_output=True)
     step, est, dense = [], [], []
     for h in hs:
-        yn, e, mid = _step(args, y0, h)
+        yn, e, mid, _ = _step(args, y0, h)
         step.append(np.abs(yn - ref.sol(h)).max())
         est.append(np.abs(e).max())
         dense.append(np.abs(mid - ref.sol(h / 2)).max())
@@ -123,10 +134,91 @@ def test_structured_and_dense_steps_agree(h):
         yn = np.empty(N)
         ok, structured, jac_dense = stiff._rodas_step(
             dynamics.MSE_REDUCED, False, y0, f0, h, args, work, J, False, np.empty((N, N)),
-            np.empty(N, dtype=np.int64), fac, k, np.empty(N), np.empty(N), yn)
+            np.empty(N, dtype=np.int64), fac, k, np.empty(N), np.empty(N), yn,
+            reciprocal.allocate(N), 0)
         assert ok and structured == (path == "structured") and jac_dense != structured
         out[path] = (yn, k[-1].copy())
     scale = np.abs(out["dense"][0]).max()
     np.testing.assert_allclose(out["structured"][0], out["dense"][0], rtol=0, atol=1e-12 * scale)
     np.testing.assert_allclose(out["structured"][1], out["dense"][1], rtol=0,
                                atol=1e-12 * scale)
+
+
+def _saddle(n, spread, seed=1, teacher="h3"):
+    """Reduced MSE args with orthonormal index vectors (k = 2) and a state at the saddle:
+    every overlap positive and ~``spread``, so that each grows like a pole (h3: u' ~ u^2)."""
+    a = get_activation(teacher).coefficients
+    args = mse.reduced_args(np.eye(2), a, a, n, n)
+    rng = np.random.default_rng(seed)
+    M = spread * np.abs(rng.standard_normal((n, 2)))
+    Z = np.linalg.qr(rng.standard_normal((n, n)))[0] * np.sqrt(1 - np.sum(M ** 2, axis=1))
+    return args, mse.pack_reduced(M, Z)
+
+
+def test_reciprocal_exponents_follow_the_lowest_live_degree():
+    """m = p - 2 for the lowest Hermite degree p of the couplings: h3 -> 1, h4 -> 2; relu
+    (degree 1 live: no pole) -> 0."""
+    for teacher, m in (("h3", 1.0), ("h4", 2.0), ("relu", 0.0)):
+        a = get_activation(teacher).coefficients
+        assert reciprocal.exponents(mse.reduced_args(np.eye(2), a, a, 3, 3)) == (m, m)
+
+
+def test_reciprocal_step_crosses_a_pole_that_the_plain_step_cannot():
+    """A wait at the saddle (overlaps ~1e-5, h3: each grows like 1 / (T - t), the nearest
+    T = 1 / max(u'/u) ~ 1.3e4): one Rodas5P step of 0.3 T in the original coordinates is off
+    by ~1e4 tolerances; the same step with the overlaps in z = 1 / u is within 1e-2 of its
+    tolerance, and so are its error estimate and dense output (against DOP853 at rtol 1e-13).
+    From 0.6 T to 0.3 T its error falls by more than 2^5: the step is of high order in the new
+    coordinates (a wrong Jacobian of the transformed field would make it of order ~2)."""
+    args, y0 = _saddle(3, 1e-5)
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+
+    def f(_t, y):
+        out = np.empty(y.size)
+        dynamics.vector_field(dynamics.MSE_REDUCED, y, args, work, out)
+        return out
+
+    rate = (f(0.0, y0) / y0).reshape(3, -1)[:, :2]
+    assert np.all(rate > 0)
+    hs = [0.6 / rate.max(), 0.3 / rate.max()]
+    ref = solve_ivp(f, (0.0, hs[0]), y0, method="DOP853", rtol=1e-13, atol=1e-22,
+                    dense_output=True)
+
+    def scaled(x, h):
+        return np.abs(x) / (1e-14 + 1e-8 * np.abs(ref.sol(h)))
+
+    h = hs[1]
+    plain = scaled(_step(args, y0, h)[0] - ref.sol(h), h).max()
+    steps = []
+    for h in hs:
+        yn, e, mid, cnt = _step(args, y0, h, reciprocal_coordinates=True)
+        assert cnt == 6
+        steps.append(scaled(yn - ref.sol(h), h).max())
+    assert scaled(e, h).max() < 1.0 and scaled(mid - ref.sol(h / 2), h / 2).max() < 1.0
+    assert plain > 1e4 and steps[1] < 1e-2, (plain, steps)
+    assert math.log2(steps[0] / steps[1]) > 5.0, steps
+
+
+def test_reciprocal_selection_takes_only_growing_poles():
+    """select takes small overlaps that grow by feeding on themselves, not those shrinking
+    towards zero, not those below FLOOR times their tolerance, and nothing under relu (no
+    pole)."""
+    args, y0 = _saddle(3, 1e-5)
+    N = y0.size
+    K = N // 3
+    y0 = y0.copy()
+    y0[0] = -y0[0]  # h3: a negative overlap shrinks towards the saddle
+    y0[K] = 1e-30  # noise
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+    f0, J = np.empty(N), np.empty((N, N))
+    fac = woodbury.allocate(3, 2, K)
+    stiff._linearize(dynamics.MSE_REDUCED, y0, args, work, f0, J, fac)
+    rec = reciprocal.allocate(N)
+    h = 0.2 / np.max(f0[[1, K + 1, 2 * K, 2 * K + 1]] / y0[[1, K + 1, 2 * K, 2 * K + 1]])
+    cnt = reciprocal.select(y0, f0, h, np.full(N, 1e-14), K, 2, 1.0, 1.0, fac, rec)
+    assert sorted(rec[0][:cnt]) == [1, K + 1, 2 * K, 2 * K + 1]
+    # The diagonal of the structured Jacobian that select reads is the dense one's.
+    stiff.reduced_jacobian(y0, args, work, np.empty(N), J)
+    for g in range(N):
+        assert woodbury.diagonal(fac, g, K) == pytest.approx(J[g, g], rel=1e-12, abs=1e-14)
+    assert reciprocal.select(y0, f0, h, np.full(N, 1e-14), K, 2, 0.0, 0.0, fac, rec) == 0

@@ -18,8 +18,8 @@ import numba
 
 #: Modules whose njit functions call each other; any edit to one of them must recompile all.
 KERNEL_MODULES = ("continuation.py", "ddouble.py", "dispatch.py", "dop853.py", "dynamics.py",
-                  "integrate.py", "linalg.py", "mse.py", "sgd_kernels.py", "sgd_coupled.py",
-                  "stiff.py", "woodbury.py")
+                  "integrate.py", "linalg.py", "mse.py", "reciprocal.py", "sgd_kernels.py",
+                  "sgd_coupled.py", "stiff.py", "woodbury.py")
 
 
 def _kernel_digest() -> str:

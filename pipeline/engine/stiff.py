@@ -10,7 +10,10 @@ Wanner's RODAS) takes steps limited by accuracy alone, i.e. ~ the slow time scal
 the step count no longer grows like a power of d. What remains are the waits before escapes:
 an overlap growing like 1 / (T - t) needs a fixed number of steps per e-fold of T - t, ~ln
 sqrt(d) e-folds per escape, fewer the higher the order (order 5: 666 accepted Rosenbrock
-steps per trajectory at d = 1e12, h3, n = 10, median of 64, where RODAS's order 4 took 1,083).
+steps per trajectory at d = 1e12, h3, n = 10, median of 64, where RODAS's order 4 took 1,083),
+and none where a step takes the growing overlaps in reciprocal coordinates, in which the
+pole is a straight line (``reciprocal.py``; the step's matrix is this one's conjugate plus a
+diagonal, a low-rank correction of its factorization: :func:`_recip_factor`).
 A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
 unknowns; for the reduced model the Jacobian is kept in Woodbury's structured form and the LU
 is of 65 capacitance unknowns at n = 10, k = 2, ``woodbury.py``), ~5 explicit steps' worth at
@@ -58,7 +61,7 @@ import math
 import numpy as np
 from numba import prange
 
-from . import dop853, mse, woodbury
+from . import dop853, mse, reciprocal, woodbury
 from . import integrate as dp
 from ._jit import jit as njit
 from .continuation import (
@@ -163,8 +166,9 @@ ROUNDOFF_CAP = 1e-7
 #: test found stability-limited, and the Rosenbrock attempts with the double-double field and
 #: with the dense LU (Woodbury declined).
 (ST_ROS, ST_ROS_REJ, ST_DP, ST_DP_REJ, ST_JAC, ST_LU, ST_RHO, ST_WINDOWS, ST_RESTARTS,
- ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF, ST_ACCURATE, ST_DENSE) = range(15)
-N_STATS = 15
+ ST_TO_STIFF, ST_TO_EXPLICIT, ST_ROS_TIME, ST_DP_STIFF, ST_ACCURATE, ST_DENSE,
+ ST_RECIPROCAL) = range(16)
+N_STATS = 16
 
 
 @njit
@@ -329,13 +333,62 @@ def _solve(structured, W, piv, fac, b, n, K):
 
 
 @njit
-def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac, k, ys, fs,
-                yn):
-    """One Rodas5P step of length ``h`` from ``y`` (velocity ``f0``, Jacobian from
-    :func:`_linearize`: ``fac``, and ``J`` if ``jac_dense``).
+def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
+    """The Woodbury correction of the step in reciprocal coordinates (``reciprocal.py``):
+    ``X = B^-1 E`` (rows, with ``B = alpha I - J`` as factored) and the LU of
+    ``T = diag(delta)^-1 - E^T X`` (returned with its pivots; None-like (0 x 0) if
+    singular)."""
+    sel, delta, X = rec[0], rec[3], rec[4]
+    for c in range(cnt):
+        X[c, :] = 0.0
+        X[c, sel[c]] = 1.0
+        _solve(structured, W, piv, fac, X[c], n, K)
+    T = np.empty((cnt, cnt))
+    for a_ in range(cnt):
+        for c in range(cnt):
+            T[a_, c] = -X[c, sel[a_]]
+        T[a_, a_] += 1.0 / delta[a_]
+    tpiv = np.empty(cnt, dtype=np.int64)
+    if not _lu(T, tpiv):
+        return np.empty((0, 0)), tpiv
+    return T, tpiv
 
-    Stages go to ``k``, the error estimate is the last, the new state goes to ``yn``.
-    Returns (whether ``I/(gamma h) - J`` was regular, whether Woodbury factored it, whether
+
+@njit
+def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, T, tpiv):
+    """``b <- (alpha I - J~)^-1 b`` for the step's coordinates: with ``cnt`` reciprocal ones,
+    ``J~ = D J D^-1 + diag(delta)`` and the matrix is ``D (B - E diag(delta) E^T) D^-1``."""
+    if cnt == 0:
+        _solve(structured, W, piv, fac, b, n, K)
+        return
+    sel, D, X = rec[0], rec[2], rec[4]
+    for c in range(cnt):
+        b[sel[c]] /= D[c]
+    _solve(structured, W, piv, fac, b, n, K)
+    s = np.empty(cnt)
+    for c in range(cnt):
+        s[c] = b[sel[c]]
+    _lu_solve(T, tpiv, s)
+    for c in range(cnt):
+        sc = s[c]
+        Xc = X[c]
+        for i in range(b.size):
+            b[i] += sc * Xc[i]
+    for c in range(cnt):
+        b[sel[c]] *= D[c]
+
+
+@njit
+def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac, k, ys, fs,
+                yn, rec, cnt):
+    """One Rodas5P step of length ``h`` from ``y`` (velocity ``f0``, Jacobian from
+    :func:`_linearize`: ``fac``, and ``J`` if ``jac_dense``), in reciprocal coordinates for
+    the ``cnt`` coordinates that ``reciprocal.select`` chose into ``rec`` (its ``z0``, ``zn``
+    then hold the step's ends in those coordinates).
+
+    Stages go to ``k`` (in the step's coordinates), the error estimate is the last, the new
+    state goes to ``yn``. Returns (whether the step could be taken: ``I/(gamma h) - J``
+    regular, no reciprocal coordinate through infinity; whether Woodbury factored it, whether
     ``J`` now holds the dense Jacobian at ``y``).
     """
     N = y.size
@@ -352,19 +405,33 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
             W[i, i] += 1.0 / (GAMMA * h)
         if not _lu(W, piv):
             return False, False, jac_dense
+    z0 = rec[5]
+    T, tpiv = np.empty((0, 0)), np.empty(0, dtype=np.int64)
+    if cnt > 0:
+        T, tpiv = _recip_factor(structured, W, piv, fac, n, K, rec, cnt)
+        if T.shape[0] != cnt:
+            return False, structured, jac_dense
+        reciprocal.to_z(y, rec, cnt, z0)
+    else:
+        z0[:] = y
+    zs = rec[7]
     k[0, :] = f0
-    _solve(structured, W, piv, fac, k[0], n, K)
+    reciprocal.velocity(y, k[0], rec, cnt)
+    _step_solve(structured, W, piv, fac, k[0], n, K, rec, cnt, T, tpiv)
     inv_h = 1.0 / h
     # Stages 2..8, sums in the tableau's order (k_1 first), a row of k at a time
     # (contiguous, vectorized; the same sums in the same order as entry by entry).
     for s in range(1, ROS_STAGES):
-        ys[:] = y
+        zs[:] = z0
         for j in range(s):
             c = ROS_R[s - 1, j]
             if c != 0.0:
                 for i in range(N):
-                    ys[i] += c * k[j, i]
+                    zs[i] += c * k[j, i]
+        if not reciprocal.to_y(zs, rec, cnt, ys):
+            return False, structured, jac_dense
         _stiff_field(model, accurate, ys, args, work, fs)
+        reciprocal.velocity(ys, fs, rec, cnt)
         ks = k[s]
         ks[:] = 0.0
         for j in range(s):
@@ -373,10 +440,11 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
                 ks[i] += c * k[j, i]
         for i in range(N):
             ks[i] = fs[i] + ks[i] * inv_h
-        _solve(structured, W, piv, fac, ks, n, K)
+        _step_solve(structured, W, piv, fac, ks, n, K, rec, cnt, T, tpiv)
+    zn = rec[6]
     for i in range(N):
-        yn[i] = ys[i] + k[ROS_STAGES - 1, i]
-    return True, structured, jac_dense
+        zn[i] = zs[i] + k[ROS_STAGES - 1, i]
+    return reciprocal.to_y(zn, rec, cnt, yn), structured, jac_dense
 
 
 @njit
@@ -394,11 +462,14 @@ def _rodas_dense(y, yn, k, s, out):
 
 
 @njit
-def _dense_at(stiff, y, yn, kr, F, x, out):
-    """The state at the fraction ``x`` of the last step: Rodas5P's or DOP853's dense output
-    (``F`` prepared by ``dop853.dense_prepare``)."""
+def _dense_at(stiff, y, kr, F, x, out, rec, cnt):
+    """The state at the fraction ``x`` of the last step: Rodas5P's (in the step's
+    coordinates, ``rec``'s ``z0``, ``zn``, mapped back) or DOP853's dense output (``F``
+    prepared by ``dop853.dense_prepare``)."""
     if stiff:
-        _rodas_dense(y, yn, kr, x, out)
+        zs = rec[7]
+        _rodas_dense(rec[5], rec[6], kr, x, zs)
+        reciprocal.to_y(zs, rec, cnt, out)
     else:
         dop853.dense(y, F, x, out)
 
@@ -484,6 +555,10 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     piv = np.empty(N, dtype=np.int64)
     wfac = (woodbury.allocate(n, k_dim, N // n) if model == MSE_REDUCED and allow_stiff
             else woodbury.allocate(1, 1, 1))
+    rec = reciprocal.allocate(N)
+    cnt = 0  # the last Rosenbrock step's reciprocal coordinates (reciprocal.py)
+    m_overlap, m_other = (reciprocal.exponents(args) if model == MSE_REDUCED and allow_stiff
+                          else (0.0, 0.0))
     row_scale = np.empty(n)  # per neuron: the round-off scale of its velocity
     atol_v = np.empty(N)  # per coordinate: atol plus its row's round-off floor
     M0 = np.empty(n * k_dim)
@@ -561,12 +636,27 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if accurate and not f0_accurate:
                 _stiff_field(model, True, y, args, work, f0)
                 f0_accurate = True
+            cnt = reciprocal.select(y, f0, h, atol_v, N // n, k_dim, m_overlap, m_other,
+                                    wfac, rec) if m_overlap + m_other > 0.0 else 0
             ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work, J,
-                                                    jac_dense, W, piv, wfac, kr, ys, fs, yn)
+                                                    jac_dense, W, piv, wfac, kr, ys, fs, yn,
+                                                    rec, cnt)
+            if not ok and cnt > 0:
+                # A reciprocal coordinate went through infinity: the same step in the
+                # original ones (a rejection would shrink h six-fold).
+                cnt = 0
+                stats[ST_LU] += 1
+                ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work,
+                                                        J, jac_dense, W, piv, wfac, kr, ys, fs,
+                                                        yn, rec, cnt)
             stats[ST_LU] += 1
             stats[ST_ACCURATE] += accurate
             stats[ST_DENSE] += not structured
-            err = _error(y, yn, kr[ROS_STAGES - 1], atol_v, rtol) if ok else math.inf
+            err = math.inf
+            if ok:
+                fs[:] = kr[ROS_STAGES - 1]  # the stages stay in z for the dense output
+                reciprocal.error_in_y(fs, y, yn, rec, cnt)
+                err = _error(y, yn, fs, atol_v, rtol)
             if not math.isfinite(err) or not dp._all_finite(yn):
                 h *= R_FAC_DOWN
                 rejected = True
@@ -580,6 +670,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 continue
             stats[ST_ROS] += 1
             stats[ST_ROS_TIME] += h
+            stats[ST_RECIPROCAL] += cnt > 0
             if not first:
                 pred = (h_old / h) * (err * err / err_old) ** ERR_EXPO / R_SAFE
                 fac = max(fac, max(R_FAC_DOWN, min(R_FAC_UP, pred)))
@@ -627,7 +718,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                     lo, hi = 0.0, 1.0  # bisection on the dense output, to round-off
                     for _ in range(60):
                         mid = 0.5 * (lo + hi)
-                        _dense_at(stiff, y, yn, kr, Fd, mid, ys)
+                        _dense_at(stiff, y, kr, Fd, mid, ys, rec, cnt)
                         if overlap_norm(model, ys, args, work, e) >= threshold:
                             hi = mid
                         else:
@@ -641,7 +732,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if not stiff and not dense_ready:
                 dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
                 dense_ready = True
-            _dense_at(stiff, y, yn, kr, Fd, (snaps[js] - t) / h, ys)
+            _dense_at(stiff, y, kr, Fd, (snaps[js] - t) / h, ys, rec, cnt)
             observables(model, ys, args, snap_out[js])
             js += 1
         y[:] = yn

@@ -131,6 +131,22 @@ def prepare(y, args, work, fac):
 
 
 @njit
+def diagonal(fac, g, K):
+    """The Jacobian's diagonal entry ``J[g, g]`` from :func:`prepare`'s ``fac`` (rows of
+    ``K`` numbers)."""
+    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
+    i, x = g // K, g % K
+    acc = -2.0 * Cm[i, i]
+    for c in range(U.shape[0]):
+        for b in range(2):
+            if ublk[c, b] == i:
+                for b2 in range(2):
+                    if vblk[c, b2] == i:
+                        acc += U[c, b, x] * V[c, b2, x]
+    return acc
+
+
+@njit
 def jvp(fac, v, out, n, K):
     """``out <- J v`` from :func:`prepare`'s ``fac`` (``-2 (C (x) I) v + U V^T v``)."""
     _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
