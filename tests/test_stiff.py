@@ -57,8 +57,8 @@ def _problem(n=3, seed=0, spread=0.3):
 
 def _step(args, y, h, reciprocal_coordinates=False):
     """One compiled Rodas5P step: (new state, error estimate in units of y, dense output at
-    x = 1/2, how many coordinates it took in reciprocal form), those chosen by
-    ``reciprocal.select`` if ``reciprocal_coordinates``, else none."""
+    x = 1/2, how many pole variables it took in reciprocal form, how many of them pairs),
+    those chosen by ``reciprocal.select`` if ``reciprocal_coordinates``, else none."""
     N = y.size
     n = mse.mse_n_neurons(args)
     work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
@@ -71,8 +71,8 @@ def _step(args, y, h, reciprocal_coordinates=False):
     cnt = 0
     if reciprocal_coordinates:
         m_overlap, m_other = reciprocal.exponents(args)
-        cnt = reciprocal.select(y, f0, h, np.full(N, 1e-14), N // n, 2, m_overlap, m_other,
-                                fac, rec)
+        cnt = reciprocal.select(y, f0, h, np.full(N, 1e-14), n, N // n, 2, m_overlap,
+                                m_other, fac, rec)
     ok, structured, _ = stiff._rodas_step(dynamics.MSE_REDUCED, False, y, f0, h, args, work,
                                           J, False, np.empty((N, N)),
                                           np.empty(N, dtype=np.int64), fac, k, ys, fs, yn, rec,
@@ -82,7 +82,38 @@ def _step(args, y, h, reciprocal_coordinates=False):
     stiff._dense_at(True, y, k, np.empty((7, N)), 0.5, mid, rec, cnt)
     err = k[stiff.ROS_STAGES - 1].copy()
     reciprocal.error_in_y(err, y, yn, rec, cnt)
-    return yn, err, mid, cnt
+    return yn, err, mid, cnt, int((rec[8][:cnt] >= 0).sum())
+
+
+def _field(args):
+    """The reduced MSE field as a function for scipy's solvers."""
+    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
+
+    def f(_t, y):
+        out = np.empty(y.size)
+        dynamics.vector_field(dynamics.MSE_REDUCED, y, args, work, out)
+        return out
+
+    return f
+
+
+def _reciprocal_errors(args, y0, hs, atol):
+    """One step of each ``h`` in ``hs`` from ``y0``, plain and with reciprocal coordinates,
+    against DOP853 at rtol 1e-13, in units of ``atol + 1e-8 |y|`` (max over coordinates):
+    rows (plain step, step, its error estimate, its dense output at h / 2, pole variables,
+    pairs) per ``h``."""
+    ref = solve_ivp(_field(args), (0.0, max(hs)), y0, method="DOP853", rtol=1e-13,
+                    atol=1e-22, dense_output=True)
+
+    def scaled(x, h):
+        return (np.abs(x) / (atol + 1e-8 * np.abs(ref.sol(h)))).max()
+
+    rows = []
+    for h in hs:
+        yn, e, mid, cnt, pairs = _step(args, y0, h, reciprocal_coordinates=True)
+        rows.append((scaled(_step(args, y0, h)[0] - ref.sol(h), h), scaled(yn - ref.sol(h), h),
+                     scaled(e, h), scaled(mid - ref.sol(h / 2), h / 2), cnt, pairs))
+    return rows
 
 
 def test_step_error_estimate_and_dense_output_orders():
@@ -91,19 +122,12 @@ def test_step_error_estimate_and_dense_output_orders():
     (embedded order 4; 4.8, 5.0, 5.0) and the dense output at the midpoint ~h^5 (order 4;
     5.1, 5.1, 5.1)."""
     args, y0 = _problem()
-    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
-
-    def f(_t, y):
-        out = np.empty(y.size)
-        dynamics.vector_field(dynamics.MSE_REDUCED, y, args, work, out)
-        return out
-
     hs = [0.2, 0.1, 0.05, 0.025]
-    ref = solve_ivp(f, (0.0, hs[0]), y0, method="DOP853", rtol=1e-13, atol=1e-15,
+    ref = solve_ivp(_field(args), (0.0, hs[0]), y0, method="DOP853", rtol=1e-13, atol=1e-15,
                     dense_output=True)
     step, est, dense = [], [], []
     for h in hs:
-        yn, e, mid, _ = _step(args, y0, h)
+        yn, e, mid, _, _ = _step(args, y0, h)
         step.append(np.abs(yn - ref.sol(h)).max())
         est.append(np.abs(e).max())
         dense.append(np.abs(mid - ref.sol(h / 2)).max())
@@ -171,32 +195,41 @@ def test_reciprocal_step_crosses_a_pole_that_the_plain_step_cannot():
     From 0.6 T to 0.3 T its error falls by more than 2^5: the step is of high order in the new
     coordinates (a wrong Jacobian of the transformed field would make it of order ~2)."""
     args, y0 = _saddle(3, 1e-5)
-    work = np.empty(dynamics.work_size(dynamics.MSE_REDUCED, args))
-
-    def f(_t, y):
-        out = np.empty(y.size)
-        dynamics.vector_field(dynamics.MSE_REDUCED, y, args, work, out)
-        return out
-
-    rate = (f(0.0, y0) / y0).reshape(3, -1)[:, :2]
+    rate = (_field(args)(0.0, y0) / y0).reshape(3, -1)[:, :2]
     assert np.all(rate > 0)
-    hs = [0.6 / rate.max(), 0.3 / rate.max()]
-    ref = solve_ivp(f, (0.0, hs[0]), y0, method="DOP853", rtol=1e-13, atol=1e-22,
-                    dense_output=True)
+    (_, far, _, _, cnt0, _), (plain, near, est, dense, cnt1, _) = _reciprocal_errors(
+        args, y0, [0.6 / rate.max(), 0.3 / rate.max()], 1e-14)
+    assert cnt0 == cnt1 == 6 and est < 1.0 and dense < 1.0
+    assert plain > 1e4 and near < 1e-2, (plain, near)
+    assert math.log2(far / near) > 5.0, (far, near)
 
-    def scaled(x, h):
-        return np.abs(x) / (1e-14 + 1e-8 * np.abs(ref.sol(h)))
 
-    h = hs[1]
-    plain = scaled(_step(args, y0, h)[0] - ref.sol(h), h).max()
-    steps = []
-    for h in hs:
-        yn, e, mid, cnt = _step(args, y0, h, reciprocal_coordinates=True)
-        assert cnt == 6
-        steps.append(scaled(yn - ref.sol(h), h).max())
-    assert scaled(e, h).max() < 1.0 and scaled(mid - ref.sol(h / 2), h / 2).max() < 1.0
-    assert plain > 1e4 and steps[1] < 1e-2, (plain, steps)
-    assert math.log2(steps[0] / steps[1]) > 5.0, steps
+def test_reciprocal_pair_step_crosses_a_pair_formation():
+    """Two surplus students about to pair up antipodally (h3, Gram entry Q_01 = -1e-4, the
+    other entries smaller and of the other sign; overlaps ~1e-9): Q_01 grows like a pole,
+    u' ~ -Q^2, with T = Q / Q' ~ 830. Each student's coordinate along the other's initial
+    direction carries half of it, from its own start, so neither is a pole: the step takes
+    their sum, the Gram entry to leading order, in z = 1 / u and their difference as it is.
+    One step of 0.6 T: off by > 100 tolerances in the original coordinates, within 0.1 of
+    one as a pair (error estimate and dense output within one); its error falls by > 2^5
+    from 0.6 T to 0.3 T."""
+    a = get_activation("h3").coefficients
+    args = mse.reduced_args(np.eye(2), a, a, 3, 3)
+    M = np.full((3, 2), 1e-9)
+    Z = np.eye(3)
+    Z[0, 1], Z[1, 0], Z[0, 2], Z[2, 1] = -0.6e-4, -0.4e-4, 0.3e-4, 0.2e-4
+    Z *= (np.sqrt(1 - np.sum(M ** 2, axis=1)) / np.linalg.norm(Z, axis=1))[:, None]
+    y0 = mse.pack_reduced(M, Z)
+    K = y0.size // 3
+    v = _field(args)(0.0, y0)
+    T = (Z @ Z.T)[0, 1] / (v[2 + 1] + v[K + 2])
+    assert 500 < T < 1500
+    rows = _reciprocal_errors(args, y0, [0.6 * T, 0.3 * T], 1e-8)
+    for _, _, est, dense, cnt, pairs in rows:
+        assert cnt == 1 and pairs == 1 and est < 1.0 and dense < 1.0
+    (plain, far, *_), (_, near, *_) = rows
+    assert plain > 100 and far < 0.1, (plain, far)
+    assert math.log2(far / near) > 5.0, (far, near)
 
 
 def test_reciprocal_selection_takes_only_growing_poles():
@@ -215,10 +248,11 @@ def test_reciprocal_selection_takes_only_growing_poles():
     stiff._linearize(dynamics.MSE_REDUCED, y0, args, work, f0, J, fac)
     rec = reciprocal.allocate(N)
     h = 0.2 / np.max(f0[[1, K + 1, 2 * K, 2 * K + 1]] / y0[[1, K + 1, 2 * K, 2 * K + 1]])
-    cnt = reciprocal.select(y0, f0, h, np.full(N, 1e-14), K, 2, 1.0, 1.0, fac, rec)
+    cnt = reciprocal.select(y0, f0, h, np.full(N, 1e-14), 3, K, 2, 1.0, 1.0, fac, rec)
     assert sorted(rec[0][:cnt]) == [1, K + 1, 2 * K, 2 * K + 1]
-    # The diagonal of the structured Jacobian that select reads is the dense one's.
+    # The entries of the structured Jacobian that select reads are the dense one's.
     stiff.reduced_jacobian(y0, args, work, np.empty(N), J)
     for g in range(N):
-        assert woodbury.diagonal(fac, g, K) == pytest.approx(J[g, g], rel=1e-12, abs=1e-14)
-    assert reciprocal.select(y0, f0, h, np.full(N, 1e-14), K, 2, 0.0, 0.0, fac, rec) == 0
+        for e in range(N):
+            assert woodbury.entry(fac, g, e, K) == pytest.approx(J[g, e], rel=1e-12, abs=1e-14)
+    assert reciprocal.select(y0, f0, h, np.full(N, 1e-14), 3, K, 2, 0.0, 0.0, fac, rec) == 0

@@ -1,26 +1,30 @@
 """Reciprocal coordinates for the waits of the MSE flow's Rosenbrock steps.
 
-Why. A wait before an escape (or before two surplus neurons pair up) is an overlap, or a
-neuron's coordinate along another neuron, growing from ~d^-1/2 like a pole:
+Why. A wait before an escape (or before two surplus students pair up antipodally) is an
+overlap (or a Gram entry) growing from ~d^-1/2 like a pole:
 ``u' ~ a u^(p-1)`` with ``p >= 3`` the lowest live Hermite degree of the coupling
-(``g_st`` for the overlaps ``M_ij``, ``g_ss`` for the other coordinates), so
+(``g_st`` for the overlaps ``M_ij``, ``g_ss`` for the Gram entries ``Q_il``), so
 ``u ~ (T - t)^(-1/m)``, ``m = p - 2``. A method of fixed order with error control relative to
 ``u`` needs a fixed number of steps per e-fold of ``T - t`` (Rodas5P: ~14), and there are
 ``~ln sqrt(d)`` of them: most of the Rosenbrock steps at ``d = 1e12``. In the coordinate
 ``z = sign(u) |u|^-m`` the pole is a straight line, ``z' = -m a + O(u)``, which a Rosenbrock
 step crosses in a few steps whatever ``d``.
 
-How. A step chooses its coordinates from its starting state: those small (``|u| <=``
-``SMALL``), well above their absolute tolerance (``>= FLOOR`` times it), growing by at
-least ``GROWTH`` of themselves over the step (``f u > 0``), within ``RATE`` of the fastest,
-and feeding on themselves like a pole (``df/du >= POLE (m + 1) f / u``), where the
-coupling's lowest degree ``p >= 3`` (``exponents``). Only that step is taken in ``z``; its
-result, its error estimate and its dense output are mapped back, so everything else (events,
-snapshots, the continuation check, the next step's Jacobian) sees the original state. With
-``z = phi(u)``, ``phi' = D``: the field is ``D f``, its Jacobian ``D J D^-1 + diag(delta)`` with
-``delta = -(m + 1) f / u`` on the chosen coordinates, so the step's matrix is
-``D (alpha I - J - E diag(delta) E^T) D^-1``: the caller's factorization of ``alpha I - J``
-plus a Woodbury correction of rank = the number of chosen coordinates (``stiff.py``).
+How. A step chooses its pole variables from its starting state, each a coordinate or, for a
+Gram entry, the sum of two (``_pair``: student i's coordinate along student l's initial
+direction and l's along i's, which share the pole's growth, so that their difference is
+kept as it is): those small (``|u| <= SMALL``), well above their absolute tolerance
+(``>= FLOOR`` times it), growing by at least ``GROWTH`` of themselves over the step
+(``f u > 0``), within ``RATE`` of the fastest, and feeding on themselves like a pole
+(``df/du >= POLE (m + 1) f / u``), where the coupling's lowest degree ``p >= 3``
+(``exponents``). Only that step is taken in ``z``; its result, its error estimate and its
+dense output are mapped back, so everything else (events, snapshots, the continuation check,
+the next step's Jacobian) sees the original state. With ``z = phi(u)``, ``phi' = D``: the
+field is ``D f``, its Jacobian ``D J D^-1 + diag(delta)`` with ``delta = -(m + 1) f / u`` on
+the chosen coordinates, so the step's matrix is ``D (alpha I - J - E diag(delta) E^T)
+D^-1``: the caller's factorization of ``alpha I - J`` plus a Woodbury correction of rank =
+the number of pole variables (``stiff.py``; for a pair ``D`` is the 2 x 2 map to
+(``phi(y_g + y_o)``, ``y_g - y_o``), ``E`` holds ``e_g + e_o`` and ``delta`` is halved).
 """
 
 from __future__ import annotations
@@ -70,11 +74,13 @@ def exponents(args):
 
 @njit
 def allocate(N):
-    """Scratch for :func:`select` and the step in ``z``: the chosen indices, their exponents,
-    ``D``, ``delta``, ``B^-1 E`` (rows), and the states ``z0``, ``zn``, ``zs`` (step start,
-    end, stage argument)."""
+    """Scratch for :func:`select` and the step in ``z``: per chosen pole variable its
+    coordinate ``g``, its exponent, ``D = phi'(u)`` and ``delta`` at the step's start, and its
+    partner coordinate (-1: none); ``B^-1 e_g`` (rows); the states ``z0``, ``zn``, ``zs`` (step
+    start, end, stage argument); which coordinates are taken."""
     return (np.empty(N, dtype=np.int64), np.empty(N), np.empty(N), np.empty(N),
-            np.empty((N, N)), np.empty(N), np.empty(N), np.empty(N))
+            np.empty((N, N)), np.empty(N), np.empty(N), np.empty(N),
+            np.empty(N, dtype=np.int64), np.empty(N, dtype=np.bool_))
 
 
 @njit
@@ -94,80 +100,178 @@ def _pole_like(u, f, m, J_uu):
 
 
 @njit
-def select(y, f0, h, atol, K, k, m_overlap, m_other, fac, rec):
-    """Choose the coordinates of a step of length ``h`` from ``y`` (velocity ``f0``, rows of
-    ``K`` numbers, the first ``k`` of each the overlaps, the Jacobian's structured form
-    ``fac``, ``woodbury.prepare``); fills ``rec``'s indices, exponents, ``D`` and ``delta``
-    at ``y``. Returns how many."""
-    sel, mp, D, delta = rec[0], rec[1], rec[2], rec[3]
+def _pair(i, l, K, k):
+    """The coordinates of neuron ``i`` along neuron ``l``'s initial direction and of ``l``
+    along ``i``'s: near the start, with each neuron still ~ its own initial direction, their
+    sum is the Gram entry ``Q_il`` to leading order."""
+    return i * K + k + l, l * K + k + i
+
+
+@njit
+def _take(rec, c, g, o, m, u, f):
+    sel, mp, D, delta, other, used = rec[0], rec[1], rec[2], rec[3], rec[8], rec[9]
+    sel[c] = g
+    other[c] = o
+    mp[c] = m
+    D[c] = -m * abs(u) ** (-m - 1.0)
+    # phi''(u) u' / phi'(u), halved for a pair: T^-1 (e_g + e_o) = (e_g + e_o) / (2 phi').
+    delta[c] = -(m + 1.0) * f / u / (2.0 if o >= 0 else 1.0)
+    used[g] = True
+    if o >= 0:
+        used[o] = True
+
+
+@njit
+def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
+    """Choose the pole variables of a step of length ``h`` from ``y`` (velocity ``f0``, ``n``
+    rows of ``K`` numbers, the first ``k`` of each the overlaps, the Jacobian's structured form
+    ``fac``, ``woodbury.prepare``): single coordinates, and the sums ``u = y_g + y_o`` of the
+    pairs of coordinates that make up a Gram entry (``_pair``; two students about to pair up:
+    the pole is in their sum, each coordinate alone starts from its own ~d^-1/2 and is not
+    one). Fills ``rec`` (:func:`allocate`) at ``y``; returns how many."""
+    used = rec[9]
+    used[:] = False
+    pairs = m_other != 0.0 and K == k + n
     # The fastest relative growth among the candidates: only those within RATE of it are
     # taken (each costs a solve per step; slower ones do not limit the step).
     fastest = 0.0
     for g in range(y.size):
         if _candidate(y[g], f0[g], h, atol[g], m_overlap if g % K < k else m_other):
             fastest = max(fastest, f0[g] / y[g])
+    if pairs:
+        for i in range(n):
+            for l in range(i + 1, n):
+                g, o = _pair(i, l, K, k)
+                u, f = y[g] + y[o], f0[g] + f0[o]
+                if _candidate(u, f, h, min(atol[g], atol[o]), m_other):
+                    fastest = max(fastest, f / u)
     c = 0
+    if pairs:
+        for i in range(n):
+            for l in range(i + 1, n):
+                g, o = _pair(i, l, K, k)
+                u, f = y[g] + y[o], f0[g] + f0[o]
+                if c == MAX_COUNT or not _candidate(u, f, h, min(atol[g], atol[o]), m_other) \
+                        or f / u < RATE * fastest:
+                    continue
+                # df_u/du along (e_g + e_o) / 2, the direction that moves u alone.
+                J_uu = 0.5 * (woodbury.entry(fac, g, g, K) + woodbury.entry(fac, o, g, K)
+                              + woodbury.entry(fac, g, o, K) + woodbury.entry(fac, o, o, K))
+                if _pole_like(u, f, m_other, J_uu):
+                    _take(rec, c, g, o, m_other, u, f)
+                    c += 1
     for g in range(y.size):
         m = m_overlap if g % K < k else m_other
         u = y[g]
         f = f0[g]
-        if not _candidate(u, f, h, atol[g], m) or f / u < RATE * fastest or c == MAX_COUNT:
+        if c == MAX_COUNT or used[g] or not _candidate(u, f, h, atol[g], m) \
+                or f / u < RATE * fastest:
             continue
-        if not _pole_like(u, f, m, woodbury.diagonal(fac, g, K)):
-            continue
-        au = abs(u)
-        sel[c] = g
-        mp[c] = m
-        D[c] = -m * au ** (-m - 1.0)
-        delta[c] = -(m + 1.0) * f / u
-        c += 1
+        if _pole_like(u, f, m, woodbury.entry(fac, g, g, K)):
+            _take(rec, c, g, -1, m, u, f)
+            c += 1
     return c
 
 
 @njit
+def _u(y, g, o):
+    return y[g] + y[o] if o >= 0 else y[g]
+
+
+@njit
+def _unmix(b, g, o, bu):
+    """A pair's coordinates from its sum ``bu`` and their difference, held in ``b[o]``."""
+    bw = b[o]
+    b[g] = 0.5 * (bu + bw)
+    b[o] = 0.5 * (bu - bw)
+
+
+@njit
 def to_z(y, rec, cnt, z):
-    """``z`` = ``y`` with the chosen coordinates mapped to ``sign(u) |u|^-m``."""
-    sel, mp = rec[0], rec[1]
+    """``z`` = ``y`` with each chosen pole variable ``u`` mapped to ``sign(u) |u|^-m`` (in its
+    coordinate ``g``; a pair's partner coordinate ``o`` holds ``y_g - y_o``, which the pole
+    leaves alone)."""
+    sel, mp, other = rec[0], rec[1], rec[8]
     z[:] = y
     for c in range(cnt):
-        u = y[sel[c]]
-        z[sel[c]] = math.copysign(abs(u) ** -mp[c], u)
+        g, o = sel[c], other[c]
+        u = _u(y, g, o)
+        z[g] = math.copysign(abs(u) ** -mp[c], u)
+        if o >= 0:
+            z[o] = y[g] - y[o]
 
 
 @njit
 def to_y(z, rec, cnt, y):
-    """``y`` = ``z`` mapped back; False where a chosen coordinate left its sign (``u`` passed
+    """``y`` = ``z`` mapped back; False where a pole variable left its sign (``u`` passed
     through infinity: the step is too long) or is not finite."""
-    sel, mp, z0 = rec[0], rec[1], rec[5]
+    sel, mp, z0, other = rec[0], rec[1], rec[5], rec[8]
     ok = True
     y[:] = z
     for c in range(cnt):
-        g = sel[c]
+        g, o = sel[c], other[c]
         v = z[g]
         if not (v * z0[g] > 0.0) or not math.isfinite(v):
             ok = False
             y[g] = math.inf
+            continue
+        u = math.copysign(abs(v) ** (-1.0 / mp[c]), v)
+        if o >= 0:
+            _unmix(y, g, o, u)
         else:
-            y[g] = math.copysign(abs(v) ** (-1.0 / mp[c]), v)
+            y[g] = u
     return ok
 
 
 @njit
 def velocity(ys, fs, rec, cnt):
-    """The field in ``z`` from the field ``fs`` at ``ys`` (in place): ``D(u) f`` on the chosen
-    coordinates."""
-    sel, mp = rec[0], rec[1]
+    """The field in ``z`` from the field ``fs`` at ``ys`` (in place)."""
+    sel, mp, other = rec[0], rec[1], rec[8]
     for c in range(cnt):
-        g = sel[c]
-        fs[g] *= -mp[c] * abs(ys[g]) ** (-mp[c] - 1.0)
+        g, o = sel[c], other[c]
+        fu = fs[g] + fs[o] if o >= 0 else fs[g]
+        if o >= 0:
+            fs[o] = fs[g] - fs[o]
+        fs[g] = -mp[c] * abs(_u(ys, g, o)) ** (-mp[c] - 1.0) * fu
+
+
+@njit
+def to_step(b, rec, cnt):
+    """``b <- T^-1 b`` with ``T = dz/dy`` at the step's start (``D`` = ``phi'``)."""
+    sel, D, other = rec[0], rec[2], rec[8]
+    for c in range(cnt):
+        g, o = sel[c], other[c]
+        if o >= 0:
+            _unmix(b, g, o, b[g] / D[c])
+        else:
+            b[g] /= D[c]
+
+
+@njit
+def from_step(b, rec, cnt):
+    """``b <- T b``."""
+    sel, D, other = rec[0], rec[2], rec[8]
+    for c in range(cnt):
+        g, o = sel[c], other[c]
+        if o >= 0:
+            bg, bo = b[g], b[o]
+            b[g] = D[c] * (bg + bo)
+            b[o] = bg - bo
+        else:
+            b[g] *= D[c]
 
 
 @njit
 def error_in_y(e, y, yn, rec, cnt):
-    """The error estimate ``e`` (in ``z``) in units of ``y``, in place: divided by ``D`` at the
-    larger of ``|u|`` at the step's two ends (the smaller ``|D|``: the larger error)."""
-    sel, mp = rec[0], rec[1]
+    """The error estimate ``e`` (in ``z``) in units of ``y``, in place: a pole variable's
+    divided by ``phi'`` at the larger of ``|u|`` at the step's two ends (the smaller
+    ``|phi'|``: the larger error), then mapped back like the state."""
+    sel, mp, other = rec[0], rec[1], rec[8]
     for c in range(cnt):
-        g = sel[c]
-        big = max(abs(y[g]), abs(yn[g]))
-        e[g] *= big ** (mp[c] + 1.0) / mp[c]
+        g, o = sel[c], other[c]
+        big = max(abs(_u(y, g, o)), abs(_u(yn, g, o)))
+        eu = -e[g] * big ** (mp[c] + 1.0) / mp[c]  # / phi'(u), phi' < 0
+        if o >= 0:
+            _unmix(e, g, o, eu)
+        else:
+            e[g] = eu

@@ -334,19 +334,24 @@ def _solve(structured, W, piv, fac, b, n, K):
 
 @njit
 def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
-    """The Woodbury correction of the step in reciprocal coordinates (``reciprocal.py``):
-    ``X = B^-1 E`` (rows, with ``B = alpha I - J`` as factored) and the LU of
-    ``T = diag(delta)^-1 - E^T X`` (returned with its pivots; None-like (0 x 0) if
-    singular)."""
-    sel, delta, X = rec[0], rec[3], rec[4]
+    """The Woodbury correction of the step in reciprocal coordinates (``reciprocal.py``): with
+    ``B = alpha I - J`` as factored, pole variables ``u_c = a_c . y`` in coordinates ``g_c``,
+    the step's matrix is ``T (B - E diag(delta) A^T) T^-1`` (``E = A = [a_c]``: ``e_g``, or
+    ``e_g + e_o`` for a pair).
+    Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of
+    ``diag(delta)^-1 - A^T X`` with its pivots ((0 x 0) if singular)."""
+    sel, delta, X, other = rec[0], rec[3], rec[4], rec[8]
     for c in range(cnt):
         X[c, :] = 0.0
         X[c, sel[c]] = 1.0
+        if other[c] >= 0:
+            X[c, other[c]] = 1.0
         _solve(structured, W, piv, fac, X[c], n, K)
     T = np.empty((cnt, cnt))
     for a_ in range(cnt):
+        g, o = sel[a_], other[a_]
         for c in range(cnt):
-            T[a_, c] = -X[c, sel[a_]]
+            T[a_, c] = -(X[c, g] + X[c, o]) if o >= 0 else -X[c, g]
         T[a_, a_] += 1.0 / delta[a_]
     tpiv = np.empty(cnt, dtype=np.int64)
     if not _lu(T, tpiv):
@@ -356,26 +361,25 @@ def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
 
 @njit
 def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, T, tpiv):
-    """``b <- (alpha I - J~)^-1 b`` for the step's coordinates: with ``cnt`` reciprocal ones,
-    ``J~ = D J D^-1 + diag(delta)`` and the matrix is ``D (B - E diag(delta) E^T) D^-1``."""
+    """``b <- (alpha I - J~)^-1 b`` for the step's coordinates: with ``cnt`` pole variables
+    the matrix is ``T (B - E diag(delta) A^T) T^-1`` (:func:`_recip_factor`)."""
     if cnt == 0:
         _solve(structured, W, piv, fac, b, n, K)
         return
-    sel, D, X = rec[0], rec[2], rec[4]
-    for c in range(cnt):
-        b[sel[c]] /= D[c]
+    sel, X, other = rec[0], rec[4], rec[8]
+    reciprocal.to_step(b, rec, cnt)
     _solve(structured, W, piv, fac, b, n, K)
     s = np.empty(cnt)
     for c in range(cnt):
-        s[c] = b[sel[c]]
+        g, o = sel[c], other[c]
+        s[c] = b[g] + b[o] if o >= 0 else b[g]
     _lu_solve(T, tpiv, s)
     for c in range(cnt):
         sc = s[c]
         Xc = X[c]
         for i in range(b.size):
             b[i] += sc * Xc[i]
-    for c in range(cnt):
-        b[sel[c]] *= D[c]
+    reciprocal.from_step(b, rec, cnt)
 
 
 @njit
@@ -636,7 +640,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if accurate and not f0_accurate:
                 _stiff_field(model, True, y, args, work, f0)
                 f0_accurate = True
-            cnt = reciprocal.select(y, f0, h, atol_v, N // n, k_dim, m_overlap, m_other,
+            cnt = reciprocal.select(y, f0, h, atol_v, n, N // n, k_dim, m_overlap, m_other,
                                     wfac, rec) if m_overlap + m_other > 0.0 else 0
             ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work, J,
                                                     jac_dense, W, piv, wfac, kr, ys, fs, yn,

@@ -131,18 +131,19 @@ def prepare(y, args, work, fac):
 
 
 @njit
-def diagonal(fac, g, K):
-    """The Jacobian's diagonal entry ``J[g, g]`` from :func:`prepare`'s ``fac`` (rows of
-    ``K`` numbers)."""
+def entry(fac, g, e, K):
+    """The Jacobian's entry ``J[g, e]`` from :func:`prepare`'s ``fac`` (rows of ``K``
+    numbers)."""
     _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
     i, x = g // K, g % K
-    acc = -2.0 * Cm[i, i]
+    l, z = e // K, e % K
+    acc = -2.0 * Cm[i, l] if x == z else 0.0
     for c in range(U.shape[0]):
         for b in range(2):
             if ublk[c, b] == i:
                 for b2 in range(2):
-                    if vblk[c, b2] == i:
-                        acc += U[c, b, x] * V[c, b2, x]
+                    if vblk[c, b2] == l:
+                        acc += U[c, b, x] * V[c, b2, z]
     return acc
 
 
