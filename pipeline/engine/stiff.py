@@ -11,9 +11,10 @@ the step count no longer grows like a power of d. What remains are the waits bef
 an overlap growing like 1 / (T - t) needs a fixed number of steps per e-fold of T - t, ~ln
 sqrt(d) e-folds per escape, fewer the higher the order (order 5: 666 accepted Rosenbrock
 steps per trajectory at d = 1e12, h3, n = 10, median of 64, where RODAS's order 4 took 1,083),
-and none where a step takes the growing overlaps in reciprocal coordinates, in which the
-pole is a straight line (``reciprocal.py``; the step's matrix is this one's conjugate plus a
-diagonal, a low-rank correction of its factorization: :func:`_recip_factor`).
+and few where a step takes the growing overlaps (and the Gram entries of pairs forming) in
+reciprocal coordinates, in which the pole is a straight line (``reciprocal.py``; the step's
+matrix is this one's conjugate plus a low-rank term, a correction of its factorization:
+:func:`_recip_factor`).
 A Rosenbrock step costs a Jacobian and an LU factorization (N = n(k + m) <= n^2 + nk
 unknowns; for the reduced model the Jacobian is kept in Woodbury's structured form and the LU
 is of 65 capacitance unknowns at n = 10, k = 2, ``woodbury.py``), ~5 explicit steps' worth at
@@ -336,9 +337,9 @@ def _solve(structured, W, piv, fac, b, n, K):
 def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
     """The Woodbury correction of the step in reciprocal coordinates (``reciprocal.py``): with
     ``B = alpha I - J`` as factored, pole variables ``u_c = a_c . y`` in coordinates ``g_c``,
-    the step's matrix is ``T (B - E diag(delta) A^T) T^-1`` (``E = A = [a_c]``: ``e_g``, or
-    ``e_g + e_o`` for a pair).
-    Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of
+    the step's matrix is ``T (B - E diag(delta) A^T) T^-1`` (``T = dz/dy`` at the step's
+    start; ``E = A = [a_c]``: ``e_g``, or ``e_g + e_o`` for a pair).
+    Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of the capacitance matrix
     ``diag(delta)^-1 - A^T X`` with its pivots ((0 x 0) if singular)."""
     sel, delta, X, other = rec[0], rec[3], rec[4], rec[8]
     for c in range(cnt):
@@ -347,20 +348,20 @@ def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
         if other[c] >= 0:
             X[c, other[c]] = 1.0
         _solve(structured, W, piv, fac, X[c], n, K)
-    T = np.empty((cnt, cnt))
+    cap = np.empty((cnt, cnt))
     for a_ in range(cnt):
         g, o = sel[a_], other[a_]
         for c in range(cnt):
-            T[a_, c] = -(X[c, g] + X[c, o]) if o >= 0 else -X[c, g]
-        T[a_, a_] += 1.0 / delta[a_]
-    tpiv = np.empty(cnt, dtype=np.int64)
-    if not _lu(T, tpiv):
-        return np.empty((0, 0)), tpiv
-    return T, tpiv
+            cap[a_, c] = -(X[c, g] + X[c, o]) if o >= 0 else -X[c, g]
+        cap[a_, a_] += 1.0 / delta[a_]
+    cpiv = np.empty(cnt, dtype=np.int64)
+    if not _lu(cap, cpiv):
+        return np.empty((0, 0)), cpiv
+    return cap, cpiv
 
 
 @njit
-def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, T, tpiv):
+def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, cap, cpiv):
     """``b <- (alpha I - J~)^-1 b`` for the step's coordinates: with ``cnt`` pole variables
     the matrix is ``T (B - E diag(delta) A^T) T^-1`` (:func:`_recip_factor`)."""
     if cnt == 0:
@@ -373,7 +374,7 @@ def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, T, tpiv):
     for c in range(cnt):
         g, o = sel[c], other[c]
         s[c] = b[g] + b[o] if o >= 0 else b[g]
-    _lu_solve(T, tpiv, s)
+    _lu_solve(cap, cpiv, s)
     for c in range(cnt):
         sc = s[c]
         Xc = X[c]
@@ -387,8 +388,8 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
                 yn, rec, cnt):
     """One Rodas5P step of length ``h`` from ``y`` (velocity ``f0``, Jacobian from
     :func:`_linearize`: ``fac``, and ``J`` if ``jac_dense``), in reciprocal coordinates for
-    the ``cnt`` coordinates that ``reciprocal.select`` chose into ``rec`` (its ``z0``, ``zn``
-    then hold the step's ends in those coordinates).
+    the ``cnt`` pole variables that ``reciprocal.select`` chose into ``rec`` (its ``z0``,
+    ``zn`` then hold the step's ends in those coordinates).
 
     Stages go to ``k`` (in the step's coordinates), the error estimate is the last, the new
     state goes to ``yn``. Returns (whether the step could be taken: ``I/(gamma h) - J``
@@ -410,10 +411,10 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
         if not _lu(W, piv):
             return False, False, jac_dense
     z0 = rec[5]
-    T, tpiv = np.empty((0, 0)), np.empty(0, dtype=np.int64)
+    cap, cpiv = np.empty((0, 0)), np.empty(0, dtype=np.int64)
     if cnt > 0:
-        T, tpiv = _recip_factor(structured, W, piv, fac, n, K, rec, cnt)
-        if T.shape[0] != cnt:
+        cap, cpiv = _recip_factor(structured, W, piv, fac, n, K, rec, cnt)
+        if cap.shape[0] != cnt:
             return False, structured, jac_dense
         reciprocal.to_z(y, rec, cnt, z0)
     else:
@@ -421,7 +422,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
     zs = rec[7]
     k[0, :] = f0
     reciprocal.velocity(y, k[0], rec, cnt)
-    _step_solve(structured, W, piv, fac, k[0], n, K, rec, cnt, T, tpiv)
+    _step_solve(structured, W, piv, fac, k[0], n, K, rec, cnt, cap, cpiv)
     inv_h = 1.0 / h
     # Stages 2..8, sums in the tableau's order (k_1 first), a row of k at a time
     # (contiguous, vectorized; the same sums in the same order as entry by entry).
@@ -444,7 +445,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
                 ks[i] += c * k[j, i]
         for i in range(N):
             ks[i] = fs[i] + ks[i] * inv_h
-        _step_solve(structured, W, piv, fac, ks, n, K, rec, cnt, T, tpiv)
+        _step_solve(structured, W, piv, fac, ks, n, K, rec, cnt, cap, cpiv)
     zn = rec[6]
     for i in range(N):
         zn[i] = zs[i] + k[ROS_STAGES - 1, i]
@@ -560,7 +561,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     wfac = (woodbury.allocate(n, k_dim, N // n) if model == MSE_REDUCED and allow_stiff
             else woodbury.allocate(1, 1, 1))
     rec = reciprocal.allocate(N)
-    cnt = 0  # the last Rosenbrock step's reciprocal coordinates (reciprocal.py)
+    cnt = 0  # the last Rosenbrock step's pole variables in reciprocal form (reciprocal.py)
     m_overlap, m_other = (reciprocal.exponents(args) if model == MSE_REDUCED and allow_stiff
                           else (0.0, 0.0))
     row_scale = np.empty(n)  # per neuron: the round-off scale of its velocity
