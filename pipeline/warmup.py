@@ -1,18 +1,19 @@
 """Compile the kernels a sweep needs once per machine, before its blocks are dispatched.
 
-Without this every worker process compiles the same numba kernels at the same time in its
-first block (two workers: twice the CPU for the same minute of compilation; a laptop with 8
-workers: eight times). :func:`warm_cluster` instead runs :func:`pipeline.engine.warm.warm`
-on the workers of each host for exactly the kernel kinds ``(loss, method, backend)`` of the
-sweep's points, each kind on one of them (the kinds split by their compile times,
-``warm.split_kinds``: on 2 cores the MSE flow's ~60 s compile runs beside the other kinds'
-~35 s instead of before them), and waits for it; numba writes the compiled code to the
-machine's cache (``pipeline/engine/_jit.py``), from which every other worker process on that
-host loads it in its first block. Kinds share some small functions, which the workers that
-compile different kinds then both compile. Workers on other machines (SLURM, Kubernetes) are
-warmed the same way, each host with its own cache; the Kubernetes image compiles at build
-time (``cluster/Dockerfile``), so its warm-up only loads. The driver itself compiles nothing (it
-may run on a login node without the workers' CPU).
+Without this every worker process compiles the same numba kernels at the same time in its first
+block (two workers: twice the CPU for the same minute of compilation; a laptop with 8 workers:
+eight times). :func:`warm_cluster` instead runs :func:`pipeline.engine.warm.warm` on the
+workers of each host for exactly the kernel kinds ``(loss, method, backend)`` of the sweep's
+points, each kind on one of them (the kinds split by their compile times, ``warm.split_kinds``;
+the reduced MSE flow as two units, its explicit kernel and its stage: on 2 cores the stage's
+~55 s compile runs beside the explicit kernel's ~17 s and the other kinds' ~33 s, where the
+whole MSE flow's ~72 s ran beside the others'), and waits for it; numba writes the compiled
+code to the machine's cache (``pipeline/engine/_jit.py``), from which every other worker
+process on that host loads it in its first block. Kinds share some small functions, which the
+workers that compile different kinds then both compile. Workers on other machines (SLURM,
+Kubernetes) are warmed the same way, each host with its own cache; the Kubernetes image
+compiles at build time (``cluster/Dockerfile``), so its warm-up only loads. The driver itself
+compiles nothing (it may run on a login node without the workers' CPU).
 
 A warm-up that fails is reported and the run goes on: each block then compiles what it
 needs, as before. A worker that joins later (an adaptive cluster, a new host) compiles in

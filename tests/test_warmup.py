@@ -114,17 +114,54 @@ def test_kinds_of_a_mixed_sweep_and_every_kind_has_a_tiny_point():
 
 
 def test_kinds_split_over_the_workers_of_a_host():
-    """Each kind is compiled by one worker; the MSE flow (the longest compile) gets a worker
-    of its own on 2 workers; never more groups than workers or kinds."""
-    from pipeline.engine.warm import ALL_KINDS, split_kinds
+    """Each compile unit is compiled by one worker: the reduced MSE flow as its explicit
+    kernel and its stage, the stage (the longest compile) on a worker of its own on 2 workers
+    and the explicit kernel beside the other kinds; never more groups than workers or
+    units."""
+    from pipeline.engine.warm import ALL_KINDS, EXPLICIT, STAGE, split_kinds, units
 
+    mse_flow = ("mse", "flow", "reduced")
     reproduce = [("correlation", "flow", "reduced"), ("correlation", "gd", "reduced"),
-                 ("correlation", "sgd", "reduced"), ("mse", "flow", "reduced"),
-                 ("mse", "sgd", "reduced")]
+                 ("correlation", "sgd", "reduced"), mse_flow, ("mse", "sgd", "reduced")]
+    every = sorted([k for k in reproduce if k != mse_flow]
+                   + [mse_flow + (EXPLICIT,), mse_flow + (STAGE,)])
+    assert units(reproduce) == every
     two = split_kinds(reproduce, 2)
-    assert [("mse", "flow", "reduced")] in two and len(two) == 2
-    assert sorted(k for g in two for k in g) == sorted(reproduce)
-    assert split_kinds(reproduce, 1) == [sorted(reproduce)]
+    assert [mse_flow + (STAGE,)] in two and len(two) == 2
+    assert sorted(k for g in two for k in g) == every
+    assert split_kinds(reproduce, 1) == [every]
     many = split_kinds(ALL_KINDS, 64)
-    assert len(many) == len(ALL_KINDS) and all(len(g) == 1 for g in many)
+    assert len(many) == len(ALL_KINDS) + 1 and all(len(g) == 1 for g in many)
     assert split_kinds([], 4) == []
+
+
+def test_the_units_of_the_mse_flow_compile_what_its_points_run():
+    """Warming the reduced MSE flow's stage unit touches its stage alone (so two workers can
+    compile the two side by side), and the two units leave nothing for a point of that kind
+    to compile or add: its entry kernels get no new signature (a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json
+from pipeline.engine import integrate, stiff
+from pipeline.engine.dynamics import MSE_REDUCED
+from pipeline.engine.simulate import simulate
+from pipeline.engine.warm import split_kinds, tiny_point, warm, compilations
+kind = ("mse", "flow", "reduced")
+entries = (integrate._ENTRIES["flow"][MSE_REDUCED], stiff.FINISH[MSE_REDUCED])
+stage, explicit = split_kinds([kind], 2)
+warm(stage)
+alone = [len(e.signatures) for e in entries]
+warm(explicit)
+before = [len(e.signatures) for e in entries], compilations()
+simulate(tiny_point(kind), 3, threads=1)
+after = [len(e.signatures) for e in entries], compilations()
+print(json.dumps([stage, alone, before, after]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True)
+    stage, alone, (sigs0, comp0), (sigs1, comp1) = json.loads(out.stdout.splitlines()[-1])
+    assert stage == [["mse", "flow", "reduced", "stage"]] and alone == [0, 1], out.stdout
+    assert sigs0 == sigs1 == [1, 1] and comp1 == comp0, out.stdout

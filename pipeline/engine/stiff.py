@@ -643,17 +643,16 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 f0_accurate = True
             cnt = reciprocal.select(y, f0, h, atol_v, n, N // n, k_dim, m_overlap, m_other,
                                     wfac, rec) if m_overlap + m_other > 0.0 else 0
-            ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work, J,
-                                                    jac_dense, W, piv, wfac, kr, ys, fs, yn,
-                                                    rec, cnt)
-            if not ok and cnt > 0:
-                # A reciprocal coordinate went through infinity: the same step in the
-                # original ones (a rejection would shrink h six-fold).
-                cnt = 0
-                stats[ST_LU] += 1
+            while True:  # one call site: the step is large, each inlined copy compiles anew
                 ok, structured, jac_dense = _rodas_step(model, accurate, y, f0, h, args, work,
                                                         J, jac_dense, W, piv, wfac, kr, ys, fs,
                                                         yn, rec, cnt)
+                if ok or cnt == 0:
+                    break
+                # A pole variable went through infinity: the same step in the original
+                # coordinates (a rejection would shrink h six-fold).
+                cnt = 0
+                stats[ST_LU] += 1
             stats[ST_LU] += 1
             stats[ST_ACCURATE] += accurate
             stats[ST_DENSE] += not structured

@@ -51,26 +51,46 @@ ENTRY_KERNELS = {
 }
 
 
-#: Seconds of a cold first compilation per kind on a 2-core machine (``bench_cold.py``, this
-#: version): what the warm-up balances when it splits the kinds over a host's workers.
-#: Kinds not listed (full-d backends, validation only) count as ``DEFAULT_COMPILE_SECONDS``.
+#: Kinds whose compilation splits into two units that two workers can compile side by side:
+#: the reduced MSE flow's explicit kernel (``integrate._flow_mse_reduced``) and its stiff /
+#: continuation stage (``stiff.FINISH``), ~17 s and ~55 s of its ~72 s.
+STAGED = frozenset({("mse", "flow", "reduced")})
+#: The fourth element of a unit of a ``STAGED`` kind.
+EXPLICIT, STAGE = "explicit", "stage"
+
+#: Seconds of a cold first compilation per kind (or unit) on a 2-core machine
+#: (``bench_cold.py``, this version): what the warm-up balances when it splits the kinds over a
+#: host's workers. Kinds not listed (full-d backends, validation only) count as
+#: ``DEFAULT_COMPILE_SECONDS``.
 COMPILE_SECONDS = {
-    ("correlation", "flow", "reduced"): 9.0,
-    ("correlation", "gd", "reduced"): 6.0,
+    ("correlation", "flow", "reduced"): 9.3,
+    ("correlation", "gd", "reduced"): 5.9,
     ("correlation", "sgd", "reduced"): 6.4,
-    ("mse", "flow", "reduced"): 64.2,
-    ("mse", "sgd", "reduced"): 12.5,
+    ("mse", "flow", "reduced"): 72.0,
+    ("mse", "flow", "reduced", EXPLICIT): 17.5,
+    ("mse", "flow", "reduced", STAGE): 55.0,
+    ("mse", "sgd", "reduced"): 11.5,
 }
 DEFAULT_COMPILE_SECONDS = 10.0
 
 
+def units(kinds: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The compile units of ``kinds``: a ``STAGED`` kind as its two units, any other kind as
+    itself."""
+    out: set[tuple[str, ...]] = set()
+    for kind in map(tuple, kinds):
+        out.update([kind + (EXPLICIT,), kind + (STAGE,)] if kind in STAGED else [kind])
+    return sorted(out)
+
+
 def split_kinds(kinds: Iterable[tuple[str, str, str]], parts: int) -> list[list[tuple]]:
-    """``kinds`` in at most ``parts`` groups of about equal compile time (the longest first,
-    each to the group with the least so far), for the workers of one host to compile side by
-    side. Empty groups are left out."""
+    """The compile units of ``kinds`` (:func:`units`) in at most ``parts`` groups of about
+    equal compile time (the longest first, each to the group with the least so far), for the
+    workers of one host to compile side by side (:func:`warm` takes a group). Empty groups are
+    left out."""
     groups: list[list[tuple]] = [[] for _ in range(max(1, parts))]
     load = [0.0] * len(groups)
-    for kind in sorted(set(map(tuple, kinds)),
+    for kind in sorted(units(kinds),
                        key=lambda k: (-COMPILE_SECONDS.get(k, DEFAULT_COMPILE_SECONDS), k)):
         g = load.index(min(load))
         groups[g].append(kind)
@@ -101,22 +121,62 @@ def tiny_point(kind: tuple[str, str, str]) -> dict[str, Any]:
     return p
 
 
-def warm(kinds: Iterable[tuple[str, str, str]], snapshots: bool = False) -> dict[str, Any]:
-    """Compile (or load from the cache) the kernels of every kind in ``kinds``.
+def warm(kinds: Iterable[tuple[str, ...]], snapshots: bool = False) -> dict[str, Any]:
+    """Compile (or load from the cache) the kernels of every kind or unit (:func:`units`) in
+    ``kinds``.
 
     ``snapshots``: whether the sweep records snapshots (its kernels are then called with a
     time grid). Returns ``{"seconds", "compiled"}``: the time taken and the number of
     compilations this process did for it (0: everything came from the cache).
     """
-    from .simulate import simulate
-
     before = compilations()
     t0 = time.perf_counter()
-    for kind in sorted(set(map(tuple, kinds))):
+    for unit in sorted(set(map(tuple, kinds))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            simulate(tiny_point(kind), 1, snapshots=[1.0] if snapshots else None, threads=1)
+            _warm_unit(unit, [1.0] if snapshots else None)
     return {"seconds": time.perf_counter() - t0, "compiled": compilations() - before}
+
+
+def _warm_unit(unit: tuple[str, ...], snapshots: list[float] | None) -> None:
+    """Run what compiles ``unit``: a kind's tiny point; a staged kind's explicit kernel alone
+    (a point too short to reach the stage), or its stage alone (``integrator="implicit"``
+    starts there, at t = 0; the stage's types are those of every call)."""
+    from .simulate import simulate
+
+    kind, part = unit[:3], unit[3] if len(unit) > 3 else None
+    if part is None:
+        simulate(tiny_point(kind), 1, snapshots=snapshots, threads=1)
+    elif part == EXPLICIT:
+        simulate({**tiny_point(kind), "t_max": 10.0, "max_steps": 50}, 1, snapshots=snapshots,
+                 threads=1)
+    elif part == STAGE:
+        _run_stage(tiny_point(kind), snapshots)
+    else:
+        raise ValueError(f"unknown compile unit {unit!r}: the fourth element is "
+                         f"{EXPLICIT!r} or {STAGE!r}")
+
+
+def _run_stage(point: dict[str, Any], snapshots: list[float] | None) -> None:
+    """The MSE flow of ``point`` (one seed) through the compiled stage alone, set up as
+    ``simulate`` sets it up."""
+    import numpy as np
+
+    from .activations import get_activation
+    from .continuation import verify_floor
+    from .integrate import Observation, StopRule, Tolerances, solve
+    from .params import content_hash, resolve_point
+    from .simulate import _initial_state
+
+    p = resolve_point(point)
+    a = get_activation(p.student, p.degree).coefficients
+    b = get_activation(p.teacher, p.degree).coefficients
+    model, args, y0, _ = _initial_state(p, p.gram_matrix, a, b, 0,
+                                        content_hash(p.initial_key()), np.arange(1))
+    times = None if snapshots is None else np.asarray(snapshots, dtype=np.float64)
+    solve(model, y0, args, method="flow", tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
+          stop=StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
+          observe=Observation(p.escape_threshold, times), threads=1, integrator="implicit")
 
 
 def compilations() -> int:
