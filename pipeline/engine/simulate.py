@@ -181,15 +181,18 @@ def compute(point: Mapping[str, Any] | Point, seeds: Iterable[int] | int, *,
 
 def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
                   key: str, seed_idx: np.ndarray, times: np.ndarray | None,
-                  threads: int | None) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-    """Gradient flow or GD of point ``p``: initial states, the integrator, the arrays."""
+                  threads: int | None, integrator: str = "auto",
+                  ) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """Gradient flow or GD of point ``p``: initial states, the integrator (``solve``'s
+    ``integrator``; the warm-up compiles the MSE flow's stage alone with ``"implicit"``), the
+    arrays."""
     model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
     res = solve(
         model, y0, args, method=p.method, lr=p.lr,
         tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
         stop=StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
         observe=Observation(p.escape_threshold, times),
-        threads=threads,
+        threads=threads, integrator=integrator,
     )
     out = _outputs(p, res, args, A, a, b, seed_idx.size, times)
     return _data(p, u0, out, times)

@@ -158,25 +158,19 @@ def _warm_unit(unit: tuple[str, ...], snapshots: list[float] | None) -> None:
 
 
 def _run_stage(point: dict[str, Any], snapshots: list[float] | None) -> None:
-    """The MSE flow of ``point`` (one seed) through the compiled stage alone, set up as
-    ``simulate`` sets it up."""
+    """The MSE flow of ``point`` (one seed) through the compiled stage alone, set up by
+    ``simulate``'s own code."""
     import numpy as np
 
     from .activations import get_activation
-    from .continuation import verify_floor
-    from .integrate import Observation, StopRule, Tolerances, solve
     from .params import content_hash, resolve_point
-    from .simulate import _initial_state
+    from .simulate import _simulate_ode
 
     p = resolve_point(point)
-    a = get_activation(p.student, p.degree).coefficients
-    b = get_activation(p.teacher, p.degree).coefficients
-    model, args, y0, _ = _initial_state(p, p.gram_matrix, a, b, 0,
-                                        content_hash(p.initial_key()), np.arange(1))
     times = None if snapshots is None else np.asarray(snapshots, dtype=np.float64)
-    solve(model, y0, args, method="flow", tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
-          stop=StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
-          observe=Observation(p.escape_threshold, times), threads=1, integrator="implicit")
+    _simulate_ode(p, p.gram_matrix, get_activation(p.student, p.degree).coefficients,
+                  get_activation(p.teacher, p.degree).coefficients, 0,
+                  content_hash(p.initial_key()), np.arange(1), times, 1, integrator="implicit")
 
 
 def compilations() -> int:
