@@ -78,8 +78,10 @@ def allocate(N):
     coordinate ``g``, its exponent, ``D = phi'(u)`` and ``delta`` at the step's start, and its
     partner coordinate (-1: none); ``B^-1 e_g`` (rows); the states ``z0``, ``zn``, ``zs`` (step
     start, end, stage argument); which coordinates are taken."""
+    # B^-1 E has a row per pole variable, at most MAX_COUNT: not N x N, which for the full-d
+    # model (N = n d, validation) would be large.
     return (np.empty(N, dtype=np.int64), np.empty(N), np.empty(N), np.empty(N),
-            np.empty((N, N)), np.empty(N), np.empty(N), np.empty(N),
+            np.empty((MAX_COUNT, N)), np.empty(N), np.empty(N), np.empty(N),
             np.empty(N, dtype=np.int64), np.empty(N, dtype=np.bool_))
 
 
