@@ -240,8 +240,9 @@ def test_reciprocal_pair_step_crosses_a_pair_formation():
 
 def test_reciprocal_selection_takes_only_growing_poles():
     """select takes small overlaps that grow by feeding on themselves, not those shrinking
-    towards zero, not those below FLOOR times their tolerance, and nothing under relu (no
-    pole)."""
+    towards zero, not those below FLOOR times their tolerance, not one whose growth is forced
+    (as fast as the fastest overlap's, but with df/du <= 0: its 1 / u would go through
+    infinity), and nothing under relu (no pole)."""
     args, y0 = _saddle(3, 1e-5)
     N = y0.size
     K = N // 3
@@ -262,3 +263,18 @@ def test_reciprocal_selection_takes_only_growing_poles():
         for e in range(N):
             assert woodbury.entry(fac, g, e, K) == pytest.approx(J[g, e], rel=1e-12, abs=1e-14)
     assert reciprocal.select(y0, f0, h, np.full(N, 1e-14), 3, K, 2, 0.0, 0.0, fac, rec) == 0
+    # A coordinate pushed from outside: as fast as the fastest overlap (relative rate), its
+    # df/du < 0 (it relaxes), far below a pole's 2 f / u: it is not taken.
+    M = 1e-5 * np.abs(np.random.default_rng(1).standard_normal((3, 2)))
+    Z = np.eye(3) + 1e-4 * (1.0 - np.eye(3))  # students near their initial directions
+    Z *= (np.sqrt(1 - np.sum(M ** 2, axis=1)) / np.linalg.norm(Z, axis=1))[:, None]
+    y1 = mse.pack_reduced(M, Z)
+    forced = 2 * K + 2  # student 2 along student 0's initial direction, ~1e-4
+    overlaps = [0, 1, K, K + 1, 2 * K, 2 * K + 1]
+    stiff._linearize(dynamics.MSE_REDUCED, y1, args, work, f0, J, fac)
+    rate = np.max(f0[overlaps] / y1[overlaps])
+    f0[forced] = rate * y1[forced]
+    assert woodbury.entry(fac, forced, forced, K) < reciprocal.POLE * 2 * rate
+    h = 0.2 / rate
+    cnt = reciprocal.select(y1, f0, h, np.full(N, 1e-14), 3, K, 2, 1.0, 1.0, fac, rec)
+    assert sorted(rec[0][:cnt]) == overlaps
