@@ -110,6 +110,13 @@ def _pair(i, l, K, k):
 
 
 @njit
+def pole_part(v, g, o):
+    """``a . v`` for the pole variable in coordinate ``g`` (partner ``o``): ``v_g``, plus
+    ``v_o`` for a pair (``o >= 0``)."""
+    return v[g] + v[o] if o >= 0 else v[g]
+
+
+@njit
 def _take(rec, c, g, o, m, u, f):
     sel, mp, D, delta, other, used = rec[0], rec[1], rec[2], rec[3], rec[8], rec[9]
     sel[c] = g
@@ -144,7 +151,7 @@ def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
         for i in range(n):
             for l in range(i + 1, n):
                 g, o = _pair(i, l, K, k)
-                u, f = y[g] + y[o], f0[g] + f0[o]
+                u, f = pole_part(y, g, o), pole_part(f0, g, o)
                 if _candidate(u, f, h, min(atol[g], atol[o]), m_other):
                     fastest = max(fastest, f / u)
     c = 0
@@ -152,7 +159,7 @@ def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
         for i in range(n):
             for l in range(i + 1, n):
                 g, o = _pair(i, l, K, k)
-                u, f = y[g] + y[o], f0[g] + f0[o]
+                u, f = pole_part(y, g, o), pole_part(f0, g, o)
                 if c == MAX_COUNT or not _candidate(u, f, h, min(atol[g], atol[o]), m_other) \
                         or f / u < RATE * fastest:
                     continue
@@ -176,8 +183,11 @@ def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
 
 
 @njit
-def _u(y, g, o):
-    return y[g] + y[o] if o >= 0 else y[g]
+def _mix(b, g, o, bu):
+    """A pair's sum ``bu`` into ``b[g]``, the difference ``b[g] - b[o]`` into ``b[o]``."""
+    bw = b[g] - b[o]
+    b[g] = bu
+    b[o] = bw
 
 
 @njit
@@ -197,10 +207,12 @@ def to_z(y, rec, cnt, z):
     z[:] = y
     for c in range(cnt):
         g, o = sel[c], other[c]
-        u = _u(y, g, o)
-        z[g] = math.copysign(abs(u) ** -mp[c], u)
+        u = pole_part(y, g, o)
+        zu = math.copysign(abs(u) ** -mp[c], u)
         if o >= 0:
-            z[o] = y[g] - y[o]
+            _mix(z, g, o, zu)
+        else:
+            z[g] = zu
 
 
 @njit
@@ -231,10 +243,11 @@ def velocity(ys, fs, rec, cnt):
     sel, mp, other = rec[0], rec[1], rec[8]
     for c in range(cnt):
         g, o = sel[c], other[c]
-        fu = fs[g] + fs[o] if o >= 0 else fs[g]
+        fu = -mp[c] * abs(pole_part(ys, g, o)) ** (-mp[c] - 1.0) * pole_part(fs, g, o)
         if o >= 0:
-            fs[o] = fs[g] - fs[o]
-        fs[g] = -mp[c] * abs(_u(ys, g, o)) ** (-mp[c] - 1.0) * fu
+            _mix(fs, g, o, fu)
+        else:
+            fs[g] = fu
 
 
 @njit
@@ -255,12 +268,11 @@ def from_step(b, rec, cnt):
     sel, D, other = rec[0], rec[2], rec[8]
     for c in range(cnt):
         g, o = sel[c], other[c]
+        bu = D[c] * pole_part(b, g, o)
         if o >= 0:
-            bg, bo = b[g], b[o]
-            b[g] = D[c] * (bg + bo)
-            b[o] = bg - bo
+            _mix(b, g, o, bu)
         else:
-            b[g] *= D[c]
+            b[g] = bu
 
 
 @njit
@@ -271,7 +283,7 @@ def error_in_y(e, y, yn, rec, cnt):
     sel, mp, other = rec[0], rec[1], rec[8]
     for c in range(cnt):
         g, o = sel[c], other[c]
-        big = max(abs(_u(y, g, o)), abs(_u(yn, g, o)))
+        big = max(abs(pole_part(y, g, o)), abs(pole_part(yn, g, o)))
         eu = -e[g] * big ** (mp[c] + 1.0) / mp[c]  # / phi'(u), phi' < 0
         if o >= 0:
             _unmix(e, g, o, eu)

@@ -352,7 +352,7 @@ def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
     for a_ in range(cnt):
         g, o = sel[a_], other[a_]
         for c in range(cnt):
-            cap[a_, c] = -(X[c, g] + X[c, o]) if o >= 0 else -X[c, g]
+            cap[a_, c] = -reciprocal.pole_part(X[c], g, o)
         cap[a_, a_] += 1.0 / delta[a_]
     cpiv = np.empty(cnt, dtype=np.int64)
     if not _lu(cap, cpiv):
@@ -372,8 +372,7 @@ def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, cap, cpiv):
     _solve(structured, W, piv, fac, b, n, K)
     s = np.empty(cnt)
     for c in range(cnt):
-        g, o = sel[c], other[c]
-        s[c] = b[g] + b[o] if o >= 0 else b[g]
+        s[c] = reciprocal.pole_part(b, sel[c], other[c])
     _lu_solve(cap, cpiv, s)
     for c in range(cnt):
         sc = s[c]
