@@ -254,7 +254,7 @@ def reduced_field_accurate(y, args, work, dy):
     in it. The stiff stage takes its long Rosenbrock steps with it (where the round-off
     floor of atol is capped): at rest those steps reach the elapsed time, and the plain
     field's round-off, carried along the flow's neutral directions, limited them
-    (``ddouble.py``). ~13 us at n = 10, k = 2, against ~1 us for the plain field.
+    (``ddouble.py``). ~8 us at n = 10, k = 2, against ~1 us for the plain field.
 
     Same formulas and order as :func:`_reduced_field`; ``work``'s ``G``, ``a``, ``Q``, ``C``
     receive the leading parts.
@@ -312,13 +312,23 @@ def reduced_field_accurate(y, args, work, dy):
             ph, pl = dd.mul(bh, bl, qh, ql)
             C[i * n + i], Cl[i * n + i] = dd.add(C[i * n + i], Cl[i * n + i], -ph, -pl)
             C[l * n + l], Cl[l * n + l] = dd.add(C[l * n + l], Cl[l * n + l], -ph, -pl)
+    # C xi a row of C at a time, all K coordinates of a row together: their sums are
+    # independent, so the loop over x vectorizes, and each entry's sum runs in the same order
+    # (l = 0, 1, ...) as one entry at a time: the same result to the bit, the whole field
+    # 12 -> 8 us at n = 10, k = 2.
+    acc_h = np.empty(K)
+    acc_l = np.empty(K)
     for i in range(n):
         r = i * K
+        acc_h[:] = 0.0
+        acc_l[:] = 0.0
+        for l in range(n):
+            ch, cl = C[i * n + l], Cl[i * n + l]
+            o = l * K
+            for x in range(K):
+                acc_h[x], acc_l[x] = dd.fma_d(acc_h[x], acc_l[x], ch, cl, y[o + x])
         for x in range(K):
-            h, lo = 0.0, 0.0
-            for l in range(n):
-                h, lo = dd.fma_d(h, lo, C[i * n + l], Cl[i * n + l], y[l * K + x])
-            h, lo = -2.0 * h, -2.0 * lo
+            h, lo = -2.0 * acc_h[x], -2.0 * acc_l[x]
             if x < k:
                 for l in range(k):
                     h, lo = dd.fma_d(h, lo, 2.0 * a[i * k + l], 2.0 * al[i * k + l], A[l, x])
