@@ -242,7 +242,8 @@ def main() -> None:
         steps = r["median_steps"] / base["median_steps"]
         wall = r["s_per_traj"] / base["s_per_traj"]
         print(f"d = {r['d']:.0e} / d = {base['d']:.0e}: steps x{steps:.2f}, wall x{wall:.2f}")
-    print("\nPer phase, median per trajectory (the same trajectories, phases run separately):")
+    print("\nPer phase, median per trajectory (the same trajectories, one at a time, phases run "
+          "separately):")
     print(f"{'':50}" + "".join(f"{d:>9.0e}" for d in a.d))
     for key, label in BREAKDOWN:
         print(f"{label:50}" + "".join(f"{b[key]:9.1f}" for b, _, _ in parts))
