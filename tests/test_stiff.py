@@ -82,7 +82,7 @@ def _step(args, y, h, reciprocal_coordinates=False):
     stiff._dense_at(True, y, k, np.empty((7, N)), 0.5, mid, rec, cnt)
     err = k[stiff.ROS_STAGES - 1].copy()
     reciprocal.error_in_y(err, y, yn, rec, cnt)
-    return yn, err, mid, cnt, int((rec[8][:cnt] >= 0).sum())
+    return yn, err, mid, cnt, int((rec.partner[:cnt] >= 0).sum())
 
 
 def _field(args):
@@ -153,7 +153,7 @@ def test_structured_and_dense_steps_agree(h):
         fac = woodbury.allocate(n, 2, N // n)
         stiff._linearize(dynamics.MSE_REDUCED, y0, args, work, f0, J, fac)
         if path == "dense":  # P = alpha I + 2 C = 0: Woodbury declines, J is built
-            fac[12][:] = -0.5 / (stiff.GAMMA * h) * np.eye(n)
+            fac.C[:] = -0.5 / (stiff.GAMMA * h) * np.eye(n)
         k = np.empty((stiff.ROS_STAGES, N))
         yn = np.empty(N)
         ok, structured, jac_dense = stiff._rodas_step(
@@ -256,7 +256,7 @@ def test_reciprocal_selection_takes_only_growing_poles():
     rec = reciprocal.allocate(N)
     h = 0.2 / np.max(f0[[1, K + 1, 2 * K, 2 * K + 1]] / y0[[1, K + 1, 2 * K, 2 * K + 1]])
     cnt = reciprocal.select(y0, f0, h, np.full(N, 1e-14), 3, K, 2, 1.0, 1.0, fac, rec)
-    assert sorted(rec[0][:cnt]) == [1, K + 1, 2 * K, 2 * K + 1]
+    assert sorted(rec.g[:cnt]) == [1, K + 1, 2 * K, 2 * K + 1]
     # The entries of the structured Jacobian that select reads are the dense one's.
     stiff.reduced_jacobian(y0, args, work, np.empty(N), J)
     for g in range(N):
@@ -277,4 +277,4 @@ def test_reciprocal_selection_takes_only_growing_poles():
     assert woodbury.entry(fac, forced, forced, K) < reciprocal.POLE * 2 * rate
     h = 0.2 / rate
     cnt = reciprocal.select(y1, f0, h, np.full(N, 1e-14), 3, K, 2, 1.0, 1.0, fac, rec)
-    assert sorted(rec[0][:cnt]) == overlaps
+    assert sorted(rec.g[:cnt]) == overlaps

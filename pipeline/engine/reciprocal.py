@@ -30,11 +30,19 @@ the number of pole variables (``stiff.py``; for a pair ``D`` is the 2 x 2 map to
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 
 import numpy as np
 
 from . import mse, woodbury
 from ._jit import jit as njit
+
+#: What :func:`allocate` returns: per chosen pole variable its coordinate ``g``, exponent ``m``,
+#: ``D = phi'(u)`` and ``delta`` at the step's start, partner coordinate (-1: none) and
+#: ``B^-1 E`` (rows ``X``); the step's states in ``z`` (start, end, stage argument); which
+#: coordinates are taken.
+Poles = namedtuple("Poles", ["g", "m", "D", "delta", "X", "z0", "zn", "zs", "partner",
+                             "used"])
 
 #: Largest |u| taken in reciprocal coordinates (overlaps and coordinates are O(1) at most: the
 #: pole is over by then and the map no longer gains).
@@ -74,15 +82,13 @@ def exponents(args):
 
 @njit
 def allocate(N):
-    """Scratch for :func:`select` and the step in ``z``: per chosen pole variable its
-    coordinate ``g``, its exponent, ``D = phi'(u)`` and ``delta`` at the step's start, and its
-    partner coordinate (-1: none); ``B^-1 e_g`` (rows); the states ``z0``, ``zn``, ``zs`` (step
-    start, end, stage argument); which coordinates are taken."""
+    """Scratch for :func:`select` and the step in ``z`` (:data:`Poles`) for states of ``N``
+    numbers."""
     # B^-1 E has a row per pole variable, at most MAX_COUNT: not N x N, which for the full-d
     # model (N = n d, validation) would be large.
-    return (np.empty(N, dtype=np.int64), np.empty(N), np.empty(N), np.empty(N),
-            np.empty((MAX_COUNT, N)), np.empty(N), np.empty(N), np.empty(N),
-            np.empty(N, dtype=np.int64), np.empty(N, dtype=np.bool_))
+    return Poles(np.empty(N, dtype=np.int64), np.empty(N), np.empty(N), np.empty(N),
+                 np.empty((MAX_COUNT, N)), np.empty(N), np.empty(N), np.empty(N),
+                 np.empty(N, dtype=np.int64), np.empty(N, dtype=np.bool_))
 
 
 @njit
@@ -118,7 +124,7 @@ def pole_part(v, g, o):
 
 @njit
 def _take(rec, c, g, o, m, u, f):
-    sel, mp, D, delta, other, used = rec[0], rec[1], rec[2], rec[3], rec[8], rec[9]
+    sel, mp, D, delta, other, used = rec.g, rec.m, rec.D, rec.delta, rec.partner, rec.used
     sel[c] = g
     other[c] = o
     mp[c] = m
@@ -138,7 +144,7 @@ def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
     pairs of coordinates that make up a Gram entry (``_pair``; two students about to pair up:
     the pole is in their sum, each coordinate alone starts from its own ~d^-1/2 and is not
     one). Fills ``rec`` (:func:`allocate`) at ``y``; returns how many."""
-    used = rec[9]
+    used = rec.used
     used[:] = False
     pairs = m_other != 0.0 and K == k + n
     # The fastest relative growth among the candidates: only those within RATE of it are
@@ -203,7 +209,7 @@ def to_z(y, rec, cnt, z):
     """``z`` = ``y`` with each chosen pole variable ``u`` mapped to ``sign(u) |u|^-m`` (in its
     coordinate ``g``; a pair's partner coordinate ``o`` holds ``y_g - y_o``, which the pole
     leaves alone)."""
-    sel, mp, other = rec[0], rec[1], rec[8]
+    sel, mp, other = rec.g, rec.m, rec.partner
     z[:] = y
     for c in range(cnt):
         g, o = sel[c], other[c]
@@ -219,7 +225,7 @@ def to_z(y, rec, cnt, z):
 def to_y(z, rec, cnt, y):
     """``y`` = ``z`` mapped back; False where a pole variable left its sign (``u`` passed
     through infinity: the step is too long) or is not finite."""
-    sel, mp, z0, other = rec[0], rec[1], rec[5], rec[8]
+    sel, mp, z0, other = rec.g, rec.m, rec.z0, rec.partner
     ok = True
     y[:] = z
     for c in range(cnt):
@@ -240,7 +246,7 @@ def to_y(z, rec, cnt, y):
 @njit
 def velocity(ys, fs, rec, cnt):
     """The field in ``z`` from the field ``fs`` at ``ys`` (in place)."""
-    sel, mp, other = rec[0], rec[1], rec[8]
+    sel, mp, other = rec.g, rec.m, rec.partner
     for c in range(cnt):
         g, o = sel[c], other[c]
         fu = -mp[c] * abs(pole_part(ys, g, o)) ** (-mp[c] - 1.0) * pole_part(fs, g, o)
@@ -253,7 +259,7 @@ def velocity(ys, fs, rec, cnt):
 @njit
 def to_step(b, rec, cnt):
     """``b <- T^-1 b`` with ``T = dz/dy`` at the step's start (``D`` = ``phi'``)."""
-    sel, D, other = rec[0], rec[2], rec[8]
+    sel, D, other = rec.g, rec.D, rec.partner
     for c in range(cnt):
         g, o = sel[c], other[c]
         if o >= 0:
@@ -265,7 +271,7 @@ def to_step(b, rec, cnt):
 @njit
 def from_step(b, rec, cnt):
     """``b <- T b``."""
-    sel, D, other = rec[0], rec[2], rec[8]
+    sel, D, other = rec.g, rec.D, rec.partner
     for c in range(cnt):
         g, o = sel[c], other[c]
         bu = D[c] * pole_part(b, g, o)
@@ -280,7 +286,7 @@ def error_in_y(e, y, yn, rec, cnt):
     """The error estimate ``e`` (in ``z``) in units of ``y``, in place: a pole variable's
     divided by ``phi'`` at the larger of ``|u|`` at the step's two ends (the smaller
     ``|phi'|``: the larger error), then mapped back like the state."""
-    sel, mp, other = rec[0], rec[1], rec[8]
+    sel, mp, other = rec.g, rec.m, rec.partner
     for c in range(cnt):
         g, o = sel[c], other[c]
         big = max(abs(pole_part(y, g, o)), abs(pole_part(yn, g, o)))

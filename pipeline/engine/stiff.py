@@ -322,7 +322,7 @@ def _structured(model, h, fac, n, K):
         return False
     if not woodbury.factor(1.0 / (GAMMA * h), fac, n, K):
         return False
-    return woodbury.lu_checked(fac[8], fac[9])
+    return woodbury.lu_checked(fac.S, fac.spiv)
 
 
 @njit
@@ -341,7 +341,7 @@ def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
     start; ``E = A = [a_c]``: ``e_g``, or ``e_g + e_o`` for a pair).
     Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of the capacitance matrix
     ``diag(delta)^-1 - A^T X`` with its pivots ((0 x 0) if singular)."""
-    sel, delta, X, other = rec[0], rec[3], rec[4], rec[8]
+    sel, delta, X, other = rec.g, rec.delta, rec.X, rec.partner
     for c in range(cnt):
         X[c, :] = 0.0
         X[c, sel[c]] = 1.0
@@ -367,7 +367,7 @@ def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, cap, cpiv):
     if cnt == 0:
         _solve(structured, W, piv, fac, b, n, K)
         return
-    sel, X, other = rec[0], rec[4], rec[8]
+    sel, X, other = rec.g, rec.X, rec.partner
     reciprocal.to_step(b, rec, cnt)
     _solve(structured, W, piv, fac, b, n, K)
     s = np.empty(cnt)
@@ -409,7 +409,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
             W[i, i] += 1.0 / (GAMMA * h)
         if not _lu(W, piv):
             return False, False, jac_dense
-    z0 = rec[5]
+    z0 = rec.z0
     cap, cpiv = np.empty((0, 0)), np.empty(0, dtype=np.int64)
     if cnt > 0:
         cap, cpiv = _recip_factor(structured, W, piv, fac, n, K, rec, cnt)
@@ -418,7 +418,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
         reciprocal.to_z(y, rec, cnt, z0)
     else:
         z0[:] = y
-    zs = rec[7]
+    zs = rec.zs
     k[0, :] = f0
     reciprocal.velocity(y, k[0], rec, cnt)
     _step_solve(structured, W, piv, fac, k[0], n, K, rec, cnt, cap, cpiv)
@@ -445,7 +445,7 @@ def _rodas_step(model, accurate, y, f0, h, args, work, J, jac_dense, W, piv, fac
         for i in range(N):
             ks[i] = fs[i] + ks[i] * inv_h
         _step_solve(structured, W, piv, fac, ks, n, K, rec, cnt, cap, cpiv)
-    zn = rec[6]
+    zn = rec.zn
     for i in range(N):
         zn[i] = zs[i] + k[ROS_STAGES - 1, i]
     return reciprocal.to_y(zn, rec, cnt, yn), structured, jac_dense
@@ -471,8 +471,8 @@ def _dense_at(stiff, y, kr, F, x, out, rec, cnt):
     coordinates, ``rec``'s ``z0``, ``zn``, mapped back) or DOP853's dense output (``F``
     prepared by ``dop853.dense_prepare``)."""
     if stiff:
-        zs = rec[7]
-        _rodas_dense(rec[5], rec[6], kr, x, zs)
+        zs = rec.zs
+        _rodas_dense(rec.z0, rec.zn, kr, x, zs)
         reciprocal.to_y(zs, rec, cnt, out)
     else:
         dop853.dense(y, F, x, out)

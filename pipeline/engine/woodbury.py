@@ -19,11 +19,20 @@ the caller then factors the dense matrix.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 
 from . import mse
 from ._jit import jit as njit
 from .linalg import DOT_MATH, _lu, _lu_solve
+
+#: What :func:`allocate` returns: per state (:func:`prepare`) ``C`` and the columns of ``U`` and
+#: ``V`` (each in one or two blocks: ``ublk``/``vblk`` name the neurons, -1 none); per step
+#: size (:func:`factor`) ``P = alpha I + 2 C``, its LU (``ppiv``) and inverse, ``Y`` and the
+#: capacitance matrix ``S`` with its LU (``spiv``); scratch of :func:`solve` (``z``, ``t``).
+Factors = namedtuple("Factors", ["P", "ppiv", "Pinv", "ublk", "U", "vblk", "V", "Y", "S",
+                                 "spiv", "z", "t", "C"])
 
 #: Smallest pivot of ``P`` or ``S``, relative to its largest entry, that :func:`factor`
 #: accepts (Woodbury multiplies the errors of the two factorizations).
@@ -69,11 +78,11 @@ def allocate(n, k, K):
     """Scratch of :func:`prepare` / :func:`factor` / :func:`solve` for n neurons of K
     numbers."""
     r = n_columns(n, k)
-    return (np.empty((n, n)), np.empty(n, dtype=np.int64), np.empty((n, n)),
-            np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
-            np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
-            np.empty((n, K, r)), np.empty((r, r)), np.empty(r, dtype=np.int64),
-            np.empty((1, n, K)), np.empty(r), np.empty((n, n)))
+    return Factors(np.empty((n, n)), np.empty(n, dtype=np.int64), np.empty((n, n)),
+                   np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
+                   np.empty((r, 2), dtype=np.int64), np.empty((r, 2, K)),
+                   np.empty((n, K, r)), np.empty((r, r)), np.empty(r, dtype=np.int64),
+                   np.empty((1, n, K)), np.empty(r), np.empty((n, n)))
 
 
 @njit
@@ -81,7 +90,7 @@ def prepare(y, args, work, fac):
     """The Jacobian at ``y`` in its structured form: ``C``, ``U`` and ``V`` into ``fac``
     (:func:`allocate`), for :func:`factor` at any ``alpha`` and for :func:`jvp`. ``work``
     must hold the plain field's ``G``, ``a``, ``Q``, ``C`` of ``y``."""
-    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
+    ublk, U, vblk, V, Cm = fac.ublk, fac.U, fac.vblk, fac.V, fac.C
     A = args[0]
     extra = args[3]
     k = A.shape[0]
@@ -134,7 +143,7 @@ def prepare(y, args, work, fac):
 def entry(fac, g, e, K):
     """The Jacobian's entry ``J[g, e]`` from :func:`prepare`'s ``fac`` (rows of ``K``
     numbers)."""
-    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
+    ublk, U, vblk, V, Cm = fac.ublk, fac.U, fac.vblk, fac.V, fac.C
     i, x = g // K, g % K
     l, z = e // K, e % K
     acc = -2.0 * Cm[i, l] if x == z else 0.0
@@ -150,7 +159,7 @@ def entry(fac, g, e, K):
 @njit
 def jvp(fac, v, out, n, K):
     """``out <- J v`` from :func:`prepare`'s ``fac`` (``-2 (C (x) I) v + U V^T v``)."""
-    _, _, _, ublk, U, vblk, V, _, _, _, _, _, Cm = fac
+    ublk, U, vblk, V, Cm = fac.ublk, fac.U, fac.vblk, fac.V, fac.C
     for i in range(n):
         for x in range(K):
             acc = 0.0
@@ -170,16 +179,17 @@ def jvp(fac, v, out, n, K):
 @njit(fastmath={"contract"})
 def factor(alpha, fac, n, K):
     """Prepare ``alpha I - J`` from :func:`prepare`'s ``fac``: ``P^-1``, ``Y`` and the
-    capacitance matrix ``S``, left for the caller to factor (into ``fac[8]``, ``fac[9]``,
+    capacitance matrix ``S``, left for the caller to factor (into ``fac.S``, ``fac.spiv``,
     :func:`lu_checked`). False where ``P`` is near-singular (use the dense LU)."""
-    P, ppiv, Pinv, ublk, U, vblk, V, Y, S, spiv, _, _, Cm = fac
+    P, ppiv, Pinv, Y, S, Cm = fac.P, fac.ppiv, fac.Pinv, fac.Y, fac.S, fac.C
+    ublk, U, vblk, V = fac.ublk, fac.U, fac.vblk, fac.V
     for i in range(n):
         for l in range(n):
             P[i, l] = 2.0 * Cm[i, l]
         P[i, i] += alpha
     if not lu_checked(P, ppiv):
         return False
-    e = fac[11][:n]  # the solve's scratch (r >= n entries), free while factoring
+    e = fac.t[:n]  # the solve's scratch (r >= n entries), free while factoring
     for j in range(n):
         e[:] = 0.0
         e[j] = 1.0
@@ -218,7 +228,8 @@ def factor(alpha, fac, n, K):
 @njit(fastmath=DOT_MATH)
 def solve(fac, b, n, K):
     """``b <- (alpha I - J)^-1 b`` from :func:`factor`'s ``fac``."""
-    _, _, Pinv, _, _, vblk, V, Y, S, spiv, z, t, _ = fac
+    Pinv, vblk, V, Y, S, spiv, z, t = (fac.Pinv, fac.vblk, fac.V, fac.Y, fac.S, fac.spiv,
+                                       fac.z, fac.t)
     r = S.shape[0]
     for m in range(n):
         for x in range(K):
