@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -30,13 +32,16 @@ class EscapeScaling:
     Attributes
     ----------
     per_d_:
-        One row per point: group parameters, ``d``, the statistic with its interval, and the
-        fraction of trajectories that escaped.
+        One row per point: group parameters, ``d``, the statistic with its interval, the
+        fraction of trajectories that escaped and of those that started escaped (time or
+        samples 0: at small d a start can lie past the threshold).
     summary_:
         One row per group: fitted exponent ``alpha`` of ``T ~ d^alpha`` with interval, the
         slope of ``T`` against ``log d`` with interval, the theory (``p*/2 - 1``), and
         ``deviation`` (alpha minus theory) and ``theory_in_ci`` (the theory lies in the
-        interval, which holds statistical error only, not the finite-d bias).
+        interval, which holds statistical error only, not the finite-d bias; None where
+        there is no interval: when resamples whose statistic is 0, seeds that started
+        escaped, have no exponent, the interval is NaN rather than one of the others).
     """
 
     #: The variable fitted and its theory exponent (subclasses fit other escape measures).
@@ -68,6 +73,7 @@ class EscapeScaling:
             ci = self._interval((t,), lambda x, axis=-1: stat(x, axis=axis))
             rows.append({**params, "statistic": stat(t) if t.size else np.nan,
                          "lo": ci[0], "hi": ci[1], "escaped": escaped.mean(),
+                         "escaped_at_start": float(np.mean(t <= 0)) if t.size else 0.0,
                          "trajectories": escaped.size})
         per_d = pd.DataFrame(rows)
         keys = group_columns(table, "d")
@@ -86,7 +92,13 @@ class EscapeScaling:
 
             def alpha(*xs, axis=-1, log_d=log_d):
                 s = np.stack([stat(x, axis=axis) for x in xs], axis=-1)
-                return np.polyfit(log_d, np.log(s).T, 1)[0]
+                # A statistic of 0 (seeds that start past the threshold, at small d) has no
+                # logarithm: that (re)sample has no exponent, and NaN says so.
+                ok = np.all(s > 0, axis=-1)
+                out = np.full(ok.shape, np.nan)
+                if np.any(ok):
+                    out[ok] = np.polyfit(log_d, np.log(s[ok]).T, 1)[0]
+                return out
 
             def log_slope(*xs, axis=-1, log_d=log_d):
                 s = np.stack([stat(x, axis=axis) for x in xs], axis=-1)
@@ -106,7 +118,10 @@ class EscapeScaling:
                 "deviation": float(alpha(*data)) - theory if p_star > 2 else np.nan,
                 # Only statistical error is in the interval; over a finite d range the O(1)
                 # offset of the escape time also biases the slope by ~0.01-0.02.
-                "theory_in_ci": bool(a_lo <= theory <= a_hi) if p_star > 2 else None,
+                # None where the interval is undefined (resamples without an exponent).
+                "theory_in_ci": (bool(a_lo <= theory <= a_hi)
+                                 if p_star > 2 and np.isfinite(a_lo) and np.isfinite(a_hi)
+                                 else None),
             })
             summary.append(row)
         self.per_d_ = per_d
@@ -116,9 +131,17 @@ class EscapeScaling:
     def _interval(self, data: tuple[np.ndarray, ...], statistic) -> tuple[float, float]:
         if any(x.size < 2 for x in data):
             return (np.nan, np.nan)
-        res = stats.bootstrap(data, statistic, n_resamples=self.n_resamples,
-                              confidence_level=self.confidence, method="percentile",
-                              vectorized=True, random_state=self.random_state)
+        with warnings.catch_warnings():
+            # Resamples without a value (below) make scipy warn that the interval cannot be
+            # computed; that case is handled here.
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            res = stats.bootstrap(data, statistic, n_resamples=self.n_resamples,
+                                  confidence_level=self.confidence, method="percentile",
+                                  vectorized=True, random_state=self.random_state)
+        if np.isnan(res.bootstrap_distribution).any():
+            # Some resamples have no value (alpha above): a percentile interval of the rest
+            # would be biased, so there is none.
+            return (np.nan, np.nan)
         return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

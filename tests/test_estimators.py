@@ -100,6 +100,25 @@ def test_sample_complexity_exponent_p3_over_two_decades():
     assert EscapeScaling().fit(sweep).summary_.empty
 
 
+def test_exponent_interval_is_flagged_not_guessed_when_a_seed_starts_escaped():
+    """At d = 10 a seed can start past the escape threshold (escape at sample 0): the median
+    is still a number, but resamples whose median is 0 have no logarithm. The exponent's
+    interval is then undefined, and theory_in_ci says so (None), not False; the per-d table
+    counts the seeds that started escaped. No warning leaks from the fit."""
+    sweep = _sgd_escape_sweep("h3", [10, 31, 100], 8, escape_threshold=0.5)
+    samples = sweep["escape_samples"].values
+    assert (samples == 0).any()  # the case under test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = SampleComplexity(n_resamples=200).fit(sweep)
+    row = est.summary_.iloc[0]
+    assert np.isfinite(row["alpha"])
+    assert np.isnan(row["alpha_lo"]) and np.isnan(row["alpha_hi"])
+    assert row["theory_in_ci"] is None
+    started = est.per_d_.set_index("d")["escaped_at_start"]
+    assert started.loc[10] > 0 and started.loc[100] == 0
+
+
 @pytest.mark.slow
 def test_sample_complexity_exponent_p4_over_two_decades():
     """p* = 4 at lr = 0.5 d^-2: samples ~ d^3, d = 10 .. 1000 (the top point is ~2.5e8
