@@ -84,11 +84,12 @@ def exponents(args):
 def allocate(N):
     """Scratch for :func:`select` and the step in ``z`` (:data:`Poles`) for states of ``N``
     numbers."""
-    # B^-1 E has a row per pole variable, at most MAX_COUNT: not N x N, which for the full-d
-    # model (N = n d, validation) would be large.
-    return Poles(np.empty(N, dtype=np.int64), np.empty(N), np.empty(N), np.empty(N),
-                 np.empty((MAX_COUNT, N)), np.empty(N), np.empty(N), np.empty(N),
-                 np.empty(N, dtype=np.int64), np.empty(N, dtype=np.bool_))
+    # Per pole variable, at most MAX_COUNT of them: B^-1 E is not N x N, which for the
+    # full-d model (N = n d, validation) would be large.
+    return Poles(np.empty(MAX_COUNT, dtype=np.int64), np.empty(MAX_COUNT),
+                 np.empty(MAX_COUNT), np.empty(MAX_COUNT), np.empty((MAX_COUNT, N)),
+                 np.empty(N), np.empty(N), np.empty(N), np.empty(MAX_COUNT, dtype=np.int64),
+                 np.empty(N, dtype=np.bool_))
 
 
 @njit
