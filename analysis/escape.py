@@ -33,7 +33,7 @@ class EscapeScaling:
     ----------
     per_d_:
         One row per point: group parameters, ``d``, the statistic with its interval, the
-        fraction of trajectories that escaped and of those that started escaped (time or
+        fraction of trajectories that escaped and the fraction that started escaped (time or
         samples 0: at small d a start can lie past the threshold).
     summary_:
         One row per group: fitted exponent ``alpha`` of ``T ~ d^alpha`` with interval, the
@@ -73,7 +73,7 @@ class EscapeScaling:
             ci = self._interval((t,), lambda x, axis=-1: stat(x, axis=axis))
             rows.append({**params, "statistic": stat(t) if t.size else np.nan,
                          "lo": ci[0], "hi": ci[1], "escaped": escaped.mean(),
-                         "escaped_at_start": float(np.mean(t <= 0)) if t.size else 0.0,
+                         "escaped_at_start": float(np.sum(t <= 0) / max(escaped.size, 1)),
                          "trajectories": escaped.size})
         per_d = pd.DataFrame(rows)
         keys = group_columns(table, "d")
