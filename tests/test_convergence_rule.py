@@ -21,6 +21,7 @@ from pipeline.engine.continuation import (
     CONVERGENCE_RULES,
     VERIFY_FACTOR,
     VERIFY_FLOOR,
+    blow_up_time,
     jacobian,
     row_scales,
     verify_floor,
@@ -283,6 +284,44 @@ def test_no_false_convergence_three_index_vectors(d):
         assert abs(loss - float(ds.loss[s, 0])) < 1e-6, (s, float(ds.loss[s, 0]), loss)
         checked += 1
     assert checked >= 12
+
+
+@pytest.mark.parametrize("m", [0.0, 1.0, 2.0])
+def test_blow_up_time_recovers_the_pole_from_two_samples(m):
+    """A pole |x| = c (T - t)^(-1/m) sampled at t0 and t1 gives back T (any c); for m = 0,
+    |x| = x0 e^(lambda (t - t0)) gives the time it reaches 1; a component that does not grow
+    never blows up."""
+    T, t0, t1 = 8.5e16, 5.3e13, 5.3e14
+    if m > 0:
+        x0, x1 = 3e-5 * (T - t0) ** (-1 / m), 3e-5 * (T - t1) ** (-1 / m)
+        assert blow_up_time(x0, -x1, t0, t1, m) == pytest.approx(T, rel=1e-6)
+    else:
+        lam = 1e-15
+        x0, x1 = 1e-6, 1e-6 * np.exp(lam * (t1 - t0))
+        assert blow_up_time(x0, x1, t0, t1, m) == pytest.approx(
+            t0 + np.log(1e6) / lam, rel=1e-9)
+    assert blow_up_time(x1, x0, t0, t1, m) == np.inf
+    assert blow_up_time(0.0, x1, t0, t1, m) == np.inf
+
+
+def test_slow_pole_before_t_max_is_not_converged():
+    """h4, k = 2, n = 3, d = 1e9, seed 6: at t = 5.3e14 two overlaps ~3e-5 grow by 0.28 % per
+    window (below VERIFY_GROWTH), a pole that blows up at ~8.5e16; the flow then goes to loss
+    0.5693. With t_max = 1e16 the state stays put until t_max (status 0 at loss 0.5696, as
+    before); with t_max = 1e18 the check no longer confirms it (it was status 0 at 0.5696):
+    the trajectory goes through the escape and, with no window left before t_max, ends with
+    status 1 at the later state. Seed 4, the mirror state (overlaps +-2e-6 that do not grow),
+    is confirmed as before."""
+    point = {"teacher": "h4", "d": 1e9, "k": K, "n": 3, "loss": "mse"}
+    short = pipeline.simulate({**point, "t_max": 1e16}, [4, 6])
+    long = pipeline.simulate({**point, "t_max": 1e18}, [4, 6])
+    for ds in (short, long):
+        assert int(ds.status[0, 0]) == CONVERGED
+        assert float(ds.loss[0, 0]) == pytest.approx(0.569641, abs=1e-6)
+    assert int(short.status[1, 0]) == CONVERGED
+    assert float(short.loss[1, 0]) == pytest.approx(0.569641, abs=1e-6)
+    assert int(long.status[1, 0]) == T_MAX
+    assert float(long.loss[1, 0]) == pytest.approx(0.569293, abs=1e-6)
 
 
 def test_growth_floor_scales_with_d():

@@ -72,6 +72,8 @@ from .continuation import (
     VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
     VERIFY_OVERLAP_TOL,
+    VERIFY_POLE_NOISE,
+    blow_up_time,
     row_scales,
 )
 from .continuation import jacobian as difference_jacobian
@@ -512,6 +514,22 @@ def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
 
 
 @njit
+def _pole_ahead(M0, Q0, M1, Q1, t0, t1, t_max, m_overlap, m_other, floor):
+    """Whether an overlap or Gram entry above ``floor`` grew over the window ``[t0, t1]`` by
+    more than ``VERIFY_POLE_NOISE`` (relative) like a pole that blows up before ``t_max``
+    (``continuation.blow_up_time``)."""
+    for x in range(M0.size):
+        if abs(M1[x]) > floor and abs(M1[x]) > (1.0 + VERIFY_POLE_NOISE) * abs(M0[x]) \
+                and blow_up_time(M0[x], M1[x], t0, t1, m_overlap) < t_max:
+            return True
+    for x in range(Q0.size):
+        if abs(Q1[x]) > floor and abs(Q1[x]) > (1.0 + VERIFY_POLE_NOISE) * abs(Q0[x]) \
+                and blow_up_time(Q0[x], Q1[x], t0, t1, m_other) < t_max:
+            return True
+    return False
+
+
+@njit
 def _first_step(y, f0, rtol, atol, room):
     """A first step size from the scaled sizes of ``y`` and its velocity (the controller
     corrects it within a few tries)."""
@@ -571,6 +589,10 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     Q1 = np.empty(n * n)
     loss0 = 0.0
     window_end = -1.0  # < 0: no window open
+    window_start = 0.0
+    # The pole exponents of the couplings, for the continuation check's extrapolation (the
+    # reciprocal steps' m_overlap, m_other are 0 where they are off).
+    p_overlap, p_other = reciprocal.exponents(args)
     js = 0
     while js < snaps.size and snaps[js] <= t:
         js += 1
@@ -605,14 +627,18 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if any_escaped and grad_norm_given(model, y, f0, args, work) < gtol \
                 and settled(model, y, args, work, threshold):
             if window_end < 0.0:
+                window_start = t
                 window_end = VERIFY_FACTOR * t
                 loss0 = _summary(model, y, args, M0, Q0)
                 stats[ST_WINDOWS] += 1
             elif t >= window_end:
                 loss1 = _summary(model, y, args, M1, Q1)
-                if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor):
+                if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
+                        not _pole_ahead(M0, Q0, M1, Q1, window_start, t, t_max, p_overlap,
+                                        p_other, verify_floor):
                     status = CONVERGED
                     break
+                window_start = t
                 window_end = VERIFY_FACTOR * t
                 stats[ST_RESTARTS] += 1
                 loss0 = loss1
