@@ -514,17 +514,23 @@ def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
 
 
 @njit
-def _pole_ahead(M0, Q0, M1, Q1, t0, t1, t_max, m_overlap, m_other, floor):
-    """Whether an overlap or Gram entry above ``floor`` grew over the window ``[t0, t1]`` by
-    more than ``VERIFY_POLE_NOISE`` (relative) like a pole that blows up before ``t_max``
+def _pole_before(x0, x1, t0, t1, t_max, m, floor):
+    """Whether ``x`` (``x0`` at ``t0``, ``x1`` at ``t1``), above ``floor``, grew by more than
+    ``VERIFY_POLE_NOISE`` (relative) like a pole that blows up before ``t_max``
     (``continuation.blow_up_time``)."""
+    return abs(x1) > floor and abs(x1) > (1.0 + VERIFY_POLE_NOISE) * abs(x0) \
+        and blow_up_time(x0, x1, t0, t1, m) < t_max
+
+
+@njit
+def _pole_ahead(M0, Q0, M1, Q1, t0, t1, t_max, m_overlap, m_other, floor):
+    """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` like a pole that
+    blows up before ``t_max`` (:func:`_pole_before`)."""
     for x in range(M0.size):
-        if abs(M1[x]) > floor and abs(M1[x]) > (1.0 + VERIFY_POLE_NOISE) * abs(M0[x]) \
-                and blow_up_time(M0[x], M1[x], t0, t1, m_overlap) < t_max:
+        if _pole_before(M0[x], M1[x], t0, t1, t_max, m_overlap, floor):
             return True
     for x in range(Q0.size):
-        if abs(Q1[x]) > floor and abs(Q1[x]) > (1.0 + VERIFY_POLE_NOISE) * abs(Q0[x]) \
-                and blow_up_time(Q0[x], Q1[x], t0, t1, m_other) < t_max:
+        if _pole_before(Q0[x], Q1[x], t0, t1, t_max, m_other, floor):
             return True
     return False
 
@@ -579,7 +585,10 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             else woodbury.allocate(1, 1, 1))
     rec = reciprocal.allocate(N)
     cnt = 0  # the last Rosenbrock step's pole variables in reciprocal form (reciprocal.py)
-    m_overlap, m_other = (reciprocal.exponents(args) if model == MSE_REDUCED and allow_stiff
+    # The couplings' pole exponents: for the continuation check's extrapolation, and for the
+    # reciprocal steps where they are on.
+    p_overlap, p_other = reciprocal.exponents(args)
+    m_overlap, m_other = ((p_overlap, p_other) if model == MSE_REDUCED and allow_stiff
                           else (0.0, 0.0))
     row_scale = np.empty(n)  # per neuron: the round-off scale of its velocity
     atol_v = np.empty(N)  # per coordinate: atol plus its row's round-off floor
@@ -590,9 +599,6 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     loss0 = 0.0
     window_end = -1.0  # < 0: no window open
     window_start = 0.0
-    # The pole exponents of the couplings, for the continuation check's extrapolation (the
-    # reciprocal steps' m_overlap, m_other are 0 where they are off).
-    p_overlap, p_other = reciprocal.exponents(args)
     js = 0
     while js < snaps.size and snaps[js] <= t:
         js += 1
