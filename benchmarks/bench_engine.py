@@ -35,7 +35,7 @@ import pipeline
 from pipeline.engine import integrate
 from pipeline.engine.activations import dual_coefficients, get_activation
 from pipeline.engine.params import content_hash, resolve_point
-from pipeline.engine.simulate import _initial_state
+from pipeline.engine.simulate import _initial_state, solve_options
 
 from _baseline import solve_ivp_trajectory
 
@@ -58,10 +58,10 @@ def dispatch_ratio(trajectories: int, repeats: int = 5) -> tuple[float, float]:
                                         0, content_hash(p.initial_key()),
                                         np.arange(trajectories))
     snaps = np.zeros(0)
-    atol = integrate.absolute_tolerances(model, args, y0.shape[1],
-                                         integrate.Tolerances.at_dimension(p.rtol, p.atol, p.d))
-    settings = (p.rtol, atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps, False,
-                False)
+    opt = solve_options(p)
+    atol = integrate.absolute_tolerances(model, args, y0.shape[1], opt["tolerances"])
+    settings = integrate.flow_settings(opt["tolerances"], atol, opt["stop"], opt["observe"],
+                                       snaps, False, False)
 
     def outputs():
         B = y0.shape[0]

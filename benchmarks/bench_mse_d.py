@@ -32,10 +32,9 @@ import numpy as np
 import pipeline
 from pipeline.engine import integrate, mse, stiff, woodbury
 from pipeline.engine.activations import get_activation
-from pipeline.engine.continuation import verify_floor
 from pipeline.engine.dynamics import vector_field, work_size
 from pipeline.engine.params import content_hash, resolve_point
-from pipeline.engine.simulate import _initial_state
+from pipeline.engine.simulate import _initial_state, solve_options
 from pipeline.engine.status import HANDOVER
 
 POINT = {"teacher": "h3", "k": 2, "n": 10, "loss": "mse", "init": "uniform"}
@@ -98,10 +97,12 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     Y, T = np.empty_like(y0), np.empty(B)
     S, ST = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
     TE, U_t = np.empty((B, p.n)), np.empty((B, 0, p.n * p.k + 1))
-    atol = integrate.absolute_tolerances(model, args, y0.shape[1],
-                                         integrate.Tolerances.at_dimension(p.rtol, p.atol, p.d))
-    settings = (p.rtol, atol, p.t_max, p.max_steps, p.gtol, p.escape_threshold, snaps,
-                True, True)
+    opt = solve_options(p)
+    atol = integrate.absolute_tolerances(model, args, y0.shape[1], opt["tolerances"])
+    settings = integrate.flow_settings(opt["tolerances"], atol, opt["stop"], opt["observe"],
+                                       snaps, True, True)
+    stage = integrate.stage_settings(opt["tolerances"], atol, opt["stop"], opt["observe"],
+                                     snaps, stiff.SWITCHING)
     # One trajectory at a time, each phase timed on its own: the median per trajectory is
     # the measure (a batch's mean is pulled up by the few with late events).
     flow = integrate._ENTRIES["flow"][model]
@@ -116,9 +117,8 @@ def breakdown(d: float, seeds: int, max_steps: int) -> tuple[dict, np.ndarray, t
     stats = np.zeros((rows.size, stiff.N_STATS))
     for r, b in enumerate(rows):
         t0 = time.perf_counter()
-        stiff.finish_batch(model, rows[r:r + 1], Y, T, S, ST, TE, U_t, args, p.rtol, atol,
-                           p.t_max, p.max_steps, p.gtol, p.escape_threshold,
-                           verify_floor(p.d), snaps, stiff.SWITCHING, stats[r:r + 1])
+        stiff.finish_batch(model, rows[r:r + 1], Y, T, S, ST, TE, U_t, args, *stage,
+                           stats[r:r + 1])
         ms_stage[b] = 1e3 * (time.perf_counter() - t0)
     full = np.zeros((B, stiff.N_STATS))
     full[rows] = stats

@@ -50,9 +50,15 @@ def _problem(n=3, seed=0, spread=0.3):
     a = get_activation("h3").coefficients
     args = mse.reduced_args(np.array([[1.0, 0.2], [0.2, 1.0]]), a, a, n, n)
     rng = np.random.default_rng(seed)
-    M = spread * rng.standard_normal((n, 2))
+    return args, _on_spheres(spread * rng.standard_normal((n, 2)), rng)
+
+
+def _on_spheres(M, rng):
+    """The reduced state with overlaps ``M`` (n x 2) whose perp parts are a random orthogonal
+    frame scaled to put every student on the unit sphere."""
+    n = M.shape[0]
     Z = np.linalg.qr(rng.standard_normal((n, n)))[0] * np.sqrt(1 - np.sum(M ** 2, axis=1))
-    return args, mse.pack_reduced(M, Z)
+    return mse.pack_reduced(M, Z)
 
 
 def _step(args, y, h, reciprocal_coordinates=False):
@@ -174,9 +180,7 @@ def _saddle(n, spread, seed=1, teacher="h3"):
     a = get_activation(teacher).coefficients
     args = mse.reduced_args(np.eye(2), a, a, n, n)
     rng = np.random.default_rng(seed)
-    M = spread * np.abs(rng.standard_normal((n, 2)))
-    Z = np.linalg.qr(rng.standard_normal((n, n)))[0] * np.sqrt(1 - np.sum(M ** 2, axis=1))
-    return args, mse.pack_reduced(M, Z)
+    return args, _on_spheres(spread * np.abs(rng.standard_normal((n, 2))), rng)
 
 
 def test_reciprocal_exponents_follow_the_lowest_live_degree():

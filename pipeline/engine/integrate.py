@@ -623,6 +623,29 @@ class BatchResult:
     loss_t: np.ndarray | None = None
 
 
+def flow_settings(tolerances: Tolerances, atol: np.ndarray, stop: StopRule,
+                  observe: Observation, snaps: np.ndarray, coupled: bool,
+                  implicit: bool) -> tuple:
+    """The explicit flow kernel's settings (``_ENTRIES["flow"][model](y0, args, settings,
+    out)``), as :func:`solve` passes them: ``atol`` from :func:`absolute_tolerances`,
+    ``coupled`` for the MSE models' convergence rule, ``implicit`` where stiff phases are
+    handed over to ``stiff.py``. Fixed types, so that every call finds the same compiled
+    kernel (the benchmarks time the kernels with these too)."""
+    return (float(tolerances.rtol), atol, float(stop.t_max), int(stop.max_steps),
+            float(stop.gtol), float(observe.escape_threshold), snaps, bool(coupled),
+            bool(implicit))
+
+
+def stage_settings(tolerances: Tolerances, atol: np.ndarray, stop: StopRule,
+                   observe: Observation, snaps: np.ndarray, mode: int) -> tuple:
+    """The continuation stage's settings (``stiff.FINISH[model]``, and ``stiff.finish_batch``
+    after ``args``), as :func:`solve` passes them; ``mode`` is ``stiff.SWITCHING``,
+    ``ROSENBROCK`` or ``EXPLICIT``."""
+    return (float(tolerances.rtol), atol, float(stop.t_max), int(stop.max_steps),
+            float(stop.gtol), float(observe.escape_threshold), float(stop.verify_floor), snaps,
+            int(mode))
+
+
 def solve(
     model: int,
     y0: np.ndarray,
@@ -699,20 +722,14 @@ def solve(
                         observables(model, y0[b], args, U_t[b, j])
             else:
                 # Stiff phases are handed over only where Rosenbrock steps will take them.
-                # Fixed types, so that every call finds the same compiled kernel.
-                settings = (float(tolerances.rtol), atol, float(stop.t_max),
-                            int(stop.max_steps), float(stop.gtol),
-                            float(observe.escape_threshold), snaps, bool(coupled),
-                            bool(implicit))
+                settings = flow_settings(tolerances, atol, stop, observe, snaps, coupled,
+                                         implicit)
                 _ENTRIES["flow"][model](y0, args, settings, (Y, T, S, ST, TE, U_t))
             rows = np.flatnonzero(ST == HANDOVER)
             if rows.size:
                 mode = (stiff.ROSENBROCK if integrator == "implicit" and implicit
                         else stiff.SWITCHING if implicit else stiff.EXPLICIT)
-                settings = (float(tolerances.rtol), atol, float(stop.t_max),
-                            int(stop.max_steps), float(stop.gtol),
-                            float(observe.escape_threshold), float(stop.verify_floor), snaps,
-                            int(mode))
+                settings = stage_settings(tolerances, atol, stop, observe, snaps, mode)
                 stiff.FINISH[model](rows, args, settings, (Y, T, S, ST, TE, U_t))
         elif method == "gd":
             if lr is None or not lr > 0:

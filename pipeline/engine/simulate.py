@@ -187,15 +187,19 @@ def _simulate_ode(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_se
     ``integrator``; the warm-up compiles the MSE flow's stage alone with ``"implicit"``), the
     arrays."""
     model, args, y0, u0 = _initial_state(p, A, a, b, root_seed, key, seed_idx)
-    res = solve(
-        model, y0, args, method=p.method, lr=p.lr,
-        tolerances=Tolerances.at_dimension(p.rtol, p.atol, p.d),
-        stop=StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
-        observe=Observation(p.escape_threshold, times),
-        threads=threads, integrator=integrator,
-    )
+    res = solve(model, y0, args, method=p.method, lr=p.lr, **solve_options(p, times),
+                threads=threads, integrator=integrator)
     out = _outputs(p, res, args, A, a, b, seed_idx.size, times)
     return _data(p, u0, out, times)
+
+
+def solve_options(p: Point, times: np.ndarray | None = None) -> dict[str, Any]:
+    """``integrate.solve``'s ``tolerances``, ``stop`` and ``observe`` for point ``p`` (the
+    tolerances scaled to its d, the continuation check's floor at its d), with snapshots at
+    ``times``."""
+    return {"tolerances": Tolerances.at_dimension(p.rtol, p.atol, p.d),
+            "stop": StopRule(p.t_max, p.gtol, p.max_steps, verify_floor(p.d)),
+            "observe": Observation(p.escape_threshold, times)}
 
 
 def _initial_state(p: Point, A: np.ndarray, a: np.ndarray, b: np.ndarray, root_seed: int,
