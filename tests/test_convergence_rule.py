@@ -24,6 +24,7 @@ from pipeline.engine.continuation import (
     blow_up_time,
     jacobian,
     row_scales,
+    steady_growth,
     verify_floor,
 )
 from pipeline.engine.initial import orthogonal_rank
@@ -322,6 +323,59 @@ def test_slow_pole_before_t_max_is_not_converged():
     assert float(short.loss[1, 0]) == pytest.approx(0.569641, abs=1e-6)
     assert int(long.status[1, 0]) == T_MAX
     assert float(long.loss[1, 0]) == pytest.approx(0.569293, abs=1e-6)
+
+
+def test_steady_growth_tells_an_instability_from_a_component_settling():
+    """Three samples of |x| over a window [t0, 10 t0] (the middle at sqrt(10) t0): an
+    exponential, a pole and a growth whose rate rises are steady; a component that settles
+    (all of its growth early), one that shrinks and one that grows and falls back are not."""
+    t0, t1 = 1e11, 1e12
+    tm = np.sqrt(t0 * t1)
+
+    def samples(x):
+        return x(t0), x(tm), x(t1), t0, tm, t1
+
+    assert steady_growth(*samples(lambda t: 4e-9 * np.exp(6e-15 * t)))
+    assert steady_growth(*samples(lambda t: -1e-6 / (4e15 - t)))
+    assert steady_growth(*samples(lambda t: 1e-8 * (1.0 + 1e-5 * (t / t0) ** 2)))
+    assert not steady_growth(*samples(lambda t: 0.3 * (1.0 - 1e-5 * np.exp(-t / t0))))
+    assert not steady_growth(*samples(lambda t: 1e-6 * np.exp(-1e-15 * t)))
+    assert not steady_growth(2e-9, 2.1e-9, 2.05e-9, t0, tm, t1)
+    assert not steady_growth(2e-9, 2.1e-9, 2.2e-9, t0, t0, t1)  # no middle sample
+
+
+def test_slow_instability_below_the_pole_noise_is_not_converged():
+    """Mixed teacher {3: 1, 4: 0.5}, k = 2, n = 3, d = 1e12, t_max = 1e16. Seed 2 reaches a
+    saddle (loss 0.699, two students sharing v_2) at t ~ 4e10 with antisymmetric v_1
+    overlaps +-4.1e-9; they grew by 9.9e-5 over the window [3.9e10, 3.9e11], just below
+    VERIFY_POLE_NOISE, at a constant rate (40 times their tolerance), and the check confirmed
+    it (status 0); the flow leaves at ~3e15 for loss 0.502, before t_max. Read as a pole
+    (the growth is steady), it blows up at ~3.9e15: not confirmed, the trajectory goes on
+    through the escape (status 1: the window after it cannot finish by t_max). Seed 12
+    rests at the same saddle with those overlaps at +-9e-13, below the growth floor, and
+    stays there to t_max: still status 0."""
+    teacher, n, d = {3: 1.0, 4: 0.5}, 3, 1e12
+    ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse",
+                            "t_max": 1e16}, [2, 12])
+    loss = ds.loss.isel(neuron=0).values
+    assert int(ds.status[0, 0]) == T_MAX and loss[0] == pytest.approx(0.5025, abs=1e-3)
+    assert int(ds.status[1, 0]) == CONVERGED and loss[1] == pytest.approx(0.6989, abs=1e-4)
+    checked = _continue(teacher, n, d, ds.isel(seed=[1]), factor=1e6, engine="mimflow",
+                        t_max=1e16)
+    assert len(checked) == 1 and checked[0][1] < 1e-6 and checked[0][2] < 1e-4, checked
+
+
+def test_settling_components_are_confirmed_whatever_t_max():
+    """h3, n = 10, d = 1e3 (loss 0): at the first window Gram entries of 0.01-0.8 are still
+    settling, by 1e-7 to 5e-5 (10 to 4000 tolerances), all of it in the window's first half.
+    Read as poles they would blow up at ~1e9-5e10, so with t_max = 1e16 every window would
+    restart (t_final up to 30x later) and with t_max = 1e6 none: the steadiness test keeps
+    the confirmation independent of t_max."""
+    point = {"teacher": "h3", "d": 1e3, "k": K, "n": 10, "loss": "mse"}
+    short = pipeline.simulate({**point, "t_max": 1e6}, 8)
+    long = pipeline.simulate({**point, "t_max": 1e16}, 8)
+    assert bool((short.status == CONVERGED).all()) and bool((long.status == CONVERGED).all())
+    np.testing.assert_array_equal(long.t_final.values, short.t_final.values)
 
 
 def test_growth_floor_scales_with_d():

@@ -71,10 +71,12 @@ from .continuation import (
     VERIFY_FACTOR,
     VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
+    VERIFY_NOISE_TOLERANCES,
     VERIFY_OVERLAP_TOL,
     VERIFY_POLE_NOISE,
     blow_up_time,
     row_scales,
+    steady_growth,
 )
 from .continuation import jacobian as difference_jacobian
 from .dynamics import (
@@ -514,23 +516,36 @@ def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
 
 
 @njit
-def _pole_before(x0, x1, t0, t1, t_max, m, floor):
-    """Whether ``x`` (``x0`` at ``t0``, ``x1`` at ``t1``), above ``floor``, grew by more than
-    ``VERIFY_POLE_NOISE`` (relative) like a pole that blows up before ``t_max``
-    (``continuation.blow_up_time``)."""
-    return abs(x1) > floor and abs(x1) > (1.0 + VERIFY_POLE_NOISE) * abs(x0) \
-        and blow_up_time(x0, x1, t0, t1, m) < t_max
+def _pole_before(x0, xm, x1, t0, tm, t1, t_max, m, floor, tol):
+    """Whether ``x`` (``x0`` at ``t0``, ``xm`` at ``tm``, ``x1`` at ``t1``; ``tm < 0``: no
+    middle sample), above ``floor``, grew like a pole that blows up before ``t_max``
+    (``continuation.blow_up_time``): by more than ``VERIFY_POLE_NOISE`` (relative), or by more
+    than ``VERIFY_NOISE_TOLERANCES`` times its error tolerance ``tol`` and steadily
+    (``continuation.steady_growth``)."""
+    grew = abs(x1) - abs(x0)
+    if not (abs(x1) > floor and grew > 0.0):
+        return False
+    if abs(x1) <= (1.0 + VERIFY_POLE_NOISE) * abs(x0) and not (
+            grew > VERIFY_NOISE_TOLERANCES * tol and tm > 0.0
+            and steady_growth(x0, xm, x1, t0, tm, t1)):
+        return False
+    return blow_up_time(x0, x1, t0, t1, m) < t_max
 
 
 @njit
-def _pole_ahead(M0, Q0, M1, Q1, t0, t1, t_max, m_overlap, m_other, floor):
-    """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` like a pole that
-    blows up before ``t_max`` (:func:`_pole_before`)."""
+def _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, t0, tm, t1, t_max, m_overlap, m_other, floor,
+                atol_overlap, atol_other, rtol):
+    """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` (sampled also at
+    ``tm``) like a pole that blows up before ``t_max`` (:func:`_pole_before`; the error
+    tolerance of an overlap is ``atol_overlap + rtol |M|``, of a Gram entry
+    ``atol_other + rtol |Q|``)."""
     for x in range(M0.size):
-        if _pole_before(M0[x], M1[x], t0, t1, t_max, m_overlap, floor):
+        if _pole_before(M0[x], Mm[x], M1[x], t0, tm, t1, t_max, m_overlap, floor,
+                        atol_overlap + rtol * abs(M0[x])):
             return True
     for x in range(Q0.size):
-        if _pole_before(Q0[x], Q1[x], t0, t1, t_max, m_other, floor):
+        if _pole_before(Q0[x], Qm[x], Q1[x], t0, tm, t1, t_max, m_other, floor,
+                        atol_other + rtol * abs(Q0[x])):
             return True
     return False
 
@@ -596,9 +611,16 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     Q0 = np.empty(n * n)
     M1 = np.empty(n * k_dim)
     Q1 = np.empty(n * n)
+    Mm = np.empty(n * k_dim)  # the window's middle sample (does a growth hold up?)
+    Qm = np.empty(n * n)
     loss0 = 0.0
     window_end = -1.0  # < 0: no window open
     window_start = 0.0
+    window_mid = -1.0  # when the middle sample was taken (< 0: not yet)
+    # The error tolerances of what the check compares: an overlap is a coordinate of the
+    # reduced model (its own atol), a Gram entry a sum over a row.
+    atol_other = atol.max()
+    atol_overlap = atol[0] if model == MSE_REDUCED else atol_other
     js = 0
     while js < snaps.size and snaps[js] <= t:
         js += 1
@@ -635,21 +657,27 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             if window_end < 0.0:
                 window_start = t
                 window_end = VERIFY_FACTOR * t
+                window_mid = -1.0
                 loss0 = _summary(model, y, args, M0, Q0)
                 stats[ST_WINDOWS] += 1
             elif t >= window_end:
                 loss1 = _summary(model, y, args, M1, Q1)
                 if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
-                        not _pole_ahead(M0, Q0, M1, Q1, window_start, t, t_max, p_overlap,
-                                        p_other, verify_floor):
+                        not _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, window_start, window_mid, t,
+                                        t_max, p_overlap, p_other, verify_floor,
+                                        atol_overlap, atol_other, rtol):
                     status = CONVERGED
                     break
                 window_start = t
                 window_end = VERIFY_FACTOR * t
+                window_mid = -1.0
                 stats[ST_RESTARTS] += 1
                 loss0 = loss1
                 M0[:] = M1
                 Q0[:] = Q1
+            elif window_mid < 0.0 and t * t >= window_start * window_end:
+                _summary(model, y, args, Mm, Qm)  # the window's (geometric) middle
+                window_mid = t
         else:
             window_end = -1.0
         status = dp.limit_reached(t, t_max, steps, max_steps, h)
