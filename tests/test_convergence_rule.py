@@ -365,6 +365,21 @@ def test_slow_instability_below_the_pole_noise_is_not_converged():
     assert len(checked) == 1 and checked[0][1] < 1e-6 and checked[0][2] < 1e-4, checked
 
 
+def test_pair_drifting_below_its_tolerance_is_not_converged():
+    """Mixed teacher {3: 1, 4: 0.5}, k = 2, n = 4, d = 1e6, seed 12: two students learn the
+    index vectors and the other two form an antipodal pair (its odd parts cancel, its even
+    part is left: loss 1.0). At t_c ~ 4e2 the pair's overlaps ~3e-4 grow by 1.2e-10 over the
+    window, far below their error tolerance (rtol |x| ~ 3e-12) but ~280 times what the
+    window's step error estimates could explain, and steadily; the check confirmed it
+    (status 0 at t = 4.2e3) and the pair broke up at ~1e12 (loss 0.823). Now the growth is
+    extrapolated (a pole at ~3.5e13 < t_max = 1e16) and the flow goes on to loss 0.823."""
+    ds = pipeline.simulate({"teacher": {3: 1.0, 4: 0.5}, "d": 1e6, "k": K, "n": 4,
+                            "loss": "mse", "t_max": 1e16}, [12])
+    assert int(ds.status[0, 0]) == CONVERGED
+    assert float(ds.loss[0, 0]) == pytest.approx(0.8229, abs=1e-4)
+    assert float(ds.t_final[0, 0]) > 1e12
+
+
 def test_settling_components_are_confirmed_whatever_t_max():
     """h3, n = 10, d = 1e3 (loss 0): at the first window Gram entries of 0.01-0.8 are still
     settling, by 1e-7 to 5e-5 (10 to 4000 tolerances), all of it in the window's first half.

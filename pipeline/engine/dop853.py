@@ -164,6 +164,16 @@ def error_norm(K, h, y, yn, atol, rtol):
 
 
 @njit
+def add_error(K, h, acc):
+    """Add the step's order-5 error estimate, per coordinate and in magnitude, to ``acc``."""
+    for i in range(acc.size):
+        x5 = 0.0
+        for j in range(N_STAGES + 1):
+            x5 += E5[j] * K[j, i]
+        acc[i] += abs(h * x5)
+
+
+@njit
 def factor(err):
     """``h_new = h / factor(err)`` after an accepted step."""
     return max(1.0 / FAC_HI, min(1.0 / FAC_LO, err ** EXPO / SAFE))

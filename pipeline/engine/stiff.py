@@ -71,8 +71,9 @@ from .continuation import (
     VERIFY_FACTOR,
     VERIFY_GROWTH,
     VERIFY_LOSS_TOL,
-    VERIFY_NOISE_TOLERANCES,
+    VERIFY_NOISE_ERRORS,
     VERIFY_OVERLAP_TOL,
+    VERIFY_POLE_MARGIN,
     VERIFY_POLE_NOISE,
     blow_up_time,
     row_scales,
@@ -292,6 +293,12 @@ def _spectral_radius(model, J, fac, n, v, w):
         for i in range(N):
             v[i] = w[i] / rho
     return rho
+
+
+@njit
+def _add_abs(acc, e):
+    for i in range(acc.size):
+        acc[i] += abs(e[i])
 
 
 @njit
@@ -516,36 +523,52 @@ def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
 
 
 @njit
-def _pole_before(x0, xm, x1, t0, tm, t1, t_max, m, floor, tol):
+def _pole_before(x0, xm, x1, t0, tm, t1, t_max, m, floor, noise):
     """Whether ``x`` (``x0`` at ``t0``, ``xm`` at ``tm``, ``x1`` at ``t1``; ``tm < 0``: no
     middle sample), above ``floor``, grew like a pole that blows up before ``t_max``
-    (``continuation.blow_up_time``): by more than ``VERIFY_POLE_NOISE`` (relative), or by more
-    than ``VERIFY_NOISE_TOLERANCES`` times its error tolerance ``tol`` and steadily
-    (``continuation.steady_growth``)."""
+    (``continuation.blow_up_time``, with ``VERIFY_POLE_MARGIN``): by more than
+    ``VERIFY_POLE_NOISE`` (relative), or by more
+    than ``VERIFY_NOISE_ERRORS`` times ``noise`` (what the window's integration errors could
+    have moved it) and steadily (``continuation.steady_growth``)."""
     grew = abs(x1) - abs(x0)
     if not (abs(x1) > floor and grew > 0.0):
         return False
     if abs(x1) <= (1.0 + VERIFY_POLE_NOISE) * abs(x0) and not (
-            grew > VERIFY_NOISE_TOLERANCES * tol and tm > 0.0
+            grew > VERIFY_NOISE_ERRORS * noise and tm > 0.0
             and steady_growth(x0, xm, x1, t0, tm, t1)):
         return False
-    return blow_up_time(x0, x1, t0, t1, m) < t_max
+    # The blow-up is extrapolated from one window: with t1 + VERIFY_POLE_MARGIN (t_max - t1)
+    # it counts as before t_max where it comes that much late.
+    return blow_up_time(x0, x1, t0, t1, m) < t1 + VERIFY_POLE_MARGIN * (t_max - t1)
 
 
 @njit
 def _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, t0, tm, t1, t_max, m_overlap, m_other, floor,
-                atol_overlap, atol_other, rtol):
+                err, steps, coordinates, row_err):
     """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` (sampled also at
-    ``tm``) like a pole that blows up before ``t_max`` (:func:`_pole_before`; the error
-    tolerance of an overlap is ``atol_overlap + rtol |M|``, of a Gram entry
-    ``atol_other + rtol |Q|``)."""
+    ``tm``) like a pole that blows up before ``t_max`` (:func:`_pole_before`). ``err``: the
+    sum over the window's ``steps`` accepted steps of each coordinate's error estimate; an
+    overlap ``M_ij`` is coordinate ``j`` of row ``i`` where ``coordinates`` (the reduced
+    model), else a dot product with row ``i``, and ``Q_il`` one of rows ``i`` and ``l``
+    (rows of norm 1: their errors add up); plus the round-off of ``steps`` updates."""
+    n = row_err.size
+    K = err.size // n
+    k = M0.size // n
+    for i in range(n):
+        acc = 0.0
+        for x in range(K):
+            acc += err[i * K + x]
+        row_err[i] = acc
     for x in range(M0.size):
+        i = x // k
+        e = err[i * K + x % k] if coordinates else row_err[i]
         if _pole_before(M0[x], Mm[x], M1[x], t0, tm, t1, t_max, m_overlap, floor,
-                        atol_overlap + rtol * abs(M0[x])):
+                        e + steps * EPS * abs(M1[x])):
             return True
     for x in range(Q0.size):
+        e = row_err[x // n] + row_err[x % n]
         if _pole_before(Q0[x], Qm[x], Q1[x], t0, tm, t1, t_max, m_other, floor,
-                        atol_other + rtol * abs(Q0[x])):
+                        e + steps * EPS * abs(Q1[x])):
             return True
     return False
 
@@ -617,10 +640,11 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     window_end = -1.0  # < 0: no window open
     window_start = 0.0
     window_mid = -1.0  # when the middle sample was taken (< 0: not yet)
-    # The error tolerances of what the check compares: an overlap is a coordinate of the
-    # reduced model (its own atol), a Gram entry a sum over a row.
-    atol_other = atol.max()
-    atol_overlap = atol[0] if model == MSE_REDUCED else atol_other
+    # What the window's integration errors could have moved each coordinate: the sum of the
+    # accepted steps' error estimates (and their count, for the round-off).
+    err_sum = np.zeros(N)
+    err_steps = 0
+    row_err = np.empty(n)
     js = 0
     while js < snaps.size and snaps[js] <= t:
         js += 1
@@ -658,26 +682,27 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 window_start = t
                 window_end = VERIFY_FACTOR * t
                 window_mid = -1.0
+                err_sum[:] = 0.0
+                err_steps = 0
                 loss0 = _summary(model, y, args, M0, Q0)
                 stats[ST_WINDOWS] += 1
             elif t >= window_end:
                 loss1 = _summary(model, y, args, M1, Q1)
                 if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
                         not _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, window_start, window_mid, t,
-                                        t_max, p_overlap, p_other, verify_floor,
-                                        atol_overlap, atol_other, rtol):
+                                        t_max, p_overlap, p_other, verify_floor, err_sum,
+                                        err_steps, model == MSE_REDUCED, row_err):
                     status = CONVERGED
                     break
                 window_start = t
                 window_end = VERIFY_FACTOR * t
                 window_mid = -1.0
+                err_sum[:] = 0.0
+                err_steps = 0
                 stats[ST_RESTARTS] += 1
                 loss0 = loss1
                 M0[:] = M1
                 Q0[:] = Q1
-            elif window_mid < 0.0 and t * t >= window_start * window_end:
-                _summary(model, y, args, Mm, Qm)  # the window's (geometric) middle
-                window_mid = t
         else:
             window_end = -1.0
         status = dp.limit_reached(t, t_max, steps, max_steps, h)
@@ -732,6 +757,9 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 stats[ST_ROS_REJ] += 1
                 continue
             stats[ST_ROS] += 1
+            if window_end > 0.0:
+                _add_abs(err_sum, fs)  # fs: the step's error estimate in y
+                err_steps += 1
             stats[ST_ROS_TIME] += h
             stats[ST_RECIPROCAL] += cnt > 0
             if not first:
@@ -757,6 +785,9 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 stats[ST_DP_REJ] += 1
                 continue
             stats[ST_DP] += 1
+            if window_end > 0.0:
+                dop853.add_error(kd, h, err_sum)
+                err_steps += 1
             h_new = h / dop853.factor(err)
             if allow_stiff:
                 if dop853.stiffness(kd, ys, yn, h) > dop853.STIFF_HLAMBDA:
@@ -798,6 +829,15 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             _dense_at(stiff, y, kr, Fd, (snaps[js] - t) / h, ys, rec, cnt)
             observables(model, ys, args, snap_out[js])
             js += 1
+        if window_end > 0.0 and window_mid < 0.0:
+            middle = math.sqrt(window_start * window_end)  # the window's, in log time
+            if t_new >= middle:
+                if not stiff and not dense_ready:
+                    dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
+                    dense_ready = True
+                _dense_at(stiff, y, kr, Fd, (middle - t) / h, ys, rec, cnt)
+                _summary(model, ys, args, Mm, Qm)
+                window_mid = middle
         y[:] = yn
         t = t_new
         t_lo = t_lo_new
