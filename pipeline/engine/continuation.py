@@ -86,8 +86,10 @@ VERIFY_POLE_NOISE = 1e-4
 #: before t_max = 1e16 (the pole extrapolation gives 3.9e15). n = 4, d = 1e6, seed 12: an
 #: antipodal pair (loss 1.0) whose overlaps ~3e-4 grew by 1.2e-10 per window, far below
 #: their tolerance (rtol |x| ~ 3e-12) but 280 times their steps' error estimates, and steadily;
-#: the pair broke up at ~1e12 (loss 0.823).
-VERIFY_NOISE_ERRORS = 10.0
+#: the pair broke up at ~1e12 (loss 0.823). At 3 (not 10) seed 13 of that point (a pair whose
+#: overlaps grew 4.3 times their error estimates) and seed 8 at d = 1e9 go on too; the issue's
+#: grid and the wider ones tried (h3, h4, mixed, relu, tanh; n = 2..10) keep their statuses.
+VERIFY_NOISE_ERRORS = 3.0
 VERIFY_RATE_HOLD = 0.5
 #: The extrapolated blow-up counts as before ``t_max`` up to this factor late (in time after
 #: the window): the pole law holds for one component alone, and the ones that drive it grow
