@@ -380,6 +380,18 @@ def test_pair_drifting_below_its_tolerance_is_not_converged():
     assert float(ds.t_final[0, 0]) > 1e12
 
 
+def test_pole_extrapolation_allows_for_an_early_escape():
+    """h4, k = 2, n = 3, d = 1e6, seed 0: confirmed at t = 7.1e10 (loss 0.5696) while two
+    overlaps ~5e-5 grew by 3e-6 per window; their pole law puts the blow-up at 1.07e16, just
+    past t_max = 1e16, but the flow left at 8-9e15 (the components that drive the growth
+    grow too). With the extrapolation's margin it is not confirmed: the trajectory goes
+    through that escape and ends at t_max (status 1) at the later state."""
+    ds = pipeline.simulate({"teacher": "h4", "d": 1e6, "k": K, "n": 3, "loss": "mse",
+                            "t_max": 1e16}, [0])
+    assert int(ds.status[0, 0]) == T_MAX
+    assert float(ds.loss[0, 0]) == pytest.approx(0.569293, abs=1e-6)
+
+
 def test_settling_components_are_confirmed_whatever_t_max():
     """h3, n = 10, d = 1e3 (loss 0): at the first window Gram entries of 0.01-0.8 are still
     settling, by 1e-7 to 5e-5 (10 to 4000 tolerances), all of it in the window's first half.
