@@ -297,6 +297,7 @@ def _spectral_radius(model, J, fac, n, v, w):
 
 @njit
 def _add_abs(acc, e):
+    """``acc += |e|``, element by element."""
     for i in range(acc.size):
         acc[i] += abs(e[i])
 
@@ -527,9 +528,9 @@ def _pole_before(x0, xm, x1, t0, tm, t1, t_max, m, floor, noise):
     """Whether ``x`` (``x0`` at ``t0``, ``xm`` at ``tm``, ``x1`` at ``t1``; ``tm < 0``: no
     middle sample), above ``floor``, grew like a pole that blows up before ``t_max``
     (``continuation.blow_up_time``, with ``VERIFY_POLE_MARGIN``): by more than
-    ``VERIFY_POLE_NOISE`` (relative), or by more
-    than ``VERIFY_NOISE_ERRORS`` times ``noise`` (what the window's integration errors could
-    have moved it) and steadily (``continuation.steady_growth``)."""
+    ``VERIFY_POLE_NOISE`` (relative), or by more than ``VERIFY_NOISE_ERRORS`` times ``noise``
+    (what the window's integration errors could have moved it) and steadily
+    (``continuation.steady_growth``)."""
     grew = abs(x1) - abs(x0)
     if not (abs(x1) > floor and grew > 0.0):
         return False
