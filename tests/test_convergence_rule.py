@@ -76,8 +76,12 @@ def _continue(teacher: str, n: int, d: float, ds, factor: float = 10.0,
             assert sol.success, sol.message
             y1 = sol.y[:, -1]
         else:
+            # Tighter than the run's own: at its tolerances a component at ~atol (e.g.
+            # overlaps ~2e-12 at d = 1e6) can make the continuation leave a saddle that it
+            # does not leave at 1e-10 / 1e-14 / 1e-16.
             r = solve(dynamics.MSE_REDUCED, y, args,
-                      stop=StopRule(t_max=span, gtol=0.0, max_steps=10**7))
+                      stop=StopRule(t_max=span, gtol=0.0, max_steps=10**7),
+                      tolerances=Tolerances(1e-10, 1e-14, 1e-16))
             assert int(r.status[0]) == T_MAX
             y1 = r.y[0]
         dloss = abs(mse.mse_loss(dynamics.MSE_REDUCED, y1, args) - float(ds.loss[s, 0]))
