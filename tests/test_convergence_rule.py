@@ -211,11 +211,11 @@ def test_stiff_phase_steps_do_not_grow_with_d():
     assert steps[1e7] <= 4 * steps[1e3]
 
 
-def _check_grid_point(teacher, n, d, seeds, t_max=1e16):
+def _check_grid_point(teacher, n, d, seeds, t_max=1e16, factor=10.0):
     # h4's escapes take t ~ d: at d = 1e12 the default t_max (1e12) ends every seed at status 1.
     point = {"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse", "t_max": t_max}
     ds = pipeline.simulate(point, seeds)
-    checked = _continue(teacher, n, d, ds, engine="mimflow", t_max=t_max)
+    checked = _continue(teacher, n, d, ds, factor=factor, engine="mimflow", t_max=t_max)
     # The record of a grid run (pytest -s): statuses and the largest changes.
     print(f"\n{teacher} n={n} d={d:g}: status counts "
           f"{np.bincount(ds.status.isel(neuron=0).values.astype(int), minlength=4).tolist()}, "
@@ -245,6 +245,25 @@ def test_no_false_convergence_at_d_1e12(teacher):
 def test_no_false_convergence_large_d(teacher, n, d):
     """The issue's grid: d in {1e3, 1e6, 1e9, 1e12} x h3/h4 x n in {3, 10}, 16 seeds."""
     _check_grid_point(teacher, n, d, 16)
+
+
+MIXED = {3: 1.0, 4: 0.5}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher,n,d", [
+    (t, n, d) for t in ("h3", "h4") for n in (3, 10) for d in (1e6, 1e9, 1e12)
+] + [(MIXED, 3, d) for d in (1e6, 1e9, 1e12)] + [(MIXED, 10, d) for d in (1e6, 1e12)] + [
+    pytest.param(MIXED, 10, 1e9, marks=pytest.mark.xfail(strict=True, reason=(
+        "seed 6: confirmed at t = 1e10 at loss 4.0 (four antipodal pairs whose even parts "
+        "are left), the pairs break up by t ~ 1e15")))])
+def test_no_departure_before_t_max(teacher, n, d):
+    """Stricter than the issue's test: every status-0 seed continued to t_max = 1e16, not
+    just for 10x its time. Holds on the issue's grid for d >= 1e6 and for the mixed-parity
+    teacher at n = 3 (slow saddles the steady-growth test catches). Open: at d = 1e3, h4,
+    n = 3, 3 of 16 seeds leave 1e7 times after their confirmation, before t_max; mixed, n =
+    10, d = 1e9, seed 6 (the xfail) 1e5 times after (README, "Still open")."""
+    _check_grid_point(teacher, n, d, 16, factor=1e30)
 
 
 @pytest.mark.parametrize("n", [1, 2])
