@@ -35,6 +35,8 @@ from pipeline.engine.status import CONVERGED, T_MAX
 from pipeline.engine.stiff import _lu, _lu_solve, reduced_jacobian
 
 K = 2
+#: A teacher with odd and even Hermite parts (antipodal students cancel only the odd one).
+MIXED = {3: 1.0, 4: 0.5}
 
 
 def _reduced_state(q: np.ndarray, u: np.ndarray, n: int, d: float) -> np.ndarray:
@@ -247,9 +249,6 @@ def test_no_false_convergence_large_d(teacher, n, d):
     _check_grid_point(teacher, n, d, 16)
 
 
-MIXED = {3: 1.0, 4: 0.5}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher,n,d", [
     (t, n, d) for t in ("h3", "h4") for n in (3, 10) for d in (1e6, 1e9, 1e12)
@@ -377,7 +376,7 @@ def test_slow_instability_below_the_pole_noise_is_not_converged():
     through the escape (status 1: the window after it cannot finish by t_max). Seed 12
     rests at the same saddle with those overlaps at +-9e-13, below the growth floor, and
     stays there to t_max: still status 0."""
-    teacher, n, d = {3: 1.0, 4: 0.5}, 3, 1e12
+    teacher, n, d = MIXED, 3, 1e12
     ds = pipeline.simulate({"teacher": teacher, "d": d, "k": K, "n": n, "loss": "mse",
                             "t_max": 1e16}, [2, 12])
     loss = ds.loss.isel(neuron=0).values
@@ -396,7 +395,7 @@ def test_pair_drifting_below_its_tolerance_is_not_converged():
     window's step error estimates could explain, and steadily; the check confirmed it
     (status 0 at t = 4.2e3) and the pair broke up at ~1e12 (loss 0.823). Now the growth is
     extrapolated (a pole at ~3.5e13 < t_max = 1e16) and the flow goes on to loss 0.823."""
-    ds = pipeline.simulate({"teacher": {3: 1.0, 4: 0.5}, "d": 1e6, "k": K, "n": 4,
+    ds = pipeline.simulate({"teacher": MIXED, "d": 1e6, "k": K, "n": 4,
                             "loss": "mse", "t_max": 1e16}, [12])
     assert int(ds.status[0, 0]) == CONVERGED
     assert float(ds.loss[0, 0]) == pytest.approx(0.8229, abs=1e-4)
