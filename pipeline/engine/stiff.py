@@ -679,31 +679,28 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     while True:
         if any_escaped and grad_norm_given(model, y, f0, args, work) < gtol \
                 and settled(model, y, args, work, threshold):
-            if window_end < 0.0:
+            if window_end < 0.0 or t >= window_end:
+                if window_end < 0.0:
+                    loss0 = _summary(model, y, args, M0, Q0)
+                    stats[ST_WINDOWS] += 1
+                else:
+                    loss1 = _summary(model, y, args, M1, Q1)
+                    if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
+                            not _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, window_start, window_mid,
+                                            t, t_max, p_overlap, p_other, verify_floor,
+                                            err_sum, err_steps, model == MSE_REDUCED, row_err):
+                        status = CONVERGED
+                        break
+                    stats[ST_RESTARTS] += 1
+                    loss0 = loss1
+                    M0[:] = M1
+                    Q0[:] = Q1
+                # A (new) window [t, VERIFY_FACTOR t]: no middle sample, no errors yet.
                 window_start = t
                 window_end = VERIFY_FACTOR * t
                 window_mid = -1.0
                 err_sum[:] = 0.0
                 err_steps = 0
-                loss0 = _summary(model, y, args, M0, Q0)
-                stats[ST_WINDOWS] += 1
-            elif t >= window_end:
-                loss1 = _summary(model, y, args, M1, Q1)
-                if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
-                        not _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, window_start, window_mid, t,
-                                        t_max, p_overlap, p_other, verify_floor, err_sum,
-                                        err_steps, model == MSE_REDUCED, row_err):
-                    status = CONVERGED
-                    break
-                window_start = t
-                window_end = VERIFY_FACTOR * t
-                window_mid = -1.0
-                err_sum[:] = 0.0
-                err_steps = 0
-                stats[ST_RESTARTS] += 1
-                loss0 = loss1
-                M0[:] = M1
-                Q0[:] = Q1
         else:
             window_end = -1.0
         status = dp.limit_reached(t, t_max, steps, max_steps, h)
