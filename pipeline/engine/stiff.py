@@ -70,11 +70,13 @@ from .continuation import (
     ROUNDOFF_SAFETY,
     VERIFY_FACTOR,
     VERIFY_GROWTH,
+    VERIFY_LATE_ERRORS,
     VERIFY_LOSS_TOL,
     VERIFY_NOISE_ERRORS,
     VERIFY_OVERLAP_TOL,
     VERIFY_POLE_MARGIN,
     VERIFY_POLE_NOISE,
+    WINDOW_SAMPLES,
     blow_up_time,
     row_scales,
     steady_growth,
@@ -524,52 +526,74 @@ def _moved(loss0, M0, Q0, loss1, M1, Q1, floor):
 
 
 @njit
-def _pole_before(x0, xm, x1, t0, tm, t1, t_max, m, floor, noise):
-    """Whether ``x`` (``x0`` at ``t0``, ``xm`` at ``tm``, ``x1`` at ``t1``; ``tm < 0``: no
-    middle sample), above ``floor``, grew like a pole that blows up before ``t_max``
-    (``continuation.blow_up_time``, with ``VERIFY_POLE_MARGIN``): by more than
-    ``VERIFY_POLE_NOISE`` (relative), or by more than ``VERIFY_NOISE_ERRORS`` times ``noise``
-    (what the window's integration errors could have moved it) and steadily
-    (``continuation.steady_growth``)."""
-    grew = abs(x1) - abs(x0)
-    if not (abs(x1) > floor and grew > 0.0):
+def _pole_before(x0, xm, xq, x1, t0, tm, tq, t1, t_max, m, floor, noise, noise_late):
+    """Whether ``x`` (``x0`` at ``t0``, ``xm`` at ``tm``, ``xq`` at ``tq``, ``x1`` at ``t1``;
+    a time < 0: no such sample), above ``floor``, grew like a pole that blows up before
+    ``t_max`` (``continuation.blow_up_time``, with ``VERIFY_POLE_MARGIN``): by more than
+    ``VERIFY_POLE_NOISE`` (relative); or steadily (``continuation.steady_growth``) by more
+    than ``VERIFY_NOISE_ERRORS`` times ``noise``, what the window's integration errors could
+    have moved it; or steadily over the window's second half by more than
+    ``VERIFY_LATE_ERRORS`` times ``noise_late``, that half's share of ``noise``."""
+    if not abs(x1) > floor:
         return False
-    if abs(x1) <= (1.0 + VERIFY_POLE_NOISE) * abs(x0) and not (
-            grew > VERIFY_NOISE_ERRORS * noise and tm > 0.0
+    if abs(x1) > (1.0 + VERIFY_POLE_NOISE) * abs(x0) or (
+            abs(x1) - abs(x0) > VERIFY_NOISE_ERRORS * noise
             and steady_growth(x0, xm, x1, t0, tm, t1)):
+        T = blow_up_time(x0, x1, t0, t1, m)
+    elif abs(x1) - abs(xm) > VERIFY_LATE_ERRORS * noise_late and \
+            steady_growth(xm, xq, x1, tm, tq, t1):
+        # A slow drift under a component still settling in the first half (whose rate there
+        # the drift's does not hold up to): the second half alone shows it.
+        T = blow_up_time(xm, x1, tm, t1, m)
+    else:
         return False
     # The blow-up is extrapolated from one window: with t1 + VERIFY_POLE_MARGIN (t_max - t1)
     # it counts as before t_max where it comes that much late.
-    return blow_up_time(x0, x1, t0, t1, m) < t1 + VERIFY_POLE_MARGIN * (t_max - t1)
+    return T < t1 + VERIFY_POLE_MARGIN * (t_max - t1)
 
 
 @njit
-def _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, t0, tm, t1, t_max, m_overlap, m_other, floor,
-                err, steps, coordinates, row_err):
-    """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` (sampled also at
-    ``tm``) like a pole that blows up before ``t_max`` (:func:`_pole_before`). ``err``: the
-    sum over the window's ``steps`` accepted steps of each coordinate's error estimate; an
-    overlap ``M_ij`` is coordinate ``j`` of row ``i`` where ``coordinates`` (the reduced
-    model), else a dot product with row ``i``, and ``Q_il`` one of rows ``i`` and ``l``
-    (rows of norm 1: their errors add up); plus the round-off of ``steps`` updates."""
-    n = row_err.size
-    K = err.size // n
-    k = M0.size // n
-    for i in range(n):
+def _row_sums(err, row_err, K):
+    """Per row of ``K`` coordinates, the sum of ``err``."""
+    for i in range(row_err.size):
         acc = 0.0
         for x in range(K):
             acc += err[i * K + x]
         row_err[i] = acc
+
+
+@njit
+def _pole_ahead(M0, Q0, Ms, Qs, M1, Q1, t0, ts, t1, t_max, m_overlap, m_other, floor,
+                err, steps, err_mid, steps_mid, coordinates, row_err):
+    """Whether an overlap or Gram entry grew over the window ``[t0, t1]`` (sampled also at
+    the times ``ts``: ``Ms[s]``, ``Qs[s]``) like a pole that blows up before ``t_max``
+    (:func:`_pole_before`). ``err``: the sum over the window's ``steps`` accepted steps of
+    each coordinate's error estimate; ``err_mid``, ``steps_mid``: the same before the step
+    that crossed the middle sample (the rest is the second half's). An overlap ``M_ij`` is
+    coordinate ``j`` of row ``i`` where ``coordinates`` (the reduced model), else a dot
+    product with row ``i``, and ``Q_il`` one of rows ``i`` and ``l`` (rows of norm 1: their
+    errors add up); plus the round-off of the updates. ``row_err``: scratch (2, n)."""
+    n = row_err.shape[1]
+    K = err.size // n
+    k = M0.size // n
+    late = err - err_mid
+    _row_sums(err, row_err[0], K)
+    _row_sums(late, row_err[1], K)
     for x in range(M0.size):
-        i = x // k
-        e = err[i * K + x % k] if coordinates else row_err[i]
-        if _pole_before(M0[x], Mm[x], M1[x], t0, tm, t1, t_max, m_overlap, floor,
-                        e + steps * EPS * abs(M1[x])):
+        i, j = x // k, x % k
+        e = err[i * K + j] if coordinates else row_err[0, i]
+        e_late = late[i * K + j] if coordinates else row_err[1, i]
+        if _pole_before(M0[x], Ms[0, x], Ms[1, x], M1[x], t0, ts[0], ts[1], t1, t_max,
+                        m_overlap, floor, e + steps * EPS * abs(M1[x]),
+                        e_late + (steps - steps_mid) * EPS * abs(M1[x])):
             return True
     for x in range(Q0.size):
-        e = row_err[x // n] + row_err[x % n]
-        if _pole_before(Q0[x], Qm[x], Q1[x], t0, tm, t1, t_max, m_other, floor,
-                        e + steps * EPS * abs(Q1[x])):
+        i, l = x // n, x % n
+        e = row_err[0, i] + row_err[0, l]
+        e_late = row_err[1, i] + row_err[1, l]
+        if _pole_before(Q0[x], Qs[0, x], Qs[1, x], Q1[x], t0, ts[0], ts[1], t1, t_max,
+                        m_other, floor, e + steps * EPS * abs(Q1[x]),
+                        e_late + (steps - steps_mid) * EPS * abs(Q1[x])):
             return True
     return False
 
@@ -635,17 +659,21 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
     Q0 = np.empty(n * n)
     M1 = np.empty(n * k_dim)
     Q1 = np.empty(n * n)
-    Mm = np.empty(n * k_dim)  # the window's middle sample (does a growth hold up?)
-    Qm = np.empty(n * n)
+    # The window's inner samples, at WINDOW_SAMPLES of its length in log time (does a growth
+    # hold up?), and when they were taken (< 0: not yet).
+    Ms = np.empty((WINDOW_SAMPLES.size, n * k_dim))
+    Qs = np.empty((WINDOW_SAMPLES.size, n * n))
+    sample_t = np.full(WINDOW_SAMPLES.size, -1.0)
     loss0 = 0.0
     window_end = -1.0  # < 0: no window open
     window_start = 0.0
-    window_mid = -1.0  # when the middle sample was taken (< 0: not yet)
     # What the window's integration errors could have moved each coordinate: the sum of the
     # accepted steps' error estimates (and their count, for the round-off).
     err_sum = np.zeros(N)
     err_steps = 0
-    row_err = np.empty(n)
+    err_mid = np.zeros(N)  # ... up to the step that crossed the middle sample
+    steps_mid = 0
+    row_err = np.empty((2, n))  # per neuron: the window's summed errors, its second half's
     js = 0
     while js < snaps.size and snaps[js] <= t:
         js += 1
@@ -686,19 +714,20 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 else:
                     loss1 = _summary(model, y, args, M1, Q1)
                     if not _moved(loss0, M0, Q0, loss1, M1, Q1, verify_floor) and \
-                            not _pole_ahead(M0, Q0, Mm, Qm, M1, Q1, window_start, window_mid,
+                            not _pole_ahead(M0, Q0, Ms, Qs, M1, Q1, window_start, sample_t,
                                             t, t_max, p_overlap, p_other, verify_floor,
-                                            err_sum, err_steps, model == MSE_REDUCED, row_err):
+                                            err_sum, err_steps, err_mid, steps_mid,
+                                            model == MSE_REDUCED, row_err):
                         status = CONVERGED
                         break
                     stats[ST_RESTARTS] += 1
                     loss0 = loss1
                     M0[:] = M1
                     Q0[:] = Q1
-                # A (new) window [t, VERIFY_FACTOR t]: no middle sample, no errors yet.
+                # A (new) window [t, VERIFY_FACTOR t]: no inner samples, no errors yet.
                 window_start = t
                 window_end = VERIFY_FACTOR * t
-                window_mid = -1.0
+                sample_t[:] = -1.0
                 err_sum[:] = 0.0
                 err_steps = 0
         else:
@@ -755,9 +784,6 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 stats[ST_ROS_REJ] += 1
                 continue
             stats[ST_ROS] += 1
-            if window_end > 0.0:
-                _add_abs(err_sum, fs)  # fs: the step's error estimate in y
-                err_steps += 1
             stats[ST_ROS_TIME] += h
             stats[ST_RECIPROCAL] += cnt > 0
             if not first:
@@ -783,9 +809,6 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                 stats[ST_DP_REJ] += 1
                 continue
             stats[ST_DP] += 1
-            if window_end > 0.0:
-                dop853.add_error(kd, h, err_sum)
-                err_steps += 1
             h_new = h / dop853.factor(err)
             if allow_stiff:
                 if dop853.stiffness(kd, ys, yn, h) > dop853.STIFF_HLAMBDA:
@@ -827,15 +850,24 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             _dense_at(stiff, y, kr, Fd, (snaps[js] - t) / h, ys, rec, cnt)
             observables(model, ys, args, snap_out[js])
             js += 1
-        if window_end > 0.0 and window_mid < 0.0:
-            middle = math.sqrt(window_start * window_end)  # the window's, in log time
-            if t_new >= middle:
-                if not stiff and not dense_ready:
-                    dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
-                    dense_ready = True
-                _dense_at(stiff, y, kr, Fd, (middle - t) / h, ys, rec, cnt)
-                _summary(model, ys, args, Mm, Qm)
-                window_mid = middle
+        if window_end > 0.0:
+            for s_ in range(WINDOW_SAMPLES.size):
+                at = window_start * VERIFY_FACTOR ** WINDOW_SAMPLES[s_]
+                if sample_t[s_] < 0.0 and t_new >= at:
+                    if not stiff and not dense_ready:
+                        dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
+                        dense_ready = True
+                    _dense_at(stiff, y, kr, Fd, (at - t) / h, ys, rec, cnt)
+                    _summary(model, ys, args, Ms[s_], Qs[s_])
+                    sample_t[s_] = at
+                    if s_ == 0:  # the second half's errors: from here, this step included
+                        err_mid[:] = err_sum
+                        steps_mid = err_steps
+            if stiff:
+                _add_abs(err_sum, fs)  # fs: the step's error estimate in y
+            else:
+                dop853.add_error(kd, h, err_sum)
+            err_steps += 1
         y[:] = yn
         t = t_new
         t_lo = t_lo_new
