@@ -493,6 +493,17 @@ def _dense_at(stiff, y, kr, F, x, out, rec, cnt):
 
 
 @njit
+def _ready_dense(stiff, ready, model, y, yn, h, args, work, kd, fs, Fd):
+    """Prepare DOP853's dense output of the step ``y -> yn`` into ``Fd`` unless the step
+    was a Rosenbrock one (its dense output is in its stages) or it is ``ready``; returns
+    whether ``Fd`` now holds it."""
+    if not stiff and not ready:
+        dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
+        return True
+    return ready
+
+
+@njit
 def _summary(model, y, args, M, Q):
     """Loss of ``y``; its overlaps ``M`` and Gram matrix ``Q`` are written to the arrays."""
     mse.mse_overlaps(model, y, args, M)
@@ -827,9 +838,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
         if n_escaped < t_esc.size:
             for e in range(t_esc.size):
                 if math.isnan(t_esc[e]) and overlap_norm(model, yn, args, work, e) >= threshold:
-                    if not stiff and not dense_ready:
-                        dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
-                        dense_ready = True
+                    dense_ready = _ready_dense(stiff, dense_ready, model, y, yn, h, args, work, kd,
+                                               fs, Fd)
                     lo, hi = 0.0, 1.0  # bisection on the dense output, to round-off
                     for _ in range(60):
                         mid = 0.5 * (lo + hi)
@@ -844,9 +854,7 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
                     n_escaped += 1
                     any_escaped = True
         while js < snaps.size and snaps[js] <= t_new:
-            if not stiff and not dense_ready:
-                dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
-                dense_ready = True
+            dense_ready = _ready_dense(stiff, dense_ready, model, y, yn, h, args, work, kd, fs, Fd)
             _dense_at(stiff, y, kr, Fd, (snaps[js] - t) / h, ys, rec, cnt)
             observables(model, ys, args, snap_out[js])
             js += 1
@@ -854,9 +862,8 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             for s_ in range(WINDOW_SAMPLES.size):
                 at = window_start * VERIFY_FACTOR ** WINDOW_SAMPLES[s_]
                 if sample_t[s_] < 0.0 and t_new >= at:
-                    if not stiff and not dense_ready:
-                        dop853.dense_prepare(model, y, yn, h, args, work, kd, fs, Fd)
-                        dense_ready = True
+                    dense_ready = _ready_dense(stiff, dense_ready, model, y, yn, h, args, work, kd,
+                                               fs, Fd)
                     _dense_at(stiff, y, kr, Fd, (at - t) / h, ys, rec, cnt)
                     _summary(model, ys, args, Ms[s_], Qs[s_])
                     sample_t[s_] = at
