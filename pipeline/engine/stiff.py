@@ -859,9 +859,14 @@ def finish(model, y, t, steps, args, rtol, atol, t_max, max_steps, gtol, thresho
             observables(model, ys, args, snap_out[js])
             js += 1
         if window_end > 0.0:
+            # The step that closes the window takes again the samples that fall inside it,
+            # placed on the window's actual end: a long step at rest may overshoot the
+            # planned end many times over, and the halves would then be far from halves.
+            closing = t_new >= window_end
+            end = t_new if closing else window_end
             for s_ in range(WINDOW_SAMPLES.size):
-                at = window_start * VERIFY_FACTOR ** WINDOW_SAMPLES[s_]
-                if sample_t[s_] < 0.0 and t_new >= at:
+                at = window_start * (end / window_start) ** WINDOW_SAMPLES[s_]
+                if (sample_t[s_] < 0.0 or closing) and t <= at <= t_new:
                     dense_ready = _ready_dense(stiff, dense_ready, model, y, yn, h, args, work, kd,
                                                fs, Fd)
                     _dense_at(stiff, y, kr, Fd, (at - t) / h, ys, rec, cnt)
