@@ -443,6 +443,21 @@ def test_drift_under_a_settling_component_is_not_converged():
         0.569293, abs=1e-5)
 
 
+def test_window_samples_are_placed_on_its_actual_end():
+    """h4, k = 2, n = 3, d = 1e2, seed 1: the same saddle as above. The window planned as
+    [117, 1167] ended with one step at rest from 656 to 12,328; the samples at the planned
+    middle and three quarters (369, 656) still saw the settling that went on to ~700, so
+    the second half's growth did not hold up over its quarters, and the check confirmed
+    (status 0 at loss 0.5696) a state the flow leaves. With the samples taken again on the
+    closing step, at the actual window's middle and three quarters, the drift is steady
+    and the trajectory goes on to loss 0.569293."""
+    ds = pipeline.simulate({"teacher": "h4", "d": 1e2, "k": K, "n": 3, "loss": "mse",
+                            "t_max": 1e16}, [1])
+    assert int(ds.status[0, 0]) == CONVERGED
+    assert float(ds.loss[0, 0]) == pytest.approx(0.569293, abs=1e-6)
+    assert float(ds.t_final[0, 0]) > 1e10
+
+
 def test_settling_components_are_confirmed_whatever_t_max():
     """h3, n = 10, d = 1e3 (loss 0): at the first window Gram entries of 0.01-0.8 are still
     settling, by 1e-7 to 5e-5 (10 to 4000 tolerances), all of it in the window's first half.
