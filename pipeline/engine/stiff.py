@@ -553,8 +553,8 @@ def _pole_before(x0, xm, xq, x1, t0, tm, tq, t1, t_max, m, floor, noise, noise_l
         T = blow_up_time(x0, x1, t0, t1, m)
     elif abs(x1) - abs(xm) > VERIFY_LATE_ERRORS * noise_late and \
             steady_growth(xm, xq, x1, tm, tq, t1):
-        # A slow drift under a component still settling in the first half (whose rate there
-        # the drift's does not hold up to): the second half alone shows it.
+        # A slow drift under a component still settling in the first half, whose fast
+        # first-half rate fails the steadiness test above: the second half alone shows it.
         T = blow_up_time(xm, x1, tm, t1, m)
     else:
         return False
