@@ -32,7 +32,7 @@ from pipeline.engine.integrate import Observation, StopRule, Tolerances, solve
 from pipeline.engine.params import content_hash, resolve_point
 from pipeline.engine.simulate import _initial_state
 from pipeline.engine.status import CONVERGED, T_MAX
-from pipeline.engine.stiff import _lu, _lu_solve, reduced_jacobian
+from pipeline.engine.stiff import _lu, _lu_solve, _pole_before, reduced_jacobian
 
 K = 2
 #: A teacher with odd and even Hermite parts (antipodal students cancel only the odd one).
@@ -344,6 +344,33 @@ def test_slow_pole_before_t_max_is_not_converged():
     assert float(short.loss[1, 0]) == pytest.approx(0.569641, abs=1e-6)
     assert int(long.status[1, 0]) == T_MAX
     assert float(long.loss[1, 0]) == pytest.approx(0.569293, abs=1e-6)
+
+
+@pytest.mark.parametrize("drift,noise_late,caught", [
+    (5e-15, 1e-16, True),    # a drift under the settling: the second half shows it
+    (0.0, 1e-16, False),     # settling alone: its tail is gone by the last quarter
+    (5e-15, 1e-13, False),   # the same drift within 100x that half's error estimates
+])
+def test_second_half_shows_a_drift_under_a_settling_component(drift, noise_late, caught):
+    """Closed form, the shape of h4, n = 3, d = 1e3, seed 5: a component ~1e-3 that settles
+    upwards by 6.6e-11 with a time constant of 30 while it drifts at ``drift`` per unit time,
+    over the window [100, 1000] sampled at its middle and three quarters (log time). The
+    settling sets the first half's rate, so the whole window's growth is not steady; the
+    second half's is (linear), and read as a pole (m = 2) it blows up at ~1e11, before
+    t_max = 1e12."""
+    t0, t1 = 100.0, 1000.0
+    tm, tq = t0 * 10 ** 0.5, t0 * 10 ** 0.75
+
+    def x(t):
+        return 1e-3 + 6.6e-11 * (1.0 - np.exp(-(t - t0) / 30.0)) + drift * (t - t0)
+
+    x0, xm, xq, x1 = x(t0), x(tm), x(tq), x(t1)
+    assert not steady_growth(x0, xm, x1, t0, tm, t1)  # the whole window's test misses it
+    assert _pole_before(x0, xm, xq, x1, t0, tm, tq, t1, 1e12, 2.0, 1e-9, 1e-15,
+                        noise_late) == caught
+    if caught:  # ... and not where t_max comes before the extrapolated pole
+        assert not _pole_before(x0, xm, xq, x1, t0, tm, tq, t1, 1e10, 2.0, 1e-9, 1e-15,
+                                noise_late)
 
 
 def test_steady_growth_tells_an_instability_from_a_component_settling():
