@@ -143,6 +143,16 @@ def step(model, y, h, args, work, K, ys, yn):
     vector_field(model, yn, args, work, K[N_STAGES])
 
 
+@njit(inline="always")
+def _estimate(E, K, i):
+    """Coordinate ``i`` of an embedded error estimate (per unit step): ``sum_j E[j] K[j, i]``
+    over the stages and the new state's slope."""
+    acc = 0.0
+    for j in range(N_STAGES + 1):
+        acc += E[j] * K[j, i]
+    return acc
+
+
 @njit
 def error_norm(K, h, y, yn, atol, rtol):
     """Hairer's error norm of the step (<= 1: accepted): the order-5 estimate, softened by
@@ -151,13 +161,8 @@ def error_norm(K, h, y, yn, atol, rtol):
     e3 = 0.0
     for i in range(y.size):
         sk = atol[i] + rtol * max(abs(y[i]), abs(yn[i]))
-        x5 = 0.0
-        x3 = 0.0
-        for j in range(N_STAGES + 1):
-            x5 += E5[j] * K[j, i]
-            x3 += E3[j] * K[j, i]
-        e5 += (x5 / sk) ** 2
-        e3 += (x3 / sk) ** 2
+        e5 += (_estimate(E5, K, i) / sk) ** 2
+        e3 += (_estimate(E3, K, i) / sk) ** 2
     if e5 == 0.0 and e3 == 0.0:
         return 0.0
     return abs(h) * e5 / math.sqrt((e5 + 0.01 * e3) * y.size)
@@ -167,10 +172,7 @@ def error_norm(K, h, y, yn, atol, rtol):
 def add_error(K, h, acc):
     """Add the step's order-5 error estimate, per coordinate and in magnitude, to ``acc``."""
     for i in range(acc.size):
-        x5 = 0.0
-        for j in range(N_STAGES + 1):
-            x5 += E5[j] * K[j, i]
-        acc[i] += abs(h * x5)
+        acc[i] += abs(h * _estimate(E5, K, i))
 
 
 @njit
