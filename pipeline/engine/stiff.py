@@ -564,13 +564,17 @@ def _pole_before(x0, xm, xq, x1, t0, tm, tq, t1, t_max, m, floor, noise, noise_l
 
 
 @njit
-def _row_sums(err, row_err, K):
-    """Per row of ``K`` coordinates, the sum of ``err``."""
-    for i in range(row_err.size):
+def _row_sums(err, err_mid, row_err, K):
+    """Per row of ``K`` coordinates, the sum of ``err`` (into ``row_err[0]``) and of
+    ``err - err_mid`` (into ``row_err[1]``)."""
+    for i in range(row_err.shape[1]):
         acc = 0.0
+        late = 0.0
         for x in range(K):
             acc += err[i * K + x]
-        row_err[i] = acc
+            late += err[i * K + x] - err_mid[i * K + x]
+        row_err[0, i] = acc
+        row_err[1, i] = late
 
 
 @njit
@@ -587,13 +591,11 @@ def _pole_ahead(M0, Q0, Ms, Qs, M1, Q1, t0, ts, t1, t_max, m_overlap, m_other, f
     n = row_err.shape[1]
     K = err.size // n
     k = M0.size // n
-    late = err - err_mid
-    _row_sums(err, row_err[0], K)
-    _row_sums(late, row_err[1], K)
+    _row_sums(err, err_mid, row_err, K)
     for x in range(M0.size):
         i, j = x // k, x % k
         e = err[i * K + j] if coordinates else row_err[0, i]
-        e_late = late[i * K + j] if coordinates else row_err[1, i]
+        e_late = err[i * K + j] - err_mid[i * K + j] if coordinates else row_err[1, i]
         if _pole_before(M0[x], Ms[0, x], Ms[1, x], M1[x], t0, ts[0], ts[1], t1, t_max,
                         m_overlap, floor, e + steps * EPS * abs(M1[x]),
                         e_late + (steps - steps_mid) * EPS * abs(M1[x])):
