@@ -350,23 +350,22 @@ def _solve(structured, W, piv, fac, b, n, K):
 @njit
 def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
     """The Woodbury correction of the step in reciprocal coordinates (``reciprocal.py``): with
-    ``B = alpha I - J`` as factored, pole variables ``u_c = a_c . y`` in coordinates ``g_c``,
-    the step's matrix is ``T (B - E diag(delta) A^T) T^-1`` (``T = dz/dy`` at the step's
-    start; ``E = A = [a_c]``: ``e_g``, or ``e_g + e_o`` for a pair).
+    ``B = alpha I - J`` as factored, pole variables ``u_c = w_c . y`` in coordinates ``g_c``,
+    the step's matrix is ``T (B - E diag(delta) E^T) T^-1`` (``T = dz/dy`` at the step's
+    start; ``E = [w_c]``: ``e_g``, ``e_g + e_o`` for a pair, a direction; ``delta`` over
+    ``|w_c|^2``).
     Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of the capacitance matrix
     ``diag(delta)^-1 - A^T X`` with its pivots ((0 x 0) if singular)."""
-    sel, delta, X, other = rec.g, rec.delta, rec.X, rec.partner
+    delta, X = rec.delta, rec.X
     for c in range(cnt):
         X[c, :] = 0.0
-        X[c, sel[c]] = 1.0
-        if other[c] >= 0:
-            X[c, other[c]] = 1.0
+        for s in range(rec.ns[c]):
+            X[c, rec.sup[c, s]] = rec.w[c, s]
         _solve(structured, W, piv, fac, X[c], n, K)
     cap = np.empty((cnt, cnt))
     for a_ in range(cnt):
-        g, o = sel[a_], other[a_]
         for c in range(cnt):
-            cap[a_, c] = -reciprocal.pole_part(X[c], g, o)
+            cap[a_, c] = -reciprocal.pole_part(X[c], rec, a_)
         cap[a_, a_] += 1.0 / delta[a_]
     cpiv = np.empty(cnt, dtype=np.int64)
     if not _lu(cap, cpiv):
@@ -381,12 +380,12 @@ def _step_solve(structured, W, piv, fac, b, n, K, rec, cnt, cap, cpiv):
     if cnt == 0:
         _solve(structured, W, piv, fac, b, n, K)
         return
-    sel, X, other = rec.g, rec.X, rec.partner
+    X = rec.X
     reciprocal.to_step(b, rec, cnt)
     _solve(structured, W, piv, fac, b, n, K)
     s = np.empty(cnt)
     for c in range(cnt):
-        s[c] = reciprocal.pole_part(b, sel[c], other[c])
+        s[c] = reciprocal.pole_part(b, rec, c)
     _lu_solve(cap, cpiv, s)
     for c in range(cnt):
         sc = s[c]
