@@ -117,6 +117,16 @@ def _candidate(u, f, h, atol, m):
 
 
 @njit
+def _growing(y, f0, g, h, atol, K, k, m_overlap, m_other, fastest):
+    """Coordinate ``g``'s pole exponent (``m_overlap`` for an overlap, ``m_other`` else) if
+    it qualifies (:func:`_candidate`) and grows within ``RATE`` of the ``fastest``; else 0."""
+    m = m_overlap if g % K < k else m_other
+    if _candidate(y[g], f0[g], h, atol[g], m) and f0[g] / y[g] >= RATE * fastest:
+        return m
+    return 0.0
+
+
+@njit
 def _pole_like(u, f, m, J_uu):
     """Whether the growth of ``u`` feeds on ``u`` itself like a pole's: ``df/du`` at least
     ``POLE`` of a pole's ``(m + 1) f / u``. Growth forced by other coordinates (``df/du``
@@ -236,11 +246,10 @@ def select(y, f0, h, atol, n, K, k, m_overlap, m_other, fac, rec):
                     _take(rec, c, PAIR, m_other, u, f)
                     c += 1
     for g in range(y.size):
-        m = m_overlap if g % K < k else m_other
+        m = _growing(y, f0, g, h, atol, K, k, m_overlap, m_other, fastest)
         u = y[g]
         f = f0[g]
-        if c == MAX_COUNT or used[g] or not _candidate(u, f, h, atol[g], m) \
-                or f / u < RATE * fastest:
+        if c == MAX_COUNT or used[g] or m == 0.0:
             continue
         if _pole_like(u, f, m, woodbury.entry(fac, g, g, K)):
             rec.ns[c] = 1
@@ -268,9 +277,7 @@ def _direction(y, f0, h, atol, n, K, k, m_overlap, m_other, m, fastest, fac, rec
     big = 0.0
     lo_atol = math.inf
     for g in range(y.size):
-        mg = m_overlap if g % K < k else m_other
-        if mg != m or not _candidate(y[g], f0[g], h, atol[g], mg) \
-                or f0[g] / y[g] < RATE * fastest:
+        if _growing(y, f0, g, h, atol, K, k, m_overlap, m_other, fastest) != m:
             continue
         if ns == MAX_SUPPORT:
             return 0

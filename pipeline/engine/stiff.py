@@ -355,7 +355,7 @@ def _recip_factor(structured, W, piv, fac, n, K, rec, cnt):
     start; ``E = [w_c]``: ``e_g``, ``e_g + e_o`` for a pair, a direction; ``delta`` over
     ``|w_c|^2``).
     Returns ``X = B^-1 E`` (rows, into ``rec``) and the LU of the capacitance matrix
-    ``diag(delta)^-1 - A^T X`` with its pivots ((0 x 0) if singular)."""
+    ``diag(delta)^-1 - E^T X`` with its pivots ((0 x 0) if singular)."""
     delta, X = rec.delta, rec.X
     for c in range(cnt):
         X[c, :] = 0.0
