@@ -293,8 +293,11 @@ def _execute(client: Any, tasks: Iterable[UnitTask], total: int, report: RunRepo
     n_slots = slots(client)
     task_of: dict[str, tuple[Any, UnitTask]] = {}
     # Results (small records) come back as they finish, errors as values: one bad unit must
-    # not stop the loop.
-    pending = as_completed(with_results=True, raise_errors=False)
+    # not stop the loop. loop=client.loop: without it as_completed tracks the futures on the
+    # *default* client's event loop, which in a process holding two clients is another
+    # thread's loop driving this client's connections; that raced inside tornado and hung
+    # a run for good (seen in CI).
+    pending = as_completed(loop=client.loop, with_results=True, raise_errors=False)
 
     def submit(batch: Iterable[UnitTask]) -> None:
         for task in batch:

@@ -92,7 +92,10 @@ def warm_cluster(client: Any, kinds: list[tuple[str, str, str]], snapshots: bool
                              allow_other_workers=True, pure=False,
                              key=f"mimflow-warm-{a}-{time.time_ns()}") for a, group in tasks]
     try:
-        wait(futures, timeout=timeout)
+        # as_current: distributed.wait runs on the default client, which need not be ``client``
+        # in a process holding several (see pipeline.execute._execute).
+        with client.as_current():
+            wait(futures, timeout=timeout)
     except TimeoutError:
         pass  # the blocks compile for themselves (reported below)
     seconds = time.perf_counter() - t0

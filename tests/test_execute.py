@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,42 @@ def test_same_bits_for_any_worker_count_grouping_and_block_size(tmp_path, client
     stored = ds.sel(d=1000, k=3)
     assert stored["escape_time"].values.tobytes() == direct["escape_time"].values.tobytes()
     assert stored["u_t"].values.tobytes() == direct["u_t"].values.tobytes()
+
+
+def test_a_sweep_uses_only_its_own_client_when_another_is_the_default(tmp_path, client1,
+                                                                      client2):
+    """Two clients in one process (client1, client2): a sweep on the one that is not the
+    default must not run anything on the default's event loop. It once tracked its futures
+    there, from another thread, and a CI run hung inside tornado. Here the default's loop is
+    held stuck: the sweep must finish all the same, with the same bits as the other run."""
+    default = Client.current()
+    assert default in (client1, client2)
+    mine = client1 if default is client2 else client2
+    release = threading.Event()
+    default.loop.add_callback(release.wait)  # the default client's loop is stuck from now on
+    outcome: dict = {}
+
+    def sweep() -> None:
+        try:
+            outcome["report"] = run_sweep(parse_spec(SPEC, source="own.toml"),
+                                          tmp_path / "own.zarr", client=mine,
+                                          out=io.StringIO())
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=sweep, daemon=True)
+    thread.start()
+    thread.join(timeout=240)  # a liveness bound (the sweep takes seconds), not a timing test
+    stuck = thread.is_alive()
+    release.set()
+    thread.join()
+    assert not stuck, "the sweep waited on the default client's event loop"
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].ok
+    reference = run_sweep(parse_spec(SPEC, source="ref.toml"), tmp_path / "ref.zarr",
+                          client=default, out=io.StringIO())
+    assert reference.ok
+    assert data_bytes(tmp_path / "own.zarr") == data_bytes(tmp_path / "ref.zarr")
 
 
 def main_out(argv: list[str]) -> str:
