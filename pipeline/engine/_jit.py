@@ -52,3 +52,11 @@ def jit(*args, **kwargs):
     """``numba.njit`` with mimflow's cache policy (``cache=True`` in the digest-keyed dir)."""
     kwargs.setdefault("cache", True)
     return numba.njit(*args, **kwargs)
+
+
+def jit_named(fn, name: str):
+    """:func:`jit` of ``fn`` (a closure made by a factory, e.g. one entry kernel per model)
+    under the module-level ``name``: its cache files and the compile records carry that name,
+    not the factory's ``<locals>``."""
+    fn.__name__ = fn.__qualname__ = name
+    return jit(fn)

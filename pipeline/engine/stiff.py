@@ -65,6 +65,7 @@ from numba import prange
 from . import dop853, mse, reciprocal, woodbury
 from . import integrate as dp
 from ._jit import jit as njit
+from ._jit import jit_named
 from .continuation import (
     IMPLICIT_MAX_SIZE,
     ROUNDOFF_SAFETY,
@@ -948,26 +949,22 @@ def finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max
                                    stats[r])
 
 
-@njit
-def _finish(model, rows, args, settings, out):
-    # Unpacked here, not in the parallel kernel (as integrate._flow does: numba 0.68 returned
-    # unwritten arrays when the tuple was unpacked inside the prange function).
-    rtol, atol, t_max, max_steps, gtol, threshold, verify_floor, snaps, mode = settings
-    Y, T, S, ST, TE, U_t = out
-    finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps, gtol,
-                 threshold, verify_floor, snaps, mode, np.zeros((rows.size, N_STATS)))
-
-
 # One entry kernel per coupled model, each passing its model as a compile-time constant, so
-# that the stage compiles that model's functions alone (dispatch.py; integrate's entries).
-@njit
-def _finish_mse_reduced(rows, args, settings, out):
-    _finish(MSE_REDUCED, rows, args, settings, out)
+# that the stage compiles that model's functions alone, and calling the parallel kernel
+# directly (integrate's entries, which say why).
+def _stage_entry(model: int, name: str):
+    def entry(rows, args, settings, out):
+        # Unpacked here, not in the parallel kernel (as integrate's entries do: numba 0.68
+        # returned unwritten arrays when the tuple was unpacked inside the prange function).
+        rtol, atol, t_max, max_steps, gtol, threshold, verify_floor, snaps, mode = settings
+        Y, T, S, ST, TE, U_t = out
+        finish_batch(model, rows, Y, T, S, ST, TE, U_t, args, rtol, atol, t_max, max_steps,
+                     gtol, threshold, verify_floor, snaps, mode, np.zeros((rows.size, N_STATS)))
+    return jit_named(entry, name)
 
 
-@njit
-def _finish_mse_full(rows, args, settings, out):
-    _finish(MSE_FULL, rows, args, settings, out)
+_finish_mse_reduced = _stage_entry(MSE_REDUCED, "_finish_mse_reduced")
+_finish_mse_full = _stage_entry(MSE_FULL, "_finish_mse_full")
 
 
 #: The stage's entry kernel per model: ``FINISH[model](rows, args, settings, out)`` with
